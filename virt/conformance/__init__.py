@@ -1,0 +1,1 @@
+"""The driver conformance suite, shipped as a pytest plugin."""

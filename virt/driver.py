@@ -1,0 +1,363 @@
+"""The compute driver interface, its capabilities, and the stevedore loader.
+
+A driver subclasses ComputeDriver, declares `capabilities`, and implements the mandatory
+methods plus the optional ones its capabilities name. Optional methods it does not declare
+raise UnsupportedOperation from this base class. Every argument is keyword-only.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from oslo_config import cfg
+
+from virt.errors import DriverLoadError, UnsupportedOperation
+from virt.events import EventEmitter, LifecycleEvent, Listener
+from virt.model import (
+    BlockDevice,
+    HostResources,
+    ImageRef,
+    Instance,
+    InstanceInfo,
+    PowerOffResult,
+    Vif,
+    VolumeConnector,
+)
+
+LOG = logging.getLogger(__name__)
+
+NAMESPACE = "virtkit.compute_drivers"
+
+
+class Capability(enum.StrEnum):
+    """Optional features a driver may declare."""
+
+    PAUSE = "pause"
+    SUSPEND = "suspend"
+    SNAPSHOT = "snapshot"
+    RESCUE = "rescue"
+    VOLUME_ATTACH = "volume_attach"
+    VOLUME_ISCSI_CHAP = "volume_iscsi_chap"
+    CONSOLE_OUTPUT = "console_output"
+    SET_ADMIN_PASSWORD = "set_admin_password"
+    INJECT_FILE = "inject_file"
+    LIFECYCLE_EVENTS = "lifecycle_events"
+
+
+# Every public operation of the interface, and the capability that gates it (None: mandatory).
+OPERATIONS: dict[str, Capability | None] = {
+    "init_host": None,
+    "cleanup_host": None,
+    "get_available_resource": None,
+    "list_instances": None,
+    "list_instance_uuids": None,
+    "get_info": None,
+    "instance_exists": None,
+    "spawn": None,
+    "destroy": None,
+    "reboot": None,
+    "power_off": None,
+    "power_on": None,
+    "pause": Capability.PAUSE,
+    "unpause": Capability.PAUSE,
+    "suspend": Capability.SUSPEND,
+    "resume": Capability.SUSPEND,
+    "snapshot": Capability.SNAPSHOT,
+    "rescue": Capability.RESCUE,
+    "unrescue": Capability.RESCUE,
+    "get_volume_connector": Capability.VOLUME_ATTACH,
+    "attach_volume": Capability.VOLUME_ATTACH,
+    "detach_volume": Capability.VOLUME_ATTACH,
+    "get_console_output": Capability.CONSOLE_OUTPUT,
+    "set_admin_password": Capability.SET_ADMIN_PASSWORD,
+    "inject_file": Capability.INJECT_FILE,
+    "register_event_listener": None,
+    "unregister_event_listener": None,
+}
+
+
+class ComputeDriver(abc.ABC):
+    """Base class of every compute driver.
+
+    Contracts (checked by the conformance suite): `destroy` of an unknown instance is a
+    no-op; `get_info` of an unknown instance raises InstanceNotFound; `power_on` of a
+    running instance and `unpause` of a running one are no-ops; a failed `spawn` leaves
+    nothing behind; an unreachable engine raises HypervisorUnavailable.
+    """
+
+    #: Entry-point name of the driver.
+    name: ClassVar[str] = "base"
+    #: Optional features implemented by this driver.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: The driver's option group in the config file, and its options.
+    config_group: ClassVar[str | None] = None
+    config_opts: ClassVar[Sequence[cfg.Opt]] = ()
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self.conf = conf
+        self.register_opts(conf)
+        self._events = EventEmitter()
+
+    @classmethod
+    def register_opts(cls, conf: cfg.ConfigOpts) -> None:
+        if cls.config_group and cls.config_opts:
+            conf.register_group(cfg.OptGroup(cls.config_group))
+            conf.register_opts(list(cls.config_opts), group=cls.config_group)
+
+    @classmethod
+    def supports(cls, capability: Capability) -> bool:
+        return capability in cls.capabilities
+
+    def _unsupported(self, operation: str) -> UnsupportedOperation:
+        return UnsupportedOperation(self.name, operation)
+
+    # -- host ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def init_host(self, *, host: str) -> None:
+        """Connect to the engine and get ready to serve `host`."""
+
+    def cleanup_host(self, *, host: str) -> None:  # noqa: B027 - optional hook
+        """Release connections and threads; the driver may not be used afterwards."""
+
+    @abc.abstractmethod
+    def get_available_resource(self) -> HostResources:
+        """Capacity and usage of this host."""
+
+    def get_volume_connector(self, *, instance: Instance | None = None) -> VolumeConnector:
+        """This host as a storage initiator."""
+        raise self._unsupported("get_volume_connector")
+
+    # -- state -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[str]:
+        """Names of the instances this driver manages on the engine."""
+
+    @abc.abstractmethod
+    def list_instance_uuids(self) -> list[str]:
+        """UUIDs of the instances this driver manages on the engine."""
+
+    @abc.abstractmethod
+    def get_info(self, *, instance: Instance) -> InstanceInfo:
+        """The guest's state; InstanceNotFound if the engine has no such guest."""
+
+    def instance_exists(self, *, instance: Instance) -> bool:
+        return instance.uuid in self.list_instance_uuids()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def spawn(
+        self,
+        *,
+        instance: Instance,
+        image: ImageRef,
+        block_devices: Sequence[BlockDevice] = (),
+        vifs: Sequence[Vif] = (),
+        admin_password: str | None = None,
+        power_on: bool = True,
+    ) -> None:
+        """Create the guest (and start it unless `power_on` is False).
+
+        On failure the driver removes everything it created and raises.
+        """
+
+    @abc.abstractmethod
+    def destroy(
+        self,
+        *,
+        instance: Instance,
+        block_devices: Sequence[BlockDevice] = (),
+        destroy_disks: bool = True,
+    ) -> None:
+        """Stop and remove the guest; a no-op for an unknown instance."""
+
+    @abc.abstractmethod
+    def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
+        """Soft reboot (guest-cooperative, hard after `timeout`) or hard reset."""
+
+    @abc.abstractmethod
+    def power_off(
+        self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
+    ) -> PowerOffResult:
+        """Ask the guest to shut down; force it off after `timeout` seconds."""
+
+    @abc.abstractmethod
+    def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
+        """Start a stopped guest; a no-op if it is already running."""
+
+    def pause(self, *, instance: Instance) -> None:
+        raise self._unsupported("pause")
+
+    def unpause(self, *, instance: Instance) -> None:
+        """Resume a paused guest; a no-op if it is running."""
+        raise self._unsupported("unpause")
+
+    def suspend(self, *, instance: Instance) -> None:
+        raise self._unsupported("suspend")
+
+    def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
+        raise self._unsupported("resume")
+
+    def snapshot(self, *, instance: Instance, name: str) -> ImageRef:
+        """Capture the root disk as a new image a later spawn can boot."""
+        raise self._unsupported("snapshot")
+
+    def rescue(
+        self, *, instance: Instance, image: ImageRef, rescue_password: str | None = None
+    ) -> None:
+        raise self._unsupported("rescue")
+
+    def unrescue(self, *, instance: Instance) -> None:
+        raise self._unsupported("unrescue")
+
+    # -- volumes ---------------------------------------------------------------------------
+
+    def attach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
+        raise self._unsupported("attach_volume")
+
+    def detach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
+        raise self._unsupported("detach_volume")
+
+    # -- guest -----------------------------------------------------------------------------
+
+    def get_console_output(self, *, instance: Instance, max_bytes: int = 64 * 1024) -> str:
+        """The tail of the guest's console log, at most `max_bytes`."""
+        raise self._unsupported("get_console_output")
+
+    def set_admin_password(self, *, instance: Instance, password: str) -> None:
+        raise self._unsupported("set_admin_password")
+
+    def inject_file(self, *, instance: Instance, path: str, contents: bytes) -> None:
+        raise self._unsupported("inject_file")
+
+    # -- events ----------------------------------------------------------------------------
+
+    def register_event_listener(self, listener: Listener) -> None:
+        self._events.register(listener)
+
+    def unregister_event_listener(self, listener: Listener) -> None:
+        self._events.unregister(listener)
+
+    def emit_event(self, event: LifecycleEvent) -> None:
+        """For drivers: deliver an event to every listener."""
+        self._events.emit(event)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+# Extras to install per driver of ours, for the "missing dependency" hint.
+_EXTRAS = {"libvirt": "libvirt", "docker": "docker", "xen": "xen", "smartos": "smartos"}
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """One registered driver, as `virtkit drivers` shows it."""
+
+    name: str
+    loaded: bool
+    error: str | None
+    capabilities: tuple[str, ...]
+    target: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "loaded": self.loaded,
+            "error": self.error,
+            "capabilities": list(self.capabilities),
+        }
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=NAMESPACE)}
+
+
+def resolve_driver_name(name: str, installed: Sequence[str]) -> str:
+    """Map a Nova-style name ('libvirt.LibvirtDriver', 'fake.FakeDriver') to its entry point."""
+    if name in installed:
+        return name
+    candidate = name.split(".", 1)[0].lower()
+    if "." in name and candidate in installed:
+        return candidate
+    if name.lower() in installed:
+        return name.lower()
+    return name
+
+
+def describe_import_error(name: str, exc: BaseException) -> str:
+    """A one-line reason a driver failed to import, with the install hint."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if missing:
+        extra = _EXTRAS.get(name)
+        how = (
+            f"pip install 'virtkit[{extra}]'"
+            if extra
+            else "install the package that provides it"
+        )
+        return f"driver '{name}' needs the Python module '{missing}', which is not installed: {how}"
+    return f"driver '{name}' failed to import: {type(exc).__name__}: {exc}"
+
+
+def load_driver_class(name: str) -> type[ComputeDriver]:
+    """Import a driver class by entry-point or Nova-style name, without instantiating it."""
+    from stevedore import driver as sd_driver
+    from stevedore.exception import NoMatches
+
+    installed = sorted(_entry_points())
+    resolved = resolve_driver_name(name, installed)
+    failure: list[BaseException] = []
+
+    def on_failure(_manager: Any, _ep: Any, exc: BaseException) -> None:
+        failure.append(exc)
+
+    try:
+        manager = sd_driver.DriverManager(
+            NAMESPACE,
+            resolved,
+            invoke_on_load=False,
+            on_load_failure_callback=on_failure,
+        )
+    except NoMatches:
+        if failure:
+            raise DriverLoadError(describe_import_error(resolved, failure[0])) from failure[0]
+        raise DriverLoadError(
+            f"unknown compute driver '{name}'; installed drivers: {', '.join(installed) or 'none'}",
+            hint="set [DEFAULT] compute_driver to one of them",
+        ) from None
+    driver_cls = manager.driver
+    if not (isinstance(driver_cls, type) and issubclass(driver_cls, ComputeDriver)):
+        raise DriverLoadError(
+            f"entry point '{resolved}' of {NAMESPACE} is {driver_cls!r}, not a ComputeDriver"
+        )
+    return driver_cls
+
+
+def load_driver(name: str, conf: cfg.ConfigOpts) -> ComputeDriver:
+    """Load and instantiate the compute driver `name` with `conf`."""
+    driver = load_driver_class(name)(conf)
+    if not isinstance(driver, ComputeDriver):  # a factory may return anything
+        raise DriverLoadError(f"driver '{name}' did not produce a ComputeDriver")
+    return driver
+
+
+def list_drivers() -> list[DriverInfo]:
+    """Every registered driver, importing each to report whether it loads."""
+    infos = []
+    for name, ep in sorted(_entry_points().items()):
+        try:
+            driver_cls = load_driver_class(name)
+        except DriverLoadError as exc:
+            infos.append(DriverInfo(name, False, exc.message, (), ep.value))
+            continue
+        caps = tuple(sorted(c.value for c in driver_cls.capabilities))
+        infos.append(DriverInfo(name, True, None, caps, ep.value))
+    return infos

@@ -1,0 +1,311 @@
+"""The data that crosses the driver boundary: frozen, validated on construction."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import uuid as uuidlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from virt.errors import InvalidRequest
+
+# Keys whose values are secrets wherever they appear in a connection_info or a log line.
+SECRET_KEYS = frozenset(
+    {
+        "auth_password",
+        "auth_username_in",
+        "auth_password_in",
+        "discovery_auth_password",
+        "password",
+        "secret",
+        "admin_password",
+    }
+)
+MASK = "***"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_DEVICE_RE = re.compile(r"^(/dev/)?[a-z]{2,4}[a-z]{1,2}$")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidRequest(message)
+
+
+def validate_uuid(value: str, what: str = "uuid") -> str:
+    """Return the canonical lower-case form of a UUID string or raise InvalidRequest."""
+    try:
+        return str(uuidlib.UUID(str(value)))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidRequest(f"{what} {value!r} is not a valid UUID") from None
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def mask_secrets(value: Any) -> Any:
+    """A deep copy of a JSON-like value with every secret replaced by '***'."""
+    if isinstance(value, Mapping):
+        return {
+            k: (MASK if k in SECRET_KEYS and v not in (None, "") else mask_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+class PowerState(enum.Enum):
+    """What the engine says about a guest. UNKNOWN means we could not ask."""
+
+    NOSTATE = "nostate"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    CRASHED = "crashed"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """The size of an instance."""
+
+    name: str
+    vcpus: int
+    memory_mb: int
+    root_gb: int = 0
+    ephemeral_gb: int = 0
+    swap_mb: int = 0
+    extra_specs: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name and self.name.strip()), "flavor name must not be empty")
+        for attr in ("vcpus", "memory_mb", "root_gb", "ephemeral_gb", "swap_mb"):
+            value = getattr(self, attr)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool),
+                f"flavor {attr} must be an integer, got {value!r}",
+            )
+        _require(self.vcpus >= 1, f"flavor vcpus must be at least 1, got {self.vcpus}")
+        _require(self.memory_mb >= 1, f"flavor memory_mb must be positive, got {self.memory_mb}")
+        for attr in ("root_gb", "ephemeral_gb", "swap_mb"):
+            _require(getattr(self, attr) >= 0, f"flavor {attr} must not be negative")
+        object.__setattr__(self, "extra_specs", _frozen_mapping(self.extra_specs))
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What to boot: a file path (libvirt), an image name or id (docker), an image uuid (others).
+
+    `kernel` and `ramdisk` select direct kernel boot (AMI/AKI/ARI style).
+    """
+
+    ref: str
+    disk_format: str | None = None
+    kernel: str | None = None
+    ramdisk: str | None = None
+    kernel_cmdline: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.ref and str(self.ref).strip()), "image reference must not be empty")
+        _require(
+            self.disk_format in (None, "qcow2", "raw", "docker", "zvol", "vhd", "ami", "iso"),
+            f"unknown disk_format {self.disk_format!r}",
+        )
+        object.__setattr__(self, "properties", _frozen_mapping(self.properties))
+
+
+@dataclass(frozen=True)
+class VolumeConnection:
+    """Nova's `connection_info`: how to reach a volume. Secrets are masked in repr."""
+
+    driver_volume_type: str
+    data: Mapping[str, Any]
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.driver_volume_type), "connection_info needs a driver_volume_type"
+        )
+        _require(isinstance(self.data, Mapping), "connection_info 'data' must be an object")
+        object.__setattr__(self, "data", _frozen_mapping(self.data))
+
+    @classmethod
+    def from_connection_info(cls, info: Mapping[str, Any] | str) -> VolumeConnection:
+        """Parse Nova's connection_info (a dict or its JSON text)."""
+        if isinstance(info, str):
+            try:
+                info = json.loads(info)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"connection_info is not valid JSON: {exc.msg}") from None
+        if not isinstance(info, Mapping):
+            raise InvalidRequest("connection_info must be a JSON object")
+        if "driver_volume_type" not in info:
+            raise InvalidRequest("connection_info is missing 'driver_volume_type'")
+        data = info.get("data") or {}
+        serial = info.get("serial") or data.get("volume_id")
+        return cls(str(info["driver_volume_type"]), data, serial)
+
+    def to_connection_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"driver_volume_type": self.driver_volume_type, "data": dict(self.data)}
+        if self.serial:
+            info["serial"] = self.serial
+        return info
+
+    def masked(self) -> dict[str, Any]:
+        """connection_info with every secret replaced, safe for logs and errors."""
+        return mask_secrets(self.to_connection_info())
+
+    def __repr__(self) -> str:
+        return f"VolumeConnection({self.masked()!r})"
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """A volume attached (or to attach) to an instance at a mount point."""
+
+    connection: VolumeConnection
+    mountpoint: str
+    volume_id: str | None = None
+    disk_bus: str | None = None
+    delete_on_termination: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(_DEVICE_RE.match(self.mountpoint or "")),
+            f"mountpoint {self.mountpoint!r} is not a device name like /dev/vdb",
+        )
+        if self.volume_id is None and self.connection.serial:
+            object.__setattr__(self, "volume_id", self.connection.serial)
+
+    @property
+    def device_name(self) -> str:
+        """The mount point without /dev/ (vdb)."""
+        return self.mountpoint.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Vif:
+    """A virtual network interface."""
+
+    id: str
+    address: str
+    network: str | None = None
+    bridge: str | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.id), "vif id must not be empty")
+        _require(
+            bool(_MAC_RE.match(str(self.address).lower())),
+            f"vif address {self.address!r} is not a MAC address like 52:54:00:12:34:56",
+        )
+        object.__setattr__(self, "address", str(self.address).lower())
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A guest, as the compute service knows it."""
+
+    uuid: str
+    name: str
+    flavor: Flavor
+    image: ImageRef | None = None
+    host: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uuid", validate_uuid(self.uuid, "instance uuid"))
+        _require(
+            bool(self.name) and bool(_NAME_RE.match(self.name)),
+            f"instance name {self.name!r} is invalid: use 1-63 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit",
+        )
+        object.__setattr__(self, "metadata", _frozen_mapping(self.metadata))
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the engine reports about one guest."""
+
+    state: PowerState
+    internal_id: str | None = None
+    max_mem_kb: int | None = None
+    mem_kb: int | None = None
+    num_cpu: int | None = None
+    cpu_time_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class PowerOffResult:
+    """How a power-off went: `clean` if the guest shut down itself, `forced` if we pulled the plug."""
+
+    clean: bool
+    forced: bool
+    duration_s: float
+    already_off: bool = False
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """Capacity and usage of the host, Nova's `get_available_resource` keys."""
+
+    vcpus: int
+    memory_mb: int
+    local_gb: int
+    vcpus_used: int
+    memory_mb_used: int
+    local_gb_used: int
+    hypervisor_type: str
+    hypervisor_version: int
+    hypervisor_hostname: str
+    cpu_info: str = "{}"
+    disk_available_least: int | None = None
+    supported_instances: tuple[tuple[str, str, str], ...] = ()
+
+    REQUIRED_KEYS = (
+        "vcpus",
+        "memory_mb",
+        "local_gb",
+        "vcpus_used",
+        "memory_mb_used",
+        "local_gb_used",
+        "hypervisor_type",
+        "hypervisor_version",
+        "hypervisor_hostname",
+        "cpu_info",
+        "disk_available_least",
+        "supported_instances",
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.REQUIRED_KEYS}
+
+
+@dataclass(frozen=True)
+class VolumeConnector:
+    """This host as a storage initiator (what Cinder's initialize_connection needs)."""
+
+    host: str
+    ip: str
+    initiator: str | None = None
+    multipath: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"host": self.host, "ip": self.ip, "initiator": self.initiator,
+                "multipath": self.multipath}
+        data.update(self.extra)
+        return data
