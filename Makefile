@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := libvirt,docker,postgresql,test
 
-.PHONY: demo test deps venv testbed lint typecheck unit clean
+.PHONY: demo test deps venv testbed lint unit conformance bench clean
 
 demo: $(BIN)/virtkit
 	$(BIN)/virtkit demo
 
 $(BIN)/virtkit: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	scripts/install-deps --demo
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
 	touch $@
@@ -28,12 +29,21 @@ testbed: venv
 	scripts/testbed up
 
 lint: venv
-	$(BIN)/ruff check virt drivers guest_agent tests bench scripts/*.py
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: testbed lint
 	set -a; source .testbed/env; set +a; \
 	VIRTKIT_REQUIRE_TESTBED=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory conformance
+
+conformance:
+	set -a; source .testbed/env; set +a; \
+	VIRTKIT_REQUIRE_TESTBED=1 $(BIN)/python scripts/run-conformance
+
+bench: testbed
+	set -a; source .testbed/env; set +a; \
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
