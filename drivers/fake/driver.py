@@ -1,0 +1,632 @@
+"""The fake driver: an in-process hypervisor with the reference semantics of the interface.
+
+It declares every capability. Its "hypervisor" is a JSON file under `instances_path`, so
+successive CLI processes (and several processes on one host) see the same instances. The
+`[fake]` latency options stand for the engine's and the SAN's waits in benchmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from oslo_config import cfg
+
+from drivers.fake.state import StateFile
+from virt.driver import Capability, ComputeDriver
+from virt.errors import (
+    ImageNotFound,
+    InstanceExists,
+    InstanceNotFound,
+    InstanceNotRunning,
+    InvalidRequest,
+    InvalidState,
+    SpawnError,
+    VolumeAuthError,
+    VolumeError,
+    VolumeNotFound,
+)
+from virt.events import LifecycleEvent, Transition
+from virt.model import (
+    BlockDevice,
+    HostResources,
+    ImageRef,
+    Instance,
+    InstanceInfo,
+    PowerOffResult,
+    PowerState,
+    Vif,
+    VolumeConnector,
+    mask_secrets,
+)
+
+LOG = logging.getLogger(__name__)
+
+SNAPSHOT_SCHEME = "fake-snapshot:"
+CONSOLE_MAX_LINES = 400
+HYPERVISOR_VERSION = 1_000_000
+
+FAKE_OPTS: list[cfg.Opt] = [
+    cfg.IntOpt("spawn_latency_ms", default=0, min=0,
+               help="Simulated engine time per spawn, in milliseconds."),
+    cfg.IntOpt("volume_latency_ms", default=0, min=0,
+               help="Simulated storage time per volume attach or detach, in milliseconds."),
+    cfg.IntOpt("operation_latency_ms", default=0, min=0,
+               help="Simulated engine time per other mutating operation (power, pause, "
+               "snapshot, destroy ...), in milliseconds."),
+    cfg.StrOpt("fail_spawn_on_name_prefix", default="",
+               help="Fault injection: a spawn of an instance whose name starts with this "
+               "prefix fails with SpawnError (after its simulated work) and leaves nothing "
+               "behind. Empty disables it."),
+    cfg.IntOpt("vcpus", default=16, min=1, help="vCPUs the fake host reports."),
+    cfg.IntOpt("memory_mb", default=65536, min=1, help="Memory the fake host reports, in MiB."),
+    cfg.IntOpt("local_gb", default=2048, min=1, help="Disk the fake host reports, in GiB."),
+    cfg.StrOpt("my_ip", default="127.0.0.1",
+               help="IP address reported in this host's volume connector."),
+]
+
+# Images are "found" unless they point at something that is not there: an absolute path
+# that does not exist, or a snapshot this host never took.
+_ALIVE = frozenset({PowerState.RUNNING.value, PowerState.PAUSED.value})
+
+
+def _instance_record(instance: Instance, image: ImageRef, state: PowerState) -> dict[str, Any]:
+    flavor = instance.flavor
+    return {
+        "uuid": instance.uuid,
+        "name": instance.name,
+        "host": instance.host,
+        "flavor": {
+            "name": flavor.name,
+            "vcpus": flavor.vcpus,
+            "memory_mb": flavor.memory_mb,
+            "root_gb": flavor.root_gb,
+            "ephemeral_gb": flavor.ephemeral_gb,
+            "swap_mb": flavor.swap_mb,
+        },
+        "image": _image_record(image),
+        "state": state.value,
+        "created_at": time.time(),
+        "cpu_time_ns": 0,
+        "running_since": None,
+        "block_devices": {},
+        "vifs": [],
+        "files": {},
+        "rescued": False,
+        "admin_password_changed_at": None,
+        "console": [],
+    }
+
+
+def _image_record(image: ImageRef) -> dict[str, Any]:
+    return {
+        "ref": image.ref,
+        "disk_format": image.disk_format,
+        "kernel": image.kernel,
+        "ramdisk": image.ramdisk,
+        "kernel_cmdline": image.kernel_cmdline,
+    }
+
+
+def _console(record: dict[str, Any], line: str) -> None:
+    """Append a line to the instance's console log (bounded)."""
+    uptime = 0.0
+    if record.get("running_since"):
+        uptime = max(0.0, time.time() - record["running_since"])
+    record["console"].append(f"[{uptime:12.6f}] {line}")
+    del record["console"][:-CONSOLE_MAX_LINES]
+
+
+def _start(record: dict[str, Any]) -> None:
+    record["state"] = PowerState.RUNNING.value
+    record["running_since"] = time.time()
+    _console(record, f"Linux version 6.1.0-fake ({record['name']}) booting")
+    _console(record, f"virtkit-fake: root disk from image {record['image']['ref']}")
+    _console(record, f"{record['name']} login:")
+
+
+def _stop(record: dict[str, Any], how: str) -> None:
+    if record.get("running_since"):
+        elapsed = max(0.0, time.time() - record["running_since"])
+        record["cpu_time_ns"] += int(elapsed * 1e9 * 0.01)
+    _console(record, f"reboot: {how}")
+    record["state"] = PowerState.SHUTDOWN.value
+    record["running_since"] = None
+
+
+def _check_instance(instance: Any) -> Instance:
+    if not isinstance(instance, Instance):
+        raise InvalidRequest(f"instance must be a virt.model.Instance, got {type(instance).__name__}")
+    return instance
+
+
+class FakeDriver(ComputeDriver):
+    """Reference driver: every capability, real state machine, state in a JSON file."""
+
+    name: ClassVar[str] = "fake"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    config_group: ClassVar[str | None] = "fake"
+    config_opts: ClassVar[Sequence[cfg.Opt]] = FAKE_OPTS
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        super().__init__(conf)
+        self._host: str = conf.host
+        self._state: StateFile | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> StateFile:
+        """The hypervisor's state file, opened on first use."""
+        if self._state is None:
+            path = Path(self.conf.instances_path) / f"fake-hypervisor-{self._host}.json"
+            self._state = StateFile(path, self._host)
+        return self._state
+
+    def _sleep(self, option: str) -> None:
+        ms = getattr(self.conf.fake, option)
+        if ms:
+            time.sleep(ms / 1000.0)
+
+    def _emit(self, uuid: str, transitions: Sequence[Transition]) -> None:
+        for transition in transitions:
+            self.emit_event(LifecycleEvent(uuid, transition))
+
+    def _mutate(
+        self,
+        instance: Instance,
+        change: Callable[[dict[str, Any], dict[str, Any]], list[Transition] | None],
+        *,
+        missing: Callable[[str], Exception] | None = None,
+    ) -> None:
+        """Apply `change(record, state)` to one instance atomically, then emit its events."""
+        _check_instance(instance)
+        with self.state_file.transaction() as state:
+            record = state["instances"].get(instance.uuid)
+            if record is None:
+                raise (missing or InstanceNotFound)(instance.uuid)
+            events = change(record, state) or []
+        self._emit(instance.uuid, events)
+
+    def _record(self, instance: Instance) -> dict[str, Any]:
+        _check_instance(instance)
+        record = self.state_file.read()["instances"].get(instance.uuid)
+        if record is None:
+            raise InstanceNotFound(instance.uuid)
+        return record
+
+    def _check_image(self, image: ImageRef, state: dict[str, Any]) -> None:
+        if not isinstance(image, ImageRef):
+            raise InvalidRequest(f"image must be a virt.model.ImageRef, got {type(image).__name__}")
+        paths = [image.ref] + [p for p in (image.kernel, image.ramdisk) if p]
+        for path in paths:
+            if path.startswith("/") and not Path(path).exists():
+                raise ImageNotFound(
+                    f"image file {path} does not exist", hint="give an existing image path"
+                )
+        if image.ref.startswith(SNAPSHOT_SCHEME) and image.ref not in state["images"]:
+            raise ImageNotFound(
+                f"snapshot image {image.ref} does not exist on fake host {self._host}"
+            )
+
+    # -- host ------------------------------------------------------------------------------
+
+    def init_host(self, *, host: str) -> None:
+        if not host:
+            raise InvalidRequest("init_host needs a host name")
+        if host != self._host:
+            self._host, self._state = host, None
+        self.state_file.read()  # fail now, not on the first operation, if the path is unusable
+
+    def cleanup_host(self, *, host: str) -> None:
+        self._state = None
+
+    def get_available_resource(self) -> HostResources:
+        fake = self.conf.fake
+        records = self.state_file.read()["instances"].values()
+        vcpus_used = sum(r["flavor"]["vcpus"] for r in records)
+        memory_used = sum(r["flavor"]["memory_mb"] for r in records)
+        disk_used = sum(r["flavor"]["root_gb"] + r["flavor"]["ephemeral_gb"] for r in records)
+        cpu_info = {"arch": "x86_64", "model": "fake", "vendor": "virtkit",
+                    "topology": {"sockets": 1, "cores": fake.vcpus, "threads": 1}}
+        return HostResources(
+            vcpus=fake.vcpus,
+            memory_mb=fake.memory_mb,
+            local_gb=fake.local_gb,
+            vcpus_used=vcpus_used,
+            memory_mb_used=memory_used,
+            local_gb_used=disk_used,
+            hypervisor_type="fake",
+            hypervisor_version=HYPERVISOR_VERSION,
+            hypervisor_hostname=self._host,
+            cpu_info=json.dumps(cpu_info, sort_keys=True),
+            disk_available_least=fake.local_gb - disk_used,
+            supported_instances=(("x86_64", "fake", "hvm"),),
+        )
+
+    def get_volume_connector(self, *, instance: Instance | None = None) -> VolumeConnector:
+        return VolumeConnector(
+            host=self._host,
+            ip=self.conf.fake.my_ip,
+            initiator=f"iqn.2010-10.org.virtkit:{self._host}",
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    def list_instances(self) -> list[str]:
+        return sorted(r["name"] for r in self.state_file.read()["instances"].values())
+
+    def list_instance_uuids(self) -> list[str]:
+        return sorted(self.state_file.read()["instances"])
+
+    def get_info(self, *, instance: Instance) -> InstanceInfo:
+        record = self._record(instance)
+        cpu_time = record["cpu_time_ns"]
+        if record["running_since"]:
+            cpu_time += int((time.time() - record["running_since"]) * 1e9 * 0.01)
+        memory_kb = record["flavor"]["memory_mb"] * 1024
+        return InstanceInfo(
+            state=PowerState(record["state"]),
+            internal_id=record["uuid"],
+            max_mem_kb=memory_kb,
+            mem_kb=memory_kb,
+            num_cpu=record["flavor"]["vcpus"],
+            cpu_time_ns=cpu_time,
+        )
+
+    def instance_exists(self, *, instance: Instance) -> bool:
+        _check_instance(instance)
+        return instance.uuid in self.state_file.read()["instances"]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        *,
+        instance: Instance,
+        image: ImageRef,
+        block_devices: Sequence[BlockDevice] = (),
+        vifs: Sequence[Vif] = (),
+        admin_password: str | None = None,
+        power_on: bool = True,
+    ) -> None:
+        _check_instance(instance)
+        for bdm in block_devices:
+            self._check_block_device(bdm)
+        mountpoints = [b.mountpoint for b in block_devices]
+        if len(set(mountpoints)) != len(mountpoints):
+            raise InvalidRequest(f"two block devices of instance {instance.uuid} share a mountpoint")
+        # The engine's work happens outside the lock, so spawns on one host overlap.
+        self._sleep("spawn_latency_ms")
+        prefix = self.conf.fake.fail_spawn_on_name_prefix
+        with self.state_file.transaction() as state:
+            if instance.uuid in state["instances"]:
+                raise InstanceExists(instance.uuid)
+            self._check_image(image, state)
+            if prefix and instance.name.startswith(prefix):
+                raise SpawnError(
+                    f"spawn of instance {instance.uuid} failed: fault injected by "
+                    f"[fake] fail_spawn_on_name_prefix={prefix!r}"
+                )
+            record = _instance_record(instance, image, PowerState.SHUTDOWN)
+            for bdm in block_devices:
+                record["block_devices"][bdm.mountpoint] = self._bdm_record(bdm)
+            record["vifs"] = [{"id": v.id, "address": v.address, "network": v.network}
+                              for v in vifs]
+            if admin_password:
+                record["admin_password_changed_at"] = time.time()
+            _console(record, f"virtkit-fake: defined {instance.name} ({instance.uuid})")
+            if power_on:
+                _start(record)
+            state["instances"][instance.uuid] = record
+        LOG.info("fake: spawned %s (%s)", instance.name, instance.uuid)
+        if power_on:
+            self._emit(instance.uuid, [Transition.STARTED])
+
+    def destroy(
+        self,
+        *,
+        instance: Instance,
+        block_devices: Sequence[BlockDevice] = (),
+        destroy_disks: bool = True,
+    ) -> None:
+        _check_instance(instance)
+        self._sleep("operation_latency_ms")
+        with self.state_file.transaction() as state:
+            record = state["instances"].pop(instance.uuid, None)
+            if record is None:
+                LOG.debug("fake: destroy of unknown instance %s is a no-op", instance.uuid)
+                return
+        if record["state"] in _ALIVE or record["state"] == PowerState.SUSPENDED.value:
+            self._emit(instance.uuid, [Transition.STOPPED])
+
+    def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            if not hard:
+                if record["state"] != PowerState.RUNNING.value:
+                    raise InvalidState(
+                        f"instance {instance.uuid} is {record['state']}; a soft reboot needs it "
+                        "running", hint="use a hard reboot")
+                _console(record, "reboot: Restarting system")
+                _start(record)
+                return []
+            was_running = record["state"] in _ALIVE
+            if was_running:
+                _stop(record, "Power down (hard reboot)")
+            _start(record)
+            return [Transition.STOPPED, Transition.STARTED] if was_running else [
+                Transition.STARTED]
+
+        self._mutate(instance, change)
+
+    def power_off(
+        self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
+    ) -> PowerOffResult:
+        if timeout < 0 or retry_interval < 0:
+            raise InvalidRequest("power_off timeout and retry_interval must not be negative")
+        began = time.monotonic()
+        self._sleep("operation_latency_ms")
+        forced = timeout == 0
+        already: list[bool] = []
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            if record["state"] == PowerState.SHUTDOWN.value:
+                already.append(True)
+                return []
+            _stop(record, "Power down" if not forced else "Power down (forced)")
+            return [Transition.STOPPED]
+
+        self._mutate(instance, change)
+        if already:
+            return PowerOffResult(clean=True, forced=False, duration_s=0.0, already_off=True)
+        return PowerOffResult(clean=not forced, forced=forced,
+                              duration_s=time.monotonic() - began)
+
+    def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            current = record["state"]
+            if current == PowerState.RUNNING.value:
+                return []
+            if current == PowerState.PAUSED.value:
+                raise InvalidState(f"instance {instance.uuid} is paused",
+                                   hint="unpause it instead")
+            for bdm in block_devices:
+                record["block_devices"].setdefault(bdm.mountpoint, self._bdm_record(bdm))
+            _start(record)
+            return [Transition.STARTED]
+
+        self._mutate(instance, change)
+
+    def pause(self, *, instance: Instance) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            self._require_state(instance, record, "pause", PowerState.RUNNING)
+            record["state"] = PowerState.PAUSED.value
+            return [Transition.PAUSED]
+
+        self._mutate(instance, change)
+
+    def unpause(self, *, instance: Instance) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            if record["state"] == PowerState.RUNNING.value:
+                return []
+            self._require_state(instance, record, "unpause", PowerState.PAUSED)
+            record["state"] = PowerState.RUNNING.value
+            return [Transition.RESUMED]
+
+        self._mutate(instance, change)
+
+    def suspend(self, *, instance: Instance) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            self._require_state(instance, record, "suspend", PowerState.RUNNING, PowerState.PAUSED)
+            record["state"] = PowerState.SUSPENDED.value
+            _console(record, "PM: suspend entry (deep)")
+            return [Transition.SUSPENDED]
+
+        self._mutate(instance, change)
+
+    def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            if record["state"] == PowerState.RUNNING.value:
+                return []
+            self._require_state(instance, record, "resume", PowerState.SUSPENDED)
+            record["state"] = PowerState.RUNNING.value
+            _console(record, "PM: suspend exit")
+            return [Transition.RESUMED]
+
+        self._mutate(instance, change)
+
+    def snapshot(self, *, instance: Instance, name: str) -> ImageRef:
+        if not name or not name.strip():
+            raise InvalidRequest("snapshot name must not be empty")
+        self._sleep("operation_latency_ms")
+        ref = f"{SNAPSHOT_SCHEME}{uuidlib.uuid4()}"
+        taken: list[ImageRef] = []
+
+        def change(record: dict[str, Any], state: dict[str, Any]) -> None:
+            source = record["image"]
+            image = ImageRef(
+                ref=ref,
+                disk_format=source["disk_format"],
+                kernel=source["kernel"],
+                ramdisk=source["ramdisk"],
+                kernel_cmdline=source["kernel_cmdline"],
+                properties={"name": name, "source_instance": instance.uuid},
+            )
+            state["images"][ref] = {**_image_record(image), "name": name,
+                                    "source_instance": instance.uuid, "created_at": time.time()}
+            _console(record, f"virtkit-fake: snapshot {name!r} taken as {ref}")
+            taken.append(image)
+
+        self._mutate(instance, change,
+                     missing=lambda uuid: InstanceNotRunning(uuid, "snapshot"))
+        return taken[0]
+
+    def rescue(
+        self, *, instance: Instance, image: ImageRef, rescue_password: str | None = None
+    ) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], state: dict[str, Any]) -> list[Transition]:
+            if record["rescued"]:
+                raise InvalidState(f"instance {instance.uuid} is already in rescue mode",
+                                   hint="unrescue it first")
+            self._require_state(instance, record, "rescue", PowerState.RUNNING,
+                                PowerState.SHUTDOWN)
+            self._check_image(image, state)
+            events = [Transition.STOPPED] if record["state"] in _ALIVE else []
+            record["rescued"] = True
+            record["rescue_image"] = image.ref
+            _console(record, f"virtkit-fake: rescue boot from {image.ref}")
+            _start(record)
+            return [*events, Transition.STARTED]
+
+        self._mutate(instance, change)
+
+    def unrescue(self, *, instance: Instance) -> None:
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+            if not record["rescued"]:
+                return []
+            record["rescued"] = False
+            record.pop("rescue_image", None)
+            _stop(record, "Power down (leaving rescue)")
+            _start(record)
+            return [Transition.STOPPED, Transition.STARTED]
+
+        self._mutate(instance, change)
+
+    # -- volumes ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_block_device(bdm: BlockDevice) -> None:
+        if not isinstance(bdm, BlockDevice):
+            raise InvalidRequest(f"block device must be a virt.model.BlockDevice, got "
+                                 f"{type(bdm).__name__}")
+        conn = bdm.connection
+        if conn.driver_volume_type == "iscsi":
+            missing = [k for k in ("target_portal", "target_iqn") if not conn.data.get(k)]
+            if missing:
+                raise InvalidRequest(
+                    f"iscsi connection_info of volume {bdm.volume_id} lacks {', '.join(missing)}")
+            if str(conn.data.get("auth_method", "")).upper() == "CHAP" and not (
+                conn.data.get("auth_username") and conn.data.get("auth_password")
+            ):
+                raise VolumeAuthError(
+                    f"volume {bdm.volume_id}: CHAP needs auth_username and auth_password")
+
+    @staticmethod
+    def _bdm_record(bdm: BlockDevice) -> dict[str, Any]:
+        return {
+            "volume_id": bdm.volume_id,
+            "mountpoint": bdm.mountpoint,
+            "disk_bus": bdm.disk_bus,
+            "connection_info": mask_secrets(bdm.connection.to_connection_info()),
+            "attached_at": time.time(),
+        }
+
+    def attach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
+        self._check_block_device(block_device)
+        self._sleep("volume_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+            attached = record["block_devices"]
+            if block_device.mountpoint in attached:
+                raise VolumeError(
+                    f"instance {instance.uuid} already has a volume at {block_device.mountpoint}",
+                    hint="detach it first or choose another mountpoint")
+            if block_device.volume_id and any(
+                b["volume_id"] == block_device.volume_id for b in attached.values()
+            ):
+                raise VolumeError(
+                    f"volume {block_device.volume_id} is already attached to {instance.uuid}")
+            attached[block_device.mountpoint] = self._bdm_record(block_device)
+            _console(record, f"virtio_blk: [{block_device.device_name}] attached")
+
+        self._mutate(instance, change)
+
+    def detach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
+        _check_instance(instance)
+        self._sleep("volume_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+            attached = record["block_devices"]
+            found = [m for m, b in attached.items()
+                     if (block_device.volume_id and b["volume_id"] == block_device.volume_id)
+                     or (not block_device.volume_id and m == block_device.mountpoint)]
+            if not found:
+                raise VolumeNotFound(
+                    f"volume {block_device.volume_id or block_device.mountpoint} is not attached "
+                    f"to instance {instance.uuid}")
+            for mountpoint in found:
+                del attached[mountpoint]
+            _console(record, f"virtio_blk: [{block_device.device_name}] detached")
+
+        self._mutate(instance, change)
+
+    # -- guest -----------------------------------------------------------------------------
+
+    def get_console_output(self, *, instance: Instance, max_bytes: int = 64 * 1024) -> str:
+        if max_bytes < 0:
+            raise InvalidRequest(f"max_bytes must not be negative, got {max_bytes}")
+        text = "".join(line + "\n" for line in self._record(instance)["console"])
+        data = text.encode("utf-8")[-max_bytes:] if max_bytes else b""
+        return data.decode("utf-8", errors="ignore")
+
+    def set_admin_password(self, *, instance: Instance, password: str) -> None:
+        if not password:
+            raise InvalidRequest("the new admin password must not be empty")
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+            if record["state"] != PowerState.RUNNING.value:
+                raise InstanceNotRunning(instance.uuid, "set_admin_password")
+            # Only the fact and the time are kept: the password itself never touches the file.
+            record["admin_password_changed_at"] = time.time()
+            _console(record, "virtkit-agent: admin password changed")
+
+        self._mutate(instance, change)
+
+    def inject_file(self, *, instance: Instance, path: str, contents: bytes) -> None:
+        if not path or not path.startswith("/"):
+            raise InvalidRequest(f"inject_file needs an absolute guest path, got {path!r}")
+        if not isinstance(contents, bytes | bytearray):
+            raise InvalidRequest("inject_file contents must be bytes")
+        self._sleep("operation_latency_ms")
+
+        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+            record["files"][path] = {"size": len(contents),
+                                     "sha256": hashlib.sha256(contents).hexdigest()}
+            _console(record, f"virtkit-fake: injected {path} ({len(contents)} bytes)")
+
+        self._mutate(instance, change)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_state(
+        instance: Instance, record: dict[str, Any], operation: str, *allowed: PowerState
+    ) -> None:
+        if record["state"] not in {s.value for s in allowed}:
+            wanted = " or ".join(s.value for s in allowed)
+            raise InvalidState(
+                f"cannot {operation} instance {instance.uuid}: it is {record['state']}, "
+                f"{operation} needs it {wanted}")
