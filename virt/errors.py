@@ -88,6 +88,10 @@ class UnsupportedOperation(VirtError):
         self.operation = operation
 
 
+class StoreError(VirtError):
+    """The state store cannot be opened, migrated or written."""
+
+
 class SpawnError(VirtError):
     """Spawning failed; the driver has removed whatever it had created."""
 
