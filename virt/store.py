@@ -322,11 +322,14 @@ class Store:
         *,
         host: str | None = None,
         vm_state: str | None = None,
+        name: str | None = None,
         read_deleted: bool = False,
         conn: sa.Connection | None = None,
     ) -> list[InstanceRecord]:
-        """Instances, oldest first, optionally only those of `host` / in `vm_state`."""
+        """Instances, oldest first, optionally only those of `host` / in `vm_state` / `name`."""
         query = sa.select(instances).order_by(instances.c.created_at, instances.c.name)
+        if name is not None:
+            query = query.where(instances.c.name == name)
         if host is not None:
             query = query.where(instances.c.host == host)
         if vm_state is not None:

@@ -1,0 +1,223 @@
+"""ComputeService record keeping on the fake driver and a real SQLite store."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.fake.driver import FakeDriver
+from virt.compute import ComputeService
+from virt.driver import Capability
+from virt.errors import (
+    InstanceNotFound,
+    InvalidRequest,
+    InvalidState,
+    SpawnError,
+    UnsupportedOperation,
+    VolumeNotFound,
+)
+from virt.model import ImageRef, PowerState
+
+IMAGE = ImageRef("cirros")
+CONNECTION_INFO = {
+    "driver_volume_type": "iscsi",
+    "serial": "vol-1",
+    "data": {
+        "target_portal": "127.0.0.1:3260",
+        "target_iqn": "iqn.2010-10.org.openstack:volume-1",
+        "target_lun": 1,
+        "auth_method": "CHAP",
+        "auth_username": "user",
+        "auth_password": "chap-secret-xyz",
+    },
+}
+
+
+@pytest.fixture
+def service(conf):
+    with ComputeService(conf) as svc:
+        yield svc
+
+
+def boot(service, name="vm1", **kwargs):
+    return service.boot(name, image=IMAGE, flavor=service.flavor("m1.tiny"), **kwargs)
+
+
+def events(service, ref):
+    return [e.event for e in service.events(ref)]
+
+
+def test_boot_records_active_with_the_driver_power_state(service):
+    record = boot(service)
+    assert (record.vm_state, record.task_state, record.power_state) == (
+        "active", None, PowerState.RUNNING)
+    assert record.host == "test-host" and record.launched_at is not None
+    assert record.uuid in service.driver.list_instance_uuids()
+    assert events(service, "vm1") == ["spawning", "started", "spawned"]
+    assert service.store.get_host("test-host").driver == "fake"
+
+
+def test_boot_stopped_and_duplicate_name(service):
+    record = boot(service, power_on=False)
+    assert (record.vm_state, record.power_state) == ("stopped", PowerState.SHUTDOWN)
+    with pytest.raises(InvalidRequest, match="already exists"):
+        boot(service)
+
+
+def test_failed_spawn_is_error_with_reason_and_nothing_on_the_hypervisor(conf):
+    with ComputeService(conf) as service:
+        conf.set_override("fail_spawn_on_name_prefix", "bad", group="fake")
+        with pytest.raises(SpawnError):
+            boot(service, "bad-vm")
+        record = service.get("bad-vm")
+        assert record.vm_state == "error" and record.task_state is None
+        assert "fault injected" in record.fault
+        assert service.driver.list_instance_uuids() == []
+        assert events(service, "bad-vm") == ["spawning", "spawn_failed"]
+
+
+class LeakyDriver(FakeDriver):
+    """Leaves its guest behind when spawn fails (what a buggy third-party driver does)."""
+
+    def spawn(self, *, instance, image, **kwargs):
+        super().spawn(instance=instance, image=image, **kwargs)
+        raise RuntimeError("engine exploded after defining the guest")
+
+
+def test_failed_spawn_of_a_leaky_driver_is_cleaned_up_by_the_service(conf):
+    with ComputeService(conf, driver=LeakyDriver(conf)) as service:
+        with pytest.raises(RuntimeError):
+            boot(service, "leaky")
+        record = service.get("leaky")
+        assert record.vm_state == "error"
+        assert record.fault == "spawn: RuntimeError: engine exploded after defining the guest"
+        assert service.driver.list_instance_uuids() == []
+
+
+def test_lifecycle_keeps_states_and_events(service):
+    boot(service)
+    record, result = service.stop("vm1", timeout=5)
+    assert (record.vm_state, record.power_state) == ("stopped", PowerState.SHUTDOWN)
+    assert not result.forced
+    assert service.start("vm1").vm_state == "active"
+    assert service.pause("vm1").vm_state == "paused"
+    assert service.unpause("vm1").vm_state == "active"
+    assert service.suspend("vm1").vm_state == "suspended"
+    assert service.resume("vm1").vm_state == "active"
+    assert service.reboot("vm1").vm_state == "active"
+    assert service.reboot("vm1", hard=True).power_state is PowerState.RUNNING
+    _, image = service.snapshot("vm1", "snap1")
+    assert image.ref
+    assert service.console("vm1").strip()
+    history = events(service, "vm1")
+    for name in ("stopped", "stop", "start", "paused", "pause", "resumed", "unpause",
+                 "suspended", "suspend", "resume", "reboot", "snapshot"):
+        assert name in history
+    # The snapshot boots.
+    clone = service.boot("clone", image=image, flavor=service.flavor("m1.tiny"))
+    assert clone.vm_state == "active"
+
+
+def test_wrong_state_and_busy_instance_are_refused(service):
+    record = boot(service, power_on=False)
+    with pytest.raises(InvalidState, match="cannot pause instance vm1: it is stopped"):
+        service.pause("vm1")
+    service.store.update_instance(record.uuid, task_state="powering-on")
+    with pytest.raises(InvalidState, match="busy"):
+        service.start("vm1")
+    # Delete works whatever is in progress: a crashed operation must not pin the instance.
+    service.delete("vm1")
+    with pytest.raises(InstanceNotFound):
+        service.get("vm1")
+
+
+def test_driver_failure_is_recorded_as_fault_and_raised(service):
+    boot(service)
+    service.driver.power_off(instance=service.get("vm1").to_instance(), timeout=0)
+    with pytest.raises(InvalidState):
+        service.driver.pause(instance=service.get("vm1").to_instance())
+    # The out-of-band stop arrived as an event: the record already says stopped.
+    assert service.get("vm1").vm_state == "stopped"
+    service.store.update_instance(service.get("vm1").uuid, vm_state="active")
+    with pytest.raises(InvalidState):
+        service.pause("vm1")
+    record = service.get("vm1")
+    assert record.fault.startswith("pause: ") and record.task_state is None
+    assert record.vm_state == "stopped"  # re-read from the engine
+    assert "pause_failed" in events(service, "vm1")
+
+
+def test_volume_attach_detach_keeps_connection_info(service):
+    record = boot(service)
+    bdm = service.attach_volume("vm1", CONNECTION_INFO, "vdb")
+    assert bdm.mountpoint == "/dev/vdb" and bdm.volume_id == "vol-1"
+    stored = service.block_devices("vm1")
+    assert [b.connection_info for b in stored] == [CONNECTION_INFO]
+    with pytest.raises(InvalidRequest, match="already has a volume"):
+        service.attach_volume("vm1", CONNECTION_INFO, "/dev/vdb")
+    service.detach_volume("vm1", "vol-1")
+    assert service.block_devices("vm1") == []
+    with pytest.raises(VolumeNotFound):
+        service.detach_volume("vm1", "vdb")
+    assert "chap-secret-xyz" not in repr(service.store.list_events(record.uuid))
+
+
+def test_failed_attach_leaves_no_record(service):
+    boot(service)
+    bad = {"driver_volume_type": "iscsi", "data": {"target_portal": "127.0.0.1:3260"}}
+    with pytest.raises(InvalidRequest, match="target_iqn"):
+        service.attach_volume("vm1", bad, "vdc")
+    assert service.block_devices("vm1") == []
+    assert service.get("vm1").fault.startswith("volume attach: ")
+
+
+class NoPauseDriver(FakeDriver):
+    capabilities = frozenset(Capability) - {Capability.PAUSE, Capability.VOLUME_ISCSI_CHAP}
+
+    def pause(self, *, instance):
+        raise self._unsupported("pause")
+
+
+def test_undeclared_capability_is_refused_before_anything_changes(conf):
+    with ComputeService(conf, driver=NoPauseDriver(conf)) as service:
+        boot(service)
+        with pytest.raises(UnsupportedOperation) as err:
+            service.pause("vm1")
+        assert err.value.exit_code == 4
+        with pytest.raises(UnsupportedOperation, match="CHAP"):
+            service.attach_volume("vm1", CONNECTION_INFO, "vdb")
+        record = service.get("vm1")
+        assert record.task_state is None and record.fault is None
+
+
+def test_delete_removes_guest_and_volumes(service):
+    record = boot(service)
+    service.attach_volume("vm1", CONNECTION_INFO, "vdb")
+    deleted = service.delete("vm1")
+    assert deleted.vm_state == "deleted" and deleted.deleted_at is not None
+    assert record.uuid not in service.driver.list_instance_uuids()
+    assert service.store.list_block_devices(record.uuid) == []
+    with pytest.raises(InstanceNotFound):
+        service.get(record.uuid)
+    assert service.store.list_events(record.uuid)[-1].event == "deleted"
+
+
+def test_set_password_and_refresh(service):
+    boot(service)
+    assert service.set_password("vm1", "n3w-pass").vm_state == "active"
+    service.store.update_instance(service.get("vm1").uuid, power_state=PowerState.SHUTDOWN)
+    record, live = service.refresh("vm1")
+    assert live is PowerState.RUNNING and record.power_state is PowerState.RUNNING
+
+
+def test_flavors(service):
+    assert service.flavor("m1.small").memory_mb == 2048
+    custom = service.flavor(vcpus=2, memory_mb=256, disk_gb=3)
+    assert (custom.vcpus, custom.memory_mb, custom.root_gb) == (2, 256, 3)
+    with pytest.raises(InvalidRequest, match="unknown flavor"):
+        service.flavor("m9.huge")
+    with pytest.raises(InvalidRequest, match="not both"):
+        service.flavor("m1.small", vcpus=1)
+    with pytest.raises(InvalidRequest, match="a flavor is needed"):
+        service.flavor()
+    with pytest.raises(InvalidRequest):
+        service.flavor(vcpus=0, memory_mb=1)
