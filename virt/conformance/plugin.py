@@ -1,1 +1,189 @@
-"""pytest plugin entry point of the conformance suite (inert unless --virtkit-config is given)."""
+"""pytest plugin entry point of the conformance suite (inert unless --virtkit-config is given).
+
+It is loaded in every pytest run of a project that installs virtkit, so at import and in
+every hook it does nothing costly: it adds two options and three markers, and only when
+`--virtkit-config FILE` is given does it load the driver's settings, gate tests by the
+driver's capabilities, record outcomes and write the support matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from virt.conformance.matrix import TestRecord
+    from virt.conformance.settings import SuiteSettings
+
+SUITE_DIR = Path(__file__).resolve().parent
+MARKERS = (
+    "virtkit_operations(*names): interface operations a conformance test speaks for",
+    "virtkit_capability(cap): the Capability a conformance test needs (skipped if undeclared)",
+    "virtkit_kind(kind): 'exercise' (default), 'unsupported' (an undeclared operation must "
+    "refuse) or 'check' (a static check: failing fails its operations, passing proves nothing)",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("virtkit", "virtkit driver conformance suite")
+    group.addoption("--virtkit-config", metavar="FILE", default=None,
+                    help="run the virtkit conformance suite against the driver configured in "
+                    "FILE (compute_driver plus a [conformance] group)")
+    group.addoption("--virtkit-matrix", metavar="PATH", default=None,
+                    help="merge this run's results into the support matrix PATH.json and "
+                    "re-render PATH.md")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    config_file = config.getoption("--virtkit-config", default=None)
+    if not config_file:
+        return
+    from virt.conformance.settings import load_settings
+    from virt.errors import VirtError
+
+    try:
+        settings = load_settings(config_file)
+    except VirtError as exc:
+        raise pytest.UsageError(f"--virtkit-config {config_file}: {exc}") from None
+    config.pluginmanager.register(ConformanceRun(config, settings), "virtkit-conformance-run")
+    config.pluginmanager.import_plugin("virt.conformance.fixtures")
+
+
+def _in_suite(item: pytest.Item) -> bool:
+    return Path(str(item.path)).is_relative_to(SUITE_DIR)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--virtkit-config", default=None):
+        return
+    skip = pytest.mark.skip(reason="the virtkit conformance suite needs --virtkit-config FILE")
+    for item in items:
+        if _in_suite(item):
+            item.add_marker(skip)
+
+
+class ConformanceRun:
+    """The active suite run: capability gating, outcome recording, matrix output."""
+
+    def __init__(self, config: pytest.Config, settings: SuiteSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.records: dict[str, TestRecord] = {}
+        self._driver_class: Any = None
+        self._load_error: str | None = None
+
+    # -- the driver under test --------------------------------------------------------------
+
+    def driver_class(self) -> Any:
+        """The driver class named by the config (None if it cannot be loaded)."""
+        if self._driver_class is None and self._load_error is None:
+            from virt.driver import load_driver_class
+            from virt.errors import VirtError
+
+            try:
+                self._driver_class = load_driver_class(self.settings.conf.compute_driver)
+            except VirtError as exc:
+                self._load_error = str(exc)
+        return self._driver_class
+
+    def entry_point(self) -> str:
+        from virt.driver import _entry_points, resolve_driver_name
+
+        return resolve_driver_name(self.settings.conf.compute_driver, sorted(_entry_points()))
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def pytest_report_header(self) -> list[str]:
+        cls = self.driver_class()
+        caps = ", ".join(sorted(c.value for c in cls.capabilities)) if cls else self._load_error
+        return [
+            f"virtkit conformance: {self.settings.config_file} -> driver "
+            f"{self.settings.conf.compute_driver!r}",
+            f"virtkit conformance: declared capabilities: {caps or 'none'}",
+        ]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Skip a capability test of an undeclared (or excluded) capability, before fixtures."""
+        if not _in_suite(item):
+            return
+        marker = item.get_closest_marker("virtkit_capability")
+        cls = self.driver_class()
+        if marker is None or cls is None:
+            return
+        capability = marker.args[0]
+        declared = capability in cls.capabilities
+        kind = _kind(item)
+        from virt.conformance.matrix import REFUSAL
+
+        if kind == REFUSAL:
+            if declared:
+                pytest.skip(f"driver '{cls.name}' declares capability '{capability.value}'; "
+                            "the operation is exercised by its capability test")
+            return
+        if not declared:
+            pytest.skip(f"driver '{cls.name}' does not declare capability '{capability.value}'")
+        if capability.value in self.settings.opts.exclude_capabilities:
+            pytest.skip(f"capability '{capability.value}' excluded by [conformance] "
+                        "exclude_capabilities")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+        report = yield
+        if _in_suite(item):
+            self._record(item, report)
+        return report
+
+    def _record(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        from virt.conformance.matrix import TestRecord
+
+        marker = item.get_closest_marker("virtkit_operations")
+        record = self.records.get(item.nodeid)
+        if record is None:
+            ops = tuple(marker.args) if marker else ()
+            record = self.records[item.nodeid] = TestRecord(item.nodeid, ops, _kind(item))
+        if report.failed:
+            record.outcome = "failed"
+            record.reason = _reason(report)
+        elif report.skipped and record.outcome != "failed":
+            record.outcome = "skipped"
+            record.reason = _reason(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        path = self.config.getoption("--virtkit-matrix", default=None)
+        if not path or not self.records:
+            return
+        from virt.conformance.matrix import build_column, merge_column
+
+        cls = self.driver_class()
+        entry_point = self.entry_point()
+        column = build_column(
+            entry_point=entry_point,
+            driver_class=f"{cls.__module__}.{cls.__qualname__}" if cls else "not loadable",
+            capabilities=[c.value for c in cls.capabilities] if cls else [],
+            records=list(self.records.values()),
+        )
+        label = self.settings.opts.label or entry_point
+        written = merge_column(path, label, column)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"virtkit conformance: matrix column '{label}' -> {written}")
+
+
+def _kind(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("virtkit_kind")
+    return str(marker.args[0]) if marker else "exercise"
+
+
+def _reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (file, line, reason)
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    return str(longrepr).strip().splitlines()[-1] if longrepr else ""

@@ -1,0 +1,151 @@
+"""Fixtures of the conformance suite (registered by the plugin only when it is active).
+
+The suite shares guests where it can: one running instance for read-only tests, one
+"workbench" instance that mutating tests bring back to RUNNING, and fresh instances only
+where a test must own the whole lifecycle. Everything created is destroyed at the end, even
+after failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from virt.conformance.bounded import BoundedDriver
+from virt.conformance.settings import SuiteSettings
+from virt.driver import ComputeDriver, load_driver
+from virt.errors import VirtError
+from virt.model import Instance, PowerState, new_uuid
+
+LOG = logging.getLogger(__name__)
+
+
+class Guests:
+    """Creates the suite's instances, remembers them, and brings them back to RUNNING."""
+
+    def __init__(self, driver: BoundedDriver, settings: SuiteSettings) -> None:
+        self.driver = driver
+        self.settings = settings
+        self.created: dict[str, Instance] = {}
+
+    def new(self, tag: str) -> Instance:
+        """A new Instance (not spawned) that will be destroyed at the end of the run."""
+        uuid = new_uuid()
+        name = f"{self.settings.opts.instance_prefix}{tag}-{uuid[:8]}"
+        instance = Instance(uuid=uuid, name=name, flavor=self.settings.flavor(),
+                            image=self.settings.image(), host=self.settings.conf.host)
+        self.created[uuid] = instance
+        return instance
+
+    def spawn(self, tag: str, **kwargs: Any) -> Instance:
+        instance = self.new(tag)
+        kwargs.setdefault("image", self.settings.image())
+        self.driver.spawn(instance=instance, **kwargs)
+        return instance
+
+    def state(self, instance: Instance) -> PowerState:
+        return self.driver.get_info(instance=instance).state
+
+    def ensure_running(self, instance: Instance) -> None:
+        """Undo whatever an earlier test left: the instance is RUNNING afterwards."""
+        state = self.state(instance)
+        if state is PowerState.PAUSED:
+            self.driver.unpause(instance=instance)
+        elif state is PowerState.SUSPENDED:
+            self.driver.resume(instance=instance)
+        elif state is not PowerState.RUNNING:
+            self.driver.power_on(instance=instance)
+        state = self.state(instance)
+        assert state is PowerState.RUNNING, f"could not bring {instance.name} back to RUNNING"
+
+    def destroy_all(self) -> list[str]:
+        """Destroy every instance the suite created; return the uuids still listed after."""
+        for instance in self.created.values():
+            try:
+                self.driver.destroy(instance=instance)
+            except (VirtError, AssertionError) as exc:
+                LOG.warning("conformance cleanup: destroy of %s failed: %s", instance.name, exc)
+        try:
+            listed = set(self.driver.list_instance_uuids())
+        except (VirtError, AssertionError):
+            return []
+        return sorted(listed & set(self.created))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def suite(pytestconfig: pytest.Config) -> SuiteSettings:
+    """The run's settings (the driver's config file plus its [conformance] group)."""
+    run = pytestconfig.pluginmanager.get_plugin("virtkit-conformance-run")
+    return run.settings  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def raw_driver(suite: SuiteSettings) -> Iterator[ComputeDriver]:
+    """The driver under test, initialised for the configured host, without time bounds."""
+    driver = load_driver(suite.conf.compute_driver, suite.conf)
+    BoundedDriver(driver, suite.opts.operation_timeout).init_host(host=suite.conf.host)
+    yield driver
+    try:
+        BoundedDriver(driver, suite.opts.operation_timeout).cleanup_host(host=suite.conf.host)
+    except (VirtError, AssertionError) as exc:
+        LOG.warning("conformance cleanup: cleanup_host failed: %s", exc)
+
+
+@pytest.fixture(scope="session")
+def driver(raw_driver: ComputeDriver, suite: SuiteSettings) -> BoundedDriver:
+    """The driver under test; every call is bounded by [conformance] operation_timeout."""
+    return BoundedDriver(raw_driver, suite.opts.operation_timeout)
+
+
+@pytest.fixture(scope="session")
+def guests(driver: BoundedDriver, suite: SuiteSettings) -> Iterator[Guests]:
+    registry = Guests(driver, suite)
+    yield registry
+    leftovers = registry.destroy_all()
+    if leftovers:
+        LOG.error("conformance cleanup: still listed after destroy: %s", ", ".join(leftovers))
+
+
+@pytest.fixture(scope="session")
+def shared_instance(guests: Guests) -> Instance:
+    """A running instance for read-only tests: do not change its state."""
+    return guests.spawn("shared")
+
+
+@pytest.fixture(scope="session")
+def _workbench(guests: Guests) -> list[Instance]:
+    return [guests.spawn("bench")]
+
+
+@pytest.fixture
+def workbench(_workbench: list[Instance], guests: Guests) -> Instance:
+    """A shared instance that tests may change; it is RUNNING when a test gets it.
+
+    If an earlier test broke it beyond repair, it is replaced, so one failure does not
+    cascade into every later test.
+    """
+    try:
+        guests.ensure_running(_workbench[0])
+    except (VirtError, AssertionError) as exc:
+        LOG.warning("conformance: replacing the workbench instance: %s", exc)
+        try:
+            guests.driver.destroy(instance=_workbench[0])
+            _workbench[0] = guests.spawn("bench")
+        except (VirtError, AssertionError) as again:
+            pytest.fail(f"the workbench instance is unusable and cannot be replaced: {again}")
+    return _workbench[0]

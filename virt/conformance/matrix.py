@@ -1,0 +1,191 @@
+"""The support matrix: driver x operation -> supported / unsupported / failed / untested.
+
+Built from the suite's results, merged into `BASE.json` (one column per driver run, other
+columns kept) and re-rendered as `BASE.md` from the whole JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virt.driver import OPERATIONS
+from virt.errors import ConfigError
+
+FORMAT = 1
+SUPPORTED, UNSUPPORTED, FAILED, UNTESTED = "supported", "unsupported", "failed", "untested"
+
+# kind of a test: "exercise" proves an operation works; "unsupported" proves an undeclared
+# operation raises UnsupportedOperation.
+EXERCISE, REFUSAL = "exercise", "unsupported"
+
+
+@dataclass
+class TestRecord:
+    """The outcome of one suite test and the operations it speaks for."""
+
+    nodeid: str
+    operations: tuple[str, ...]
+    kind: str = EXERCISE
+    outcome: str = "passed"  # passed | failed | skipped
+    reason: str = ""
+    phases: list[str] = field(default_factory=list)
+
+
+def operation_status(records: Sequence[TestRecord]) -> str:
+    """One operation's status from every test that touched it."""
+    if any(r.outcome == "failed" for r in records):
+        return FAILED
+    if any(r.outcome == "passed" and r.kind == EXERCISE for r in records):
+        return SUPPORTED
+    if any(r.outcome == "passed" and r.kind == REFUSAL for r in records):
+        return UNSUPPORTED
+    return UNTESTED
+
+
+def build_column(
+    *,
+    entry_point: str,
+    driver_class: str,
+    capabilities: Iterable[str],
+    records: Sequence[TestRecord],
+) -> dict[str, Any]:
+    """The matrix column of one suite run."""
+    operations: dict[str, Any] = {}
+    for op, capability in OPERATIONS.items():
+        mine = [r for r in records if op in r.operations]
+        operations[op] = {
+            "status": operation_status(mine),
+            "capability": capability.value if capability else None,
+            "tests": [
+                {"test": r.nodeid.rsplit("::", 1)[-1], "outcome": r.outcome,
+                 **({"reason": r.reason} if r.reason else {})}
+                for r in mine
+            ],
+        }
+    summary = {k: sum(r.outcome == k for r in records) for k in ("passed", "failed", "skipped")}
+    return {
+        "entry_point": entry_point,
+        "class": driver_class,
+        "capabilities": sorted(capabilities),
+        "generated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "summary": summary,
+        "operations": operations,
+    }
+
+
+def matrix_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """BASE.json and BASE.md for `--virtkit-matrix PATH` (PATH may end in .json or .md)."""
+    base = Path(path)
+    if base.suffix in (".json", ".md"):
+        base = base.with_suffix("")
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".md")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_matrix(json_path: Path) -> dict[str, Any]:
+    """The matrix in `json_path`, or an empty one."""
+    if not json_path.exists():
+        return {"format": FORMAT, "drivers": {}}
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"support matrix {json_path} is unreadable: {exc}",
+                          hint="delete it to start a new matrix") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"support matrix {json_path} has an unknown format",
+                          hint="delete it to start a new matrix")
+    return data
+
+
+def merge_column(path: str | os.PathLike[str], label: str, column: Mapping[str, Any]) -> Path:
+    """Put `column` under `label` in the matrix at `path` and re-render the Markdown."""
+    json_path, md_path = matrix_paths(path)
+    with _locked(json_path):
+        matrix = load_matrix(json_path)
+        matrix["drivers"][label] = dict(column)
+        matrix["drivers"] = dict(sorted(matrix["drivers"].items()))
+        _write_atomic(json_path, json.dumps(matrix, indent=2, sort_keys=True) + "\n")
+        _write_atomic(md_path, render_markdown(matrix))
+    return json_path
+
+
+_CELL = {SUPPORTED: "✅ supported", UNSUPPORTED: "➖ unsupported", FAILED: "❌ **failed**",
+         UNTESTED: "❔ untested"}
+
+
+def render_markdown(matrix: Mapping[str, Any]) -> str:
+    """The whole matrix as Markdown: one table, then the reasons behind failed/untested."""
+    drivers: Mapping[str, Any] = matrix["drivers"]
+    labels = list(drivers)
+    lines = [
+        "<!-- Generated by the virtkit conformance suite (--virtkit-matrix); do not edit. -->",
+        "# Support matrix",
+        "",
+        "Generated from conformance runs: ✅ the suite exercised the operation and it "
+        "worked; ➖ the driver does not declare it and raises UnsupportedOperation; "
+        "❌ a test of it failed; ❔ declared but not exercised in that run (see notes).",
+        "",
+        "| operation | capability | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for op, capability in OPERATIONS.items():
+        cells = [
+            _CELL.get(drivers[label]["operations"].get(op, {}).get("status", UNTESTED), "?")
+            for label in labels
+        ]
+        gate = f"`{capability.value}`" if capability else "mandatory"
+        lines.append(f"| `{op}` | {gate} | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", ""]
+    for label in labels:
+        column = drivers[label]
+        s = column["summary"]
+        lines.append(
+            f"- **{label}** (`{column['class']}`, entry point `{column['entry_point']}`, "
+            f"{column['generated_at']}): {s['passed']} passed, {s['failed']} failed, "
+            f"{s['skipped']} skipped"
+        )
+        for op, entry in column["operations"].items():
+            if entry["status"] not in (FAILED, UNTESTED):
+                continue
+            notes = sorted({t.get("reason", "") for t in entry["tests"]
+                            if t["outcome"] != "passed" and t.get("reason")})
+            detail = "; ".join(notes) if notes else "no test ran"
+            lines.append(f"  - `{op}` {entry['status']}: {_one_line(detail)}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

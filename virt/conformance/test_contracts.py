@@ -1,0 +1,161 @@
+"""Contracts every driver keeps, whatever it declares (DESIGN.md, "The driver interface")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from virt.driver import load_driver
+from virt.errors import InstanceExists, InstanceNotFound, VirtError
+from virt.model import HostResources, InstanceInfo, PowerOffResult, PowerState
+
+ops = pytest.mark.virtkit_operations
+
+
+@ops("init_host")
+def test_init_host_is_repeatable(driver, suite):
+    driver.init_host(host=suite.conf.host)
+    driver.list_instance_uuids()
+
+
+@ops("init_host", "cleanup_host")
+def test_cleanup_host_on_a_second_driver(suite):
+    from virt.conformance.bounded import BoundedDriver
+
+    other = BoundedDriver(load_driver(suite.conf.compute_driver, suite.conf),
+                          suite.opts.operation_timeout)
+    other.init_host(host=suite.conf.host)
+    other.cleanup_host(host=suite.conf.host)
+
+
+@ops("get_available_resource")
+def test_available_resource_keys_and_types(driver):
+    res = driver.get_available_resource()
+    assert isinstance(res, HostResources), f"got {type(res).__name__}, not HostResources"
+    data = res.as_dict()
+    assert set(HostResources.REQUIRED_KEYS) <= set(data)
+    for key in ("vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used",
+                "local_gb_used", "hypervisor_version"):
+        value = data[key]
+        assert isinstance(value, int) and not isinstance(value, bool), f"{key}={value!r} not int"
+        assert value >= 0, f"{key} is negative: {value}"
+    assert data["vcpus"] >= 1 and data["memory_mb"] >= 1
+    assert isinstance(data["hypervisor_type"], str) and data["hypervisor_type"]
+    assert isinstance(data["hypervisor_hostname"], str) and data["hypervisor_hostname"]
+    assert isinstance(json.loads(data["cpu_info"]), dict), "cpu_info must be a JSON object"
+    assert data["disk_available_least"] is None or isinstance(data["disk_available_least"], int)
+    for entry in data["supported_instances"]:
+        assert len(entry) == 3 and all(isinstance(x, str) for x in entry), entry
+
+
+@ops("list_instances", "list_instance_uuids", "instance_exists", "spawn")
+def test_listings_agree(driver, shared_instance):
+    names, uuids = driver.list_instances(), driver.list_instance_uuids()
+    assert all(isinstance(n, str) for n in names) and all(isinstance(u, str) for u in uuids)
+    assert len(uuids) == len(set(uuids)), f"duplicate uuids listed: {uuids}"
+    assert len(names) == len(uuids), f"{len(names)} names but {len(uuids)} uuids"
+    assert shared_instance.uuid in uuids
+    assert shared_instance.name in names
+    assert driver.instance_exists(instance=shared_instance) is True
+
+
+@ops("get_info")
+def test_get_info_of_a_running_instance(driver, shared_instance):
+    info = driver.get_info(instance=shared_instance)
+    assert isinstance(info, InstanceInfo)
+    assert info.state is PowerState.RUNNING
+
+
+@ops("get_info", "instance_exists")
+def test_get_info_of_unknown_instance_raises_not_found(driver, guests):
+    ghost = guests.new("ghost")
+    with pytest.raises(InstanceNotFound):
+        driver.get_info(instance=ghost)
+    assert driver.instance_exists(instance=ghost) is False
+
+
+@ops("power_off", "power_on", "reboot")
+def test_power_operations_on_unknown_instance_raise_not_found(driver, guests):
+    ghost = guests.new("ghost")
+    for call in (driver.power_off, driver.power_on, driver.reboot):
+        with pytest.raises(InstanceNotFound):
+            call(instance=ghost)
+
+
+@ops("destroy")
+def test_destroy_of_unknown_instance_is_a_noop(driver, guests):
+    driver.destroy(instance=guests.new("ghost"))
+
+
+@ops("spawn", "power_on", "destroy", "list_instance_uuids")
+def test_spawn_powered_off_start_and_destroy_twice(driver, guests):
+    instance = guests.spawn("off", power_on=False)
+    assert driver.get_info(instance=instance).state is PowerState.SHUTDOWN
+    driver.power_on(instance=instance)
+    assert driver.get_info(instance=instance).state is PowerState.RUNNING
+    driver.destroy(instance=instance)
+    driver.destroy(instance=instance)
+    assert instance.uuid not in driver.list_instance_uuids()
+    assert instance.name not in driver.list_instances()
+    with pytest.raises(InstanceNotFound):
+        driver.get_info(instance=instance)
+
+
+@ops("spawn")
+def test_spawn_of_an_existing_uuid_raises_instance_exists(driver, suite, shared_instance):
+    with pytest.raises(InstanceExists):
+        driver.spawn(instance=shared_instance, image=suite.image())
+    assert driver.list_instance_uuids().count(shared_instance.uuid) == 1
+    assert driver.get_info(instance=shared_instance).state is PowerState.RUNNING
+
+
+@ops("spawn")
+def test_failed_spawn_leaves_nothing_behind(driver, suite, guests):
+    instance = guests.new("doomed")
+    with pytest.raises(VirtError) as failure:
+        driver.spawn(instance=instance, image=suite.missing_image())
+    assert not isinstance(failure.value, InstanceExists)
+    assert instance.uuid not in driver.list_instance_uuids()
+    assert instance.name not in driver.list_instances()
+    assert driver.instance_exists(instance=instance) is False
+    with pytest.raises(InstanceNotFound):
+        driver.get_info(instance=instance)
+
+
+@ops("power_on")
+def test_power_on_of_a_running_instance_is_a_noop(driver, workbench):
+    driver.power_on(instance=workbench)
+    assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+
+
+@ops("power_off", "power_on")
+def test_power_off_returns_result_and_shuts_down(driver, suite, workbench):
+    result = driver.power_off(instance=workbench, timeout=suite.opts.power_off_timeout)
+    assert isinstance(result, PowerOffResult), f"got {type(result).__name__}"
+    assert result.clean or result.forced
+    assert result.duration_s >= 0
+    assert driver.get_info(instance=workbench).state is PowerState.SHUTDOWN
+    again = driver.power_off(instance=workbench, timeout=suite.opts.power_off_timeout)
+    assert isinstance(again, PowerOffResult), "power_off of a stopped instance must succeed"
+    assert driver.get_info(instance=workbench).state is PowerState.SHUTDOWN
+    driver.power_on(instance=workbench)
+    assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+
+
+@ops("reboot")
+def test_soft_and_hard_reboot(driver, workbench):
+    driver.reboot(instance=workbench, hard=False)
+    assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+    driver.reboot(instance=workbench, hard=True)
+    assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+
+
+@ops("register_event_listener", "unregister_event_listener")
+def test_listener_registry(driver):
+    with pytest.raises(TypeError):
+        driver.register_event_listener("not callable")
+    seen: list[object] = []
+    driver.register_event_listener(seen.append)
+    driver.unregister_event_listener(seen.append)
+    driver.unregister_event_listener(seen.append)  # unknown listener: no error
