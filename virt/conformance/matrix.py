@@ -32,6 +32,8 @@ EXERCISE, REFUSAL = "exercise", "unsupported"
 class TestRecord:
     """The outcome of one suite test and the operations it speaks for."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     nodeid: str
     operations: tuple[str, ...]
     kind: str = EXERCISE
@@ -65,11 +67,7 @@ def build_column(
         operations[op] = {
             "status": operation_status(mine),
             "capability": capability.value if capability else None,
-            "tests": [
-                {"test": r.nodeid.rsplit("::", 1)[-1], "outcome": r.outcome,
-                 **({"reason": r.reason} if r.reason else {})}
-                for r in mine
-            ],
+            "tests": [_test_entry(r) for r in mine],
         }
     summary = {k: sum(r.outcome == k for r in records) for k in ("passed", "failed", "skipped")}
     return {
@@ -79,7 +77,15 @@ def build_column(
         "generated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "summary": summary,
         "operations": operations,
+        "driver_checks": [_test_entry(r) for r in records if not r.operations],
     }
+
+
+def _test_entry(record: TestRecord) -> dict[str, Any]:
+    entry = {"test": record.nodeid.rsplit("::", 1)[-1], "outcome": record.outcome}
+    if record.reason:
+        entry["reason"] = record.reason
+    return entry
 
 
 def matrix_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -183,6 +189,10 @@ def render_markdown(matrix: Mapping[str, Any]) -> str:
                             if t["outcome"] != "passed" and t.get("reason")})
             detail = "; ".join(notes) if notes else "no test ran"
             lines.append(f"  - `{op}` {entry['status']}: {_one_line(detail)}")
+        for check in column.get("driver_checks", []):
+            if check["outcome"] == "failed":
+                lines.append(f"  - {check['test']} failed: "
+                             f"{_one_line(check.get('reason', ''))}")
     return "\n".join(lines) + "\n"
 
 

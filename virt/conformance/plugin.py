@@ -136,7 +136,23 @@ class ConformanceRun:
         report = yield
         if _in_suite(item):
             self._record(item, report)
+            if report.failed and call.excinfo is not None:
+                self._explain_refusal(item, call.excinfo.value, report)
         return report
+
+    def _explain_refusal(self, item: pytest.Item, exc: BaseException, report: Any) -> None:
+        """Name the broken promise when a declared capability's operation refuses."""
+        from virt.errors import UnsupportedOperation
+
+        marker = item.get_closest_marker("virtkit_capability")
+        if marker is None or _kind(item) != "exercise":
+            return
+        if not isinstance(exc, UnsupportedOperation | NotImplementedError):
+            return
+        why = (f"driver declares capability '{marker.args[0].value}' but raised "
+               f"{type(exc).__name__}: {exc}")
+        self.records[item.nodeid].reason = why
+        report.sections.append(("virtkit conformance", why))
 
     def _record(self, item: pytest.Item, report: pytest.TestReport) -> None:
         from virt.conformance.matrix import TestRecord

@@ -1,0 +1,272 @@
+"""The conformance suite judges drivers correctly: it passes the fake, fails broken drivers
+where they are broken, skips undeclared capabilities with the reason, and its matrix merges.
+
+Each driver under test is installed the way a third-party package would be: a module plus a
+`.dist-info` with a `virtkit.compute_drivers` entry point on PYTHONPATH, and the suite runs in
+a pytest subprocess exactly as `pytest --pyargs virt.conformance --virtkit-config` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+DRIVERS_MODULE = '''
+from drivers.fake.driver import FakeDriver
+from virt.driver import Capability, ComputeDriver
+from virt.errors import ImageNotFound, InstanceNotFound, InvalidState, UnsupportedOperation
+from virt.model import ImageRef
+
+
+class BrokenDriver(FakeDriver):
+    """Declares everything, but breaks one contract per area."""
+
+    name = "vk_broken"
+
+    def pause(self, *, instance):  # declared, yet refused
+        raise UnsupportedOperation(self.name, "pause")
+
+    def snapshot(self, *, instance, name):  # declared, yet not implemented
+        raise NotImplementedError("snapshot")
+
+    def destroy(self, *, instance, block_devices=(), destroy_disks=True):
+        if not self.instance_exists(instance=instance):
+            raise InstanceNotFound(instance.uuid)
+        super().destroy(instance=instance, block_devices=block_devices,
+                        destroy_disks=destroy_disks)
+
+    def get_info(self, instance, *, verbose=False):  # drifted signature
+        return super().get_info(instance=instance)
+
+    def frobnicate(self):  # a public method outside the interface
+        return None
+
+    def power_on(self, *, instance, block_devices=()):
+        if self.get_info(instance=instance).state.value == "running":
+            raise InvalidState("already running")
+        super().power_on(instance=instance, block_devices=block_devices)
+
+    def spawn(self, *, instance, image, block_devices=(), vifs=(), admin_password=None,
+              power_on=True):
+        try:
+            super().spawn(instance=instance, image=image, block_devices=block_devices,
+                          vifs=vifs, admin_password=admin_password, power_on=power_on)
+        except ImageNotFound:
+            # leave a half-created guest behind, as a careless driver would
+            super().spawn(instance=instance, image=ImageRef("leftover"), power_on=False)
+            raise
+
+
+class PartialDriver(FakeDriver):
+    """Declares neither pause, rescue nor suspend; still implements suspend by mistake."""
+
+    name = "vk_partial"
+    capabilities = frozenset(Capability) - {Capability.PAUSE, Capability.RESCUE,
+                                            Capability.SUSPEND}
+    pause = ComputeDriver.pause
+    unpause = ComputeDriver.unpause
+    rescue = ComputeDriver.rescue
+    unrescue = ComputeDriver.unrescue
+'''
+
+CONFIG = """
+[DEFAULT]
+compute_driver = {driver}
+state_path = {state}
+
+[conformance]
+image_ref = cirros
+{extra}
+"""
+
+VOLUME = ('volume_connection_info = {"driver_volume_type": "iscsi", "serial": "v1", "data": '
+          '{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v1", '
+          '"target_lun": 1}}')
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A directory holding the test drivers as an installed third-party distribution."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "vk_test_drivers.py").write_text(DRIVERS_MODULE)
+    dist = root / "vk_test_drivers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vk-test-drivers\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[virtkit.compute_drivers]\n"
+        "vk_broken = vk_test_drivers:BrokenDriver\n"
+        "vk_partial = vk_test_drivers:PartialDriver\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def matrix_base(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("matrix") / "support-matrix"
+
+
+def run_suite(site: Path, tmp: Path, driver: str, matrix: Path, extra: str = ""):
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = tmp / f"{driver}.conf"
+    config.write_text(CONFIG.format(driver=driver, state=tmp / "state", extra=extra))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
+    env.pop("PYTEST_ADDOPTS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+         "--pyargs", "virt.conformance", "--virtkit-config", str(config),
+         "--virtkit-matrix", str(matrix)],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
+    )
+    column = json.loads(matrix.with_suffix(".json").read_text())["drivers"][driver]
+    tests = [t for op in column["operations"].values() for t in op["tests"]]
+    outcomes = {t["test"]: t["outcome"] for t in tests + column["driver_checks"]}
+    return proc, column, outcomes
+
+
+@pytest.fixture(scope="module")
+def fake_run(site, tmp_path_factory, matrix_base):
+    return run_suite(site, tmp_path_factory.mktemp("fake"), "fake", matrix_base, VOLUME)
+
+
+@pytest.fixture(scope="module")
+def broken_run(site, tmp_path_factory, matrix_base):
+    return run_suite(site, tmp_path_factory.mktemp("broken"), "vk_broken", matrix_base, VOLUME)
+
+
+@pytest.fixture(scope="module")
+def partial_run(site, tmp_path_factory, matrix_base):
+    return run_suite(site, tmp_path_factory.mktemp("partial"), "vk_partial", matrix_base)
+
+
+def test_fake_driver_passes_the_whole_suite(fake_run):
+    proc, column, _ = fake_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert column["summary"]["failed"] == 0
+    statuses = {op: entry["status"] for op, entry in column["operations"].items()}
+    assert set(statuses.values()) == {"supported"}, statuses
+
+
+def test_suite_destroys_everything_it_created(fake_run):
+    proc, _, _ = fake_run
+    config = Path(proc.args[proc.args.index("--virtkit-config") + 1])
+    state_files = list((config.parent / "state").glob("instances/fake-hypervisor-*.json"))
+    assert state_files, "the fake run left no state file at all"
+    for path in state_files:
+        assert json.loads(path.read_text())["instances"] == {}
+
+
+def test_broken_driver_fails_exactly_where_it_is_broken(broken_run):
+    proc, column, outcomes = broken_run
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    expected_failures = {
+        "test_pause_and_unpause",
+        "test_snapshot_then_spawn_from_it",
+        "test_snapshot_of_unknown_instance_fails",
+        "test_destroy_of_unknown_instance_is_a_noop",
+        "test_signature_matches_base[get_info]",
+        "test_no_public_methods_beyond_the_interface",
+        "test_power_on_of_a_running_instance_is_a_noop",
+        "test_failed_spawn_leaves_nothing_behind",
+    }
+    failed = {name for name, outcome in outcomes.items() if outcome == "failed"}
+    assert expected_failures <= failed, sorted(expected_failures - failed)
+    # what is not broken still passes
+    for name in ("test_suspend_and_resume", "test_signature_matches_base[spawn]",
+                 "test_volume_attach_and_detach", "test_listings_agree"):
+        assert outcomes[name] == "passed", name
+    ops = column["operations"]
+    for op in ("pause", "snapshot", "destroy", "get_info", "power_on", "spawn"):
+        assert ops[op]["status"] == "failed", op
+    assert ops["suspend"]["status"] == "supported"
+    pause_reasons = [t.get("reason", "") for t in ops["pause"]["tests"]]
+    assert any("declares capability 'pause' but raised UnsupportedOperation" in r
+               for r in pause_reasons), pause_reasons
+
+
+def test_broken_driver_failures_say_why(broken_run):
+    proc, column, _ = broken_run
+    text = json.dumps(column)
+    assert "signature drift" in text and "verbose" in text
+    assert "frobnicate" in text
+    assert "NotImplementedError" in text
+
+
+def test_undeclared_capabilities_are_skipped_with_reason(partial_run):
+    proc, column, outcomes = partial_run
+    assert outcomes["test_pause_and_unpause"] == "skipped"
+    assert outcomes["test_rescue_and_unrescue"] == "skipped"
+    assert "does not declare capability 'pause'" in proc.stdout
+    reasons = [t.get("reason", "") for t in column["operations"]["pause"]["tests"]]
+    assert any("does not declare capability 'pause'" in r for r in reasons)
+    for op in ("pause", "unpause", "rescue", "unrescue"):
+        assert column["operations"][op]["status"] == "unsupported", op
+        assert outcomes[f"test_undeclared_operation_raises_unsupported[{op}]"] == "passed"
+
+
+def test_undeclared_but_implemented_operation_fails(partial_run):
+    proc, column, outcomes = partial_run
+    assert proc.returncode == 1
+    assert outcomes["test_undeclared_operation_raises_unsupported[suspend]"] == "failed"
+    assert column["operations"]["suspend"]["status"] == "failed"
+    assert "declare capability 'suspend'" in json.dumps(column["operations"]["suspend"])
+
+
+def test_volume_tests_without_a_volume_are_untested(partial_run):
+    _, column, outcomes = partial_run
+    assert outcomes["test_volume_attach_and_detach"] == "skipped"
+    assert column["operations"]["attach_volume"]["status"] == "untested"
+
+
+def test_matrix_merges_every_run(fake_run, broken_run, partial_run, matrix_base):
+    matrix = json.loads(matrix_base.with_suffix(".json").read_text())
+    assert set(matrix["drivers"]) == {"fake", "vk_broken", "vk_partial"}
+    markdown = matrix_base.with_suffix(".md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| operation"))
+    assert header == "| operation | capability | fake | vk_broken | vk_partial |"
+    pause_row = next(line for line in markdown.splitlines() if line.startswith("| `pause`"))
+    assert "✅ supported" in pause_row and "❌ **failed**" in pause_row
+    assert "➖ unsupported" in pause_row
+
+
+def test_suite_is_skipped_without_a_config(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+         "--pyargs", "virt.conformance"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "needs --virtkit-config" in proc.stdout
+    assert " passed" not in proc.stdout
+
+
+def test_plugin_is_inert_and_cheap_to_load():
+    code = textwrap.dedent("""
+        import sys
+        import virt.conformance.plugin
+        heavy = [m for m in ("virt.driver", "oslo_config", "stevedore", "virt.conformance.fixtures")
+                 if m in sys.modules]
+        print(heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bad_config_is_a_usage_error(tmp_path):
+    config = tmp_path / "bad.conf"
+    config.write_text("[conformance]\nflavor = tiny:zero:512:1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+         "--pyargs", "virt.conformance", "--virtkit-config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
+    assert "flavor" in proc.stderr and "Traceback" not in proc.stderr
