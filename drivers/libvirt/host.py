@@ -1,0 +1,247 @@
+"""The libvirt connection manager: event loop, lazy connect, reconnect, callback replay.
+
+libvirt's event implementation is process-wide: it is registered once, before the first
+connection is opened (otherwise remote connections have no keepalive and events only arrive
+during other API calls), and run on one daemon thread. Each `Host` owns one connection; when
+libvirtd goes away (close callback, keepalive, or a failed call) it is dropped and reopened
+in the background, and the lifecycle callback is registered again on the new connection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import libvirt
+
+from virt.errors import HypervisorUnavailable
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: (domain uuid, libvirt event, libvirt detail) for each lifecycle event.
+LifecycleCallback = Callable[[str, int, int], None]
+
+
+class _EventLoop:
+    """libvirt's default event implementation, run on one daemon thread per process."""
+
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+    _stop = threading.Event()
+
+    @classmethod
+    def ensure_running(cls) -> None:
+        with cls._lock:
+            if cls._thread is not None:
+                return
+            # libvirt prints every error to stderr unless a handler is set; we raise them.
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            libvirt.virEventRegisterDefaultImpl()
+            # A periodic timer makes the loop wake up, so it can notice a stop request.
+            libvirt.virEventAddTimeout(500, lambda _timer, _opaque: None, None)
+            cls._thread = threading.Thread(target=cls._run, name="libvirt-events", daemon=True)
+            cls._thread.start()
+            atexit.register(cls.stop)
+
+    @classmethod
+    def _run(cls) -> None:
+        while not cls._stop.is_set():
+            if libvirt.virEventRunDefaultImpl() < 0:
+                cls._stop.wait(0.1)
+
+    @classmethod
+    def stop(cls) -> None:
+        cls._stop.set()
+        if cls._thread is not None:
+            cls._thread.join(timeout=2)
+
+
+def is_connection_error(exc: libvirt.libvirtError, conn: libvirt.virConnect | None) -> bool:
+    """Did this error come from a lost connection rather than from the operation?"""
+    if exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
+                                libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
+        return True
+    if "client socket is closed" in str(exc):
+        return True
+    if conn is None:
+        return False
+    try:
+        return conn.isAlive() != 1
+    except libvirt.libvirtError:
+        return True
+
+
+class Host:
+    """One libvirt connection, kept open and re-opened; every engine call goes through `call`."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        on_lifecycle: LifecycleCallback | None = None,
+        keepalive_interval: int = 5,
+        keepalive_count: int = 3,
+        connect_timeout: float = 30.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        self.uri = uri
+        self._on_lifecycle = on_lifecycle
+        self._keepalive = (keepalive_interval, keepalive_count)
+        self._connect_timeout = connect_timeout
+        self._reconnect_interval = reconnect_interval
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.RLock()  # connect, reconnect and callback registration
+        self._closed = False
+        self._lost = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.reconnects = 0
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connection(self) -> libvirt.virConnect:
+        """The open connection, opening it first if needed; HypervisorUnavailable if it can't."""
+        conn = self._conn
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise HypervisorUnavailable(f"the libvirt connection to {self.uri} was closed")
+            if self._conn is None:
+                self._conn = self._open()
+            return self._conn
+
+    def _open(self) -> libvirt.virConnect:
+        _EventLoop.ensure_running()
+        result: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                result["conn"] = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                result["error"] = exc
+
+        # libvirt.open has no timeout of its own (an ssh URI can hang): bound it here.
+        opener = threading.Thread(target=target, name="libvirt-open", daemon=True)
+        opener.start()
+        opener.join(self._connect_timeout)
+        if opener.is_alive():
+            raise HypervisorUnavailable(
+                f"libvirt at {self.uri} did not answer within {self._connect_timeout:.0f}s")
+        if "error" in result:
+            raise HypervisorUnavailable(
+                f"cannot connect to libvirt at {self.uri}: {result['error']}",
+                hint="start libvirtd (scripts/testbed up libvirt) or fix [libvirt] connection_uri",
+            )
+        conn: libvirt.virConnect = result["conn"]
+        if conn.getType() != "TEST":  # the embedded test driver has neither keepalive nor close
+            try:
+                conn.setKeepAlive(*self._keepalive)
+            except libvirt.libvirtError as exc:
+                LOG.debug("keepalive not available on %s: %s", self.uri, exc)
+        try:
+            conn.registerCloseCallback(self._on_close, None)
+        except libvirt.libvirtError as exc:
+            LOG.debug("close callback not available on %s: %s", self.uri, exc)
+        if self._on_lifecycle is not None:
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None)
+        self._lost.clear()
+        self._ensure_watcher()
+        LOG.info("connected to libvirt at %s", self.uri)
+        return conn
+
+    def _on_close(self, conn: libvirt.virConnect, reason: int, _opaque: Any) -> None:
+        # Runs on the event-loop thread: no libvirt calls here, only hand over.
+        if conn is self._conn or self._conn is None:
+            self._conn = None
+            self._lost.set()
+
+    def _drop(self, conn: libvirt.virConnect | None) -> None:
+        with self._lock:
+            if conn is not None and self._conn is conn:
+                self._conn = None
+                self._lost.set()
+                try:
+                    conn.close()
+                except libvirt.libvirtError:
+                    pass
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or not self._watcher.is_alive():
+            self._watcher = threading.Thread(target=self._watch, name="libvirt-reconnect",
+                                             daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """Reopen a lost connection in the background, so events flow again without a call."""
+        while not self._closed:
+            self._lost.wait()
+            if self._closed:
+                return
+            with self._lock:
+                if self._conn is not None:
+                    self._lost.clear()
+                    continue
+                try:
+                    self._conn = self._open()
+                    self.reconnects += 1
+                    LOG.warning("reconnected to libvirt at %s", self.uri)
+                    continue
+                except HypervisorUnavailable:
+                    pass
+            threading.Event().wait(self._reconnect_interval)
+
+    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        if self._on_lifecycle is not None:
+            self._on_lifecycle(dom.UUIDString(), event, detail)
+
+    def close(self) -> None:
+        """Close the connection and stop reconnecting; the Host may not be used afterwards."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            self._lost.set()
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, fn: Callable[[libvirt.virConnect], T], *, idempotent: bool = True) -> T:
+        """Run `fn(conn)`; on a lost connection reconnect and retry once if `idempotent`.
+
+        Errors that are not about the connection propagate unchanged.
+        """
+        conn = self.connection()
+        try:
+            return fn(conn)
+        except libvirt.libvirtError as exc:
+            if not is_connection_error(exc, conn):
+                raise
+            self._drop(conn)
+            if not idempotent:
+                raise self._unavailable(exc) from None
+        try:
+            conn = self.connection()
+            return fn(conn)
+        except libvirt.libvirtError as exc:
+            if is_connection_error(exc, conn):
+                self._drop(conn)
+                raise self._unavailable(exc) from None
+            raise
+
+    def _unavailable(self, exc: libvirt.libvirtError) -> HypervisorUnavailable:
+        return HypervisorUnavailable(
+            f"lost the connection to libvirt at {self.uri}: {exc.get_error_message()}",
+            hint="check that libvirtd is running; virtkit reconnects by itself",
+        )

@@ -1,0 +1,268 @@
+"""Base-image cache and per-instance disks (qcow2 copy-on-write overlays).
+
+A base image is copied once into `images_path`, keyed by its source path, inode, size and
+mtime. Each instance gets a qcow2 overlay on it, grown to the flavor's root size, plus blank
+ephemeral (ext4) and swap disks when the flavor asks for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.libvirt import qcow2
+from virt.errors import ImageError, ImageNotFound, InvalidRequest
+from virt.model import Flavor, ImageRef
+
+GIB = 1024**3
+MIB = 1024**2
+#: Bound on every qemu-img/mkfs run: a hung tool must not hang the driver.
+TOOL_TIMEOUT = 600.0
+_SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """A file in the image cache."""
+
+    path: str
+    format: str
+    virtual_size: int
+
+
+def run_tool(argv: list[str], *, timeout: float = TOOL_TIMEOUT, what: str) -> str:
+    """Run a disk tool with a bound; ImageError with its stderr when it fails."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              close_fds=True, check=False)
+    except subprocess.TimeoutExpired:
+        raise ImageError(f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
+    except FileNotFoundError:
+        raise ImageError(f"{what}: {argv[0]} is not installed",
+                         hint="install qemu-utils and e2fsprogs") from None
+    if proc.returncode != 0:
+        raise ImageError(f"{what}: {argv[0]} failed: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+class ImageCache:
+    """Base images copied once into `root`; safe across threads and processes."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._known: dict[str, CachedImage] = {}
+
+    def fetch(self, source: str, declared_format: str | None = None) -> CachedImage:
+        """The cached copy of the disk image `source`, copying it in on first use."""
+        st = self._stat(source, "image")
+        key = self._key(source, st)
+        cached = self._known.get(key)
+        if cached is not None:
+            return cached
+        with self._lock, self._file_lock():
+            meta_path = self.root / f"{key}.json"
+            if meta_path.exists():
+                meta = json.loads(meta_path.read_text())
+                cached = CachedImage(str(self.root / key), meta["format"], meta["virtual_size"])
+            else:
+                header = self._probe(source, declared_format)
+                self._copy_in(source, self.root / key)
+                cached = CachedImage(str(self.root / key), header.format, header.virtual_size)
+                meta_path.write_text(json.dumps(
+                    {"source": source, "format": cached.format,
+                     "virtual_size": cached.virtual_size}))
+            self._known[key] = cached
+            return cached
+
+    def fetch_file(self, source: str, what: str) -> str:
+        """The cached copy of a kernel or ramdisk file."""
+        st = self._stat(source, what)
+        key = self._key(source, st)
+        target = self.root / key
+        if str(target) in self._known:
+            return str(target)
+        with self._lock, self._file_lock():
+            if not target.exists():
+                self._copy_in(source, target)
+        self._known[str(target)] = CachedImage(str(target), "raw", st.st_size)
+        return str(target)
+
+    @staticmethod
+    def _stat(source: str, what: str) -> os.stat_result:
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:
+            raise ImageNotFound(f"{what} file {source} does not exist",
+                                hint="give the path of a local qcow2 or raw file") from None
+        except OSError as exc:
+            raise ImageError(f"{what} file {source} cannot be read: {exc.strerror}") from None
+        if not os.path.isfile(source):
+            raise ImageError(f"{what} {source} is not a regular file")
+        return st
+
+    @staticmethod
+    def _key(source: str, st: os.stat_result) -> str:
+        ident = f"{os.path.realpath(source)}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:40]
+
+    @staticmethod
+    def _probe(source: str, declared: str | None) -> qcow2.ImageHeader:
+        if declared not in (None, "qcow2", "raw", "ami"):
+            raise ImageError(f"image {source}: disk_format {declared!r} cannot be booted by libvirt",
+                             hint="use a qcow2 or raw image")
+        try:
+            header = qcow2.read_header(source)
+        except OSError as exc:
+            raise ImageError(f"image {source} cannot be read: {exc.strerror}") from None
+        if declared in ("raw", "ami"):
+            # Trust the declared format: probing a raw image can be fooled by its contents.
+            st = os.stat(source)
+            return qcow2.ImageHeader("raw", st.st_size)
+        if declared == "qcow2" and header.format != "qcow2":
+            raise ImageError(f"image {source} is declared qcow2 but has no qcow2 header")
+        if header.backing_file:
+            raise ImageError(f"image {source} has a backing file; a base image must stand alone",
+                             hint="flatten it with qemu-img convert")
+        return header
+
+    def _copy_in(self, source: str, target: Path) -> None:
+        tmp = target.with_name(target.name + f".part.{os.getpid()}.{threading.get_ident()}")
+        try:
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise ImageError(f"cannot copy {source} into the image cache {self.root}: "
+                             f"{exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+
+@dataclass(frozen=True)
+class InstanceDisks:
+    """The files of one instance, under its own directory."""
+
+    directory: str
+    root: str
+    ephemeral: str | None = None
+    swap: str | None = None
+    kernel: str | None = None
+    ramdisk: str | None = None
+
+    @property
+    def console_log(self) -> str:
+        return os.path.join(self.directory, "console.log")
+
+
+def instance_dir(instances_path: str, uuid: str) -> str:
+    return os.path.join(instances_path, uuid)
+
+
+def create_instance_disks(
+    cache: ImageCache, instances_path: str, uuid: str, image: ImageRef, flavor: Flavor
+) -> InstanceDisks:
+    """Cache the image, then create the instance directory and its disks.
+
+    On failure whatever this created is removed before the error propagates.
+    """
+    base = cache.fetch(image.ref, image.disk_format)
+    kernel = cache.fetch_file(image.kernel, "kernel") if image.kernel else None
+    ramdisk = cache.fetch_file(image.ramdisk, "ramdisk") if image.ramdisk else None
+    size = base.virtual_size
+    if flavor.root_gb:
+        if flavor.root_gb * GIB < base.virtual_size:
+            raise InvalidRequest(
+                f"flavor {flavor.name} has root_gb={flavor.root_gb}, smaller than image "
+                f"{image.ref} ({base.virtual_size} bytes)",
+                hint="choose a flavor with a larger root disk",
+            )
+        size = flavor.root_gb * GIB
+    directory = instance_dir(instances_path, uuid)
+    try:
+        os.makedirs(directory, mode=0o711)
+    except FileExistsError:
+        raise InvalidRequest(f"instance directory {directory} already exists",
+                             hint="destroy the old instance with this uuid first") from None
+    try:
+        root = os.path.join(directory, "disk")
+        qcow2.write_overlay(root, backing_file=base.path, backing_format=base.format, size=size)
+        disks = InstanceDisks(
+            directory=directory,
+            root=root,
+            ephemeral=_blank_disk(directory, "disk.eph0", flavor.ephemeral_gb * GIB, "ext4")
+            if flavor.ephemeral_gb else None,
+            swap=_blank_disk(directory, "disk.swap", flavor.swap_mb * MIB, "swap")
+            if flavor.swap_mb else None,
+            kernel=_copy(kernel, directory, "kernel") if kernel else None,
+            ramdisk=_copy(ramdisk, directory, "ramdisk") if ramdisk else None,
+        )
+    except BaseException:
+        remove_instance_dir(directory)
+        raise
+    return disks
+
+
+def _blank_disk(directory: str, name: str, size: int, fs: str) -> str:
+    """A sparse raw file formatted as `fs` (ext4 for ephemeral, swap)."""
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    if fs == "swap":
+        run_tool(["mkswap", "-L", "swap0", path], what="making the swap disk")
+    else:
+        run_tool(["mkfs.ext4", "-q", "-F", "-L", "ephemeral0",
+                  "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path],
+                 what="formatting the ephemeral disk")
+    return path
+
+
+def _copy(source: str, directory: str, name: str) -> str:
+    target = os.path.join(directory, name)
+    shutil.copyfile(source, target)
+    return target
+
+
+def remove_instance_dir(directory: str) -> None:
+    """Remove an instance's directory and everything in it; a no-op if it is gone."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def snapshot_disk(disk: str, images_path: str, name: str) -> ImageRef:
+    """Flatten `disk` (overlay + base) into a standalone qcow2 image named `name`."""
+    if not _SNAPSHOT_NAME_RE.match(name):
+        raise InvalidRequest(f"snapshot name {name!r} is invalid",
+                             hint="use letters, digits, '.', '_' or '-'")
+    target_dir = os.path.join(images_path, "snapshots")
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, f"{name}.qcow2")
+    if os.path.exists(target):
+        raise InvalidRequest(f"snapshot {name} already exists at {target}",
+                             hint="choose another name")
+    tmp = target + ".part"
+    try:
+        run_tool(["qemu-img", "convert", "-U", "-O", "qcow2", disk, tmp],
+                 what=f"snapshot {name}")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return ImageRef(ref=target, disk_format="qcow2")
