@@ -385,6 +385,7 @@ class Store:
                 .values(
                     vm_state=VmState.DELETED.value,
                     task_state=None,
+                    power_state=PowerState.NOSTATE.value,
                     deleted_at=now,
                     updated_at=now,
                 )

@@ -1,0 +1,185 @@
+"""`virtkit`: the command line of the compute service.
+
+Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 not found,
+4 unsupported by the driver (the `exit_code` of the virtkit error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from virt.cli import demo, info, instances
+from virt.cli.context import CONFIG_ENV, Context
+from virt.cli.output import FORMATS
+from virt.errors import EXIT_FAILED, EXIT_USAGE, VirtError
+
+Handler = Callable[[Context, argparse.Namespace], int]
+
+EPILOG = (
+    "exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 not found, "
+    "4 unsupported by the driver"
+)
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted both before and after the command name."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"configuration file (default: ${CONFIG_ENV}, else built-in "
+                        "defaults)")
+    parent.add_argument("--format", choices=FORMATS, default=argparse.SUPPRESS,
+                        help="output: tables for people (default) or json for scripts")
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="log everything and show tracebacks")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="virtkit", description="Run instances on the configured compute driver.",
+        epilog=EPILOG, parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Handler, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  parents=[common], **kwargs)  # type: ignore[arg-type]
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def add_instance(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = add(name, handler, help_text)
+        sub.add_argument("instance", metavar="NAME|UUID")
+        return sub
+
+    add("drivers", info.cmd_drivers, "list the installed compute drivers and their capabilities")
+    add("host", info.cmd_host, "show this host's resources as the driver reports them")
+
+    boot = add("boot", instances.cmd_boot, "create and start an instance")
+    boot.add_argument("name")
+    boot.add_argument("--image", required=True, metavar="REF",
+                      help="what to boot: a disk path, image name or snapshot ref")
+    boot.add_argument("--kernel", metavar="PATH", help="direct kernel boot: the kernel")
+    boot.add_argument("--ramdisk", metavar="PATH", help="direct kernel boot: the initrd")
+    boot.add_argument("--cmdline", metavar="ARGS", help="direct kernel boot: kernel arguments")
+    boot.add_argument("--disk-format", metavar="FORMAT",
+                      help="qcow2, raw, docker, zvol, vhd, ami or iso")
+    boot.add_argument("--flavor", metavar="NAME", help="a flavor from [DEFAULT] flavors")
+    boot.add_argument("--vcpus", type=int, metavar="N")
+    boot.add_argument("--memory-mb", type=int, metavar="M")
+    boot.add_argument("--disk-gb", type=int, metavar="G")
+    boot.add_argument("--stopped", action="store_true", help="create it but do not start it")
+    boot.add_argument("--volume", action="append", metavar="CONNINFO.json:MOUNTPOINT",
+                      help="attach a volume at boot (Nova connection_info file); repeatable")
+
+    add("list", instances.cmd_list, "list instances")
+    show = add_instance("show", instances.cmd_show, "show an instance (secrets masked)")
+    show.add_argument("--events", type=int, default=20, metavar="N",
+                      help="how many recent events to show (default 20)")
+    add_instance("delete", instances.cmd_delete, "destroy an instance and its disks")
+    add_instance("start", instances.cmd_start, "power an instance on")
+    stop = add_instance("stop", instances.cmd_stop, "shut an instance down")
+    stop.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+                      help="force it off after this long (default 60; 0 forces at once)")
+    reboot = add_instance("reboot", instances.cmd_reboot, "reboot an instance")
+    reboot.add_argument("--hard", action="store_true", help="reset instead of asking the guest")
+    add_instance("pause", instances.cmd_pause, "freeze an instance in memory")
+    add_instance("unpause", instances.cmd_unpause, "unfreeze a paused instance")
+    add_instance("suspend", instances.cmd_suspend, "save an instance to disk and stop it")
+    add_instance("resume", instances.cmd_resume, "restore a suspended instance")
+    snapshot = add_instance("snapshot", instances.cmd_snapshot,
+                            "capture an instance's root disk as a new image")
+    snapshot.add_argument("snapshot", metavar="SNAPNAME")
+    console = add_instance("console", instances.cmd_console, "print the guest's console log")
+    console.add_argument("--lines", type=int, metavar="N", help="only the last N lines")
+    add_instance("set-password", instances.cmd_set_password,
+                 "set the guest's admin password (read from a prompt or stdin, never argv)")
+
+    volume = commands.add_parser("volume", help="attach or detach volumes",
+                                 description="attach or detach volumes", parents=[common])
+    volume_commands = volume.add_subparsers(dest="volume_command", metavar="ACTION",
+                                            required=True)
+    attach = volume_commands.add_parser(
+        "attach", help="attach a volume from a Nova connection_info JSON file",
+        parents=[common])
+    attach.add_argument("instance", metavar="NAME|UUID")
+    attach.add_argument("connection_info", metavar="CONNINFO.json")
+    attach.add_argument("mountpoint", metavar="MOUNTPOINT", help="e.g. /dev/vdb")
+    attach.add_argument("--disk-bus", metavar="BUS", help="virtio, scsi, ide ...")
+    attach.add_argument("--delete-on-termination", action="store_true")
+    attach.set_defaults(handler=instances.cmd_volume_attach)
+    detach = volume_commands.add_parser("detach", help="detach a volume", parents=[common])
+    detach.add_argument("instance", metavar="NAME|UUID")
+    detach.add_argument("volume", metavar="MOUNTPOINT|VOLUME_ID")
+    detach.set_defaults(handler=instances.cmd_volume_detach)
+
+    config = commands.add_parser("config", help="configuration helpers", parents=[common])
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
+                                            required=True)
+    sample = config_commands.add_parser(
+        "sample", help="print every option of virtkit and of each installed driver",
+        parents=[common])
+    sample.set_defaults(handler=info.cmd_config_sample)
+
+    run_demo = add("demo", demo.cmd_demo,
+                   "run a whole lifecycle on the fake driver in a throwaway state directory "
+                   "(or on --config's driver and store)")
+    run_demo.add_argument("--image", default="cirros", metavar="REF",
+                          help="image to boot (default: cirros, which the fake driver accepts)")
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Errors reach the user as the one line main() prints; logs are for --debug.
+    root.setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    for name, default in (("config", None), ("format", "table"), ("debug", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    _setup_logging(args.debug)
+    ctx = Context(args)
+    try:
+        return args.handler(ctx, args)
+    except VirtError as exc:
+        return _fail(args.debug, str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail(args.debug, "interrupted", 130)
+    except Exception as exc:
+        return _fail(args.debug, f"unexpected {type(exc).__name__}: {exc} "
+                     "(run with --debug for the traceback)", EXIT_FAILED)
+    finally:
+        try:
+            ctx.close()
+        except Exception as exc:  # closing must not hide the command's own outcome
+            logging.getLogger(__name__).debug("closing the service failed: %s", exc)
+
+
+def _fail(debug: bool, message: str, code: int) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"virtkit: error: {message}", file=sys.stderr)
+    return code
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
