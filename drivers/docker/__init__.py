@@ -1,0 +1,1 @@
+"""The Docker container backend: one container per instance, on the docker SDK."""

@@ -1,0 +1,194 @@
+"""A thread turning dockerd's event stream into lifecycle events, across daemon restarts.
+
+The stream is read in windows (`since`/`until`), so it always ends on its own; a watchdog
+closes a window that overstays (a daemon that hangs). A window that ends early, or a
+failed connection, means the daemon went away: the watcher backs off until it answers,
+then lists the containers and emits what changed meanwhile (resync).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from drivers.docker import spec, states
+from drivers.docker.client import Engine
+from virt.events import LifecycleEvent
+from virt.model import PowerState
+
+LOG = logging.getLogger(__name__)
+
+ACTIONS = ("start", "die", "oom", "pause", "unpause", "destroy")
+MAX_BACKOFF = 5.0
+
+StateLister = Callable[[], dict[str, PowerState]]
+Emit = Callable[[LifecycleEvent], None]
+
+
+class EventWatcher:
+    """Watches the containers of one host and emits their lifecycle events."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        host: str,
+        list_states: StateLister,
+        emit: Emit,
+        window: float = 5.0,
+        resync_interval: float = 60.0,
+    ) -> None:
+        self._engine = engine
+        self._filters = {"type": ["container"], "label": spec.host_filters(host),
+                         "event": list(ACTIONS)}
+        self._list_states = list_states
+        self._emit = emit
+        self._window = window
+        self._resync_interval = resync_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stream: Any = None
+        self._known: dict[str, PowerState] = {}
+        self._oom: set[str] = set()
+        self._seen: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=512)
+        #: Set each time the watcher (re)synchronised with the daemon; for tests and health.
+        self.synced = threading.Event()
+        self.resyncs = 0
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; returns within about `timeout` seconds."""
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            _close_quietly(stream)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.25
+        need_resync, baseline = True, True
+        since = time.time()
+        last_resync = 0.0
+        while not self._stop.is_set():
+            try:
+                if need_resync or time.monotonic() - last_resync > self._resync_interval:
+                    since = time.time() - 1.0
+                    self._resync(emit=not baseline)
+                    need_resync, baseline = False, False
+                    last_resync = time.monotonic()
+                    backoff = 0.25
+                until = time.time() + self._window
+                if not self._read_window(since, until):
+                    need_resync = True
+                since = until - 1.0  # overlap; duplicates are dropped by key
+            except Exception as exc:  # the daemon is away or answered nonsense: back off
+                if self._stop.is_set():
+                    break
+                LOG.debug("docker event watcher: %s; retrying in %.2fs", exc, backoff)
+                need_resync = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _read_window(self, since: float, until: float) -> bool:
+        """Read events in [since, until]; False if the stream ended early (daemon gone)."""
+        stream = self._engine.api.events(
+            since=f"{since:.6f}", until=f"{until:.6f}", filters=self._filters, decode=True
+        )
+        self._stream = stream
+        grace = self._engine.timeout
+        watchdog = threading.Timer(max(until - time.time(), 0) + grace, _close_quietly, [stream])
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for event in stream:
+                self.handle(event)
+                if self._stop.is_set():
+                    return True
+        finally:
+            watchdog.cancel()
+            self._stream = None
+            _close_quietly(stream)
+        return time.time() >= until - 0.5 or self._stop.is_set()
+
+    def _resync(self, *, emit: bool) -> None:
+        current = self._list_states()
+        if emit:
+            for uuid, change in states.diff(self._known, current):
+                LOG.info("docker resync: instance %s %s", uuid, change.value)
+                self._emit(LifecycleEvent(uuid, change))
+        self._known = dict(current)
+        self._oom &= set(current)
+        self.resyncs += 1
+        self.synced.set()
+
+    # -- one event -------------------------------------------------------------------------
+
+    def handle(self, event: Mapping[str, Any]) -> None:
+        """Apply one decoded daemon event to the known states and emit its transition."""
+        actor = event.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        uuid = attributes.get(spec.LABEL_UUID)
+        action = str(event.get("Action") or event.get("status") or "")
+        if not uuid or action not in ACTIONS:
+            return
+        key = (str(actor.get("ID", "")), int(event.get("timeNano") or 0), action)
+        if key in self._seen:
+            return
+        self._seen.append(key)
+        if action == "oom":
+            self._oom.add(uuid)
+            return
+        new = self._state_after(uuid, action, attributes)
+        old = self._known.get(uuid)
+        if new is None:
+            self._known.pop(uuid, None)
+            self._oom.discard(uuid)
+        else:
+            self._known[uuid] = new
+        change = states.transition(old, new)
+        if change is None:
+            return
+        stamp = int(event.get("timeNano") or 0) / 1e9 or time.time()
+        self._emit(LifecycleEvent(uuid, change, timestamp=stamp))
+
+    def _state_after(
+        self, uuid: str, action: str, attributes: Mapping[str, Any]
+    ) -> PowerState | None:
+        if action in ("start", "unpause"):
+            self._oom.discard(uuid)
+            return PowerState.RUNNING
+        if action == "pause":
+            return PowerState.PAUSED
+        if action == "die":
+            try:
+                code = int(attributes.get("exitCode", 0))
+            except ValueError:
+                code = -1
+            return states.exit_state(code, uuid in self._oom)
+        return None  # destroy
+
+
+def _close_quietly(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:  # closing a dead stream may fail in many ways; it is closed either way
+        LOG.debug("closing the docker event stream failed", exc_info=True)

@@ -1,0 +1,81 @@
+"""The `[docker]` option group."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = "docker"
+
+OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "base_url",
+        default="unix:///var/run/docker.sock",
+        help="Where dockerd listens: unix:///path/to/docker.sock or tcp://host:port.",
+    ),
+    cfg.StrOpt(
+        "api_version",
+        default=None,
+        help="Docker Engine API version to speak (e.g. 1.41). Unset: negotiate with the daemon. "
+        "Versions older than 1.30 are refused.",
+    ),
+    cfg.StrOpt(
+        "network",
+        default="bridge",
+        help="Docker network every container joins.",
+    ),
+    cfg.IntOpt(
+        "stop_timeout",
+        default=10,
+        min=0,
+        help="Seconds a soft reboot waits for the container to stop before killing it.",
+    ),
+    cfg.FloatOpt(
+        "call_timeout",
+        default=30.0,
+        min=1.0,
+        help="Upper bound in seconds on every call to dockerd (operations that wait for the "
+        "container, such as stop, add their own grace period).",
+    ),
+    cfg.BoolOpt(
+        "pull_missing",
+        default=True,
+        help="Pull an image that is not present locally. Off: a missing image is an error.",
+    ),
+    cfg.FloatOpt(
+        "pull_timeout",
+        default=600.0,
+        min=1.0,
+        help="Upper bound in seconds on pulling one image.",
+    ),
+    cfg.BoolOpt(
+        "tty",
+        default=True,
+        help="Give containers a terminal and an open stdin (like 'docker run -it'), so that "
+        "images whose command is a shell keep running.",
+    ),
+    cfg.BoolOpt(
+        "init",
+        default=True,
+        help="Run docker-init as PID 1 so that signals reach the image's command and zombies "
+        "are reaped.",
+    ),
+    cfg.IntOpt(
+        "console_tail_lines",
+        default=2000,
+        min=1,
+        help="At most this many log lines are read for the console output.",
+    ),
+    cfg.FloatOpt(
+        "event_window",
+        default=5.0,
+        min=0.5,
+        help="The event watcher reads the daemon's event stream in windows of this many "
+        "seconds, so that a stream that hangs (e.g. after a dockerd restart) is noticed.",
+    ),
+    cfg.FloatOpt(
+        "resync_interval",
+        default=60.0,
+        min=1.0,
+        help="Seconds between full state resyncs of the event watcher (missed events heal).",
+    ),
+]
