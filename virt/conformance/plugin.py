@@ -49,7 +49,10 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = load_settings(config_file)
     except VirtError as exc:
         raise pytest.UsageError(f"--virtkit-config {config_file}: {exc}") from None
-    config.pluginmanager.register(ConformanceRun(config, settings), "virtkit-conformance-run")
+    run = ConformanceRun(config, settings)
+    if run.driver_class() is None:
+        raise pytest.UsageError(f"--virtkit-config {config_file}: {run.load_error}")
+    config.pluginmanager.register(run, "virtkit-conformance-run")
     config.pluginmanager.import_plugin("virt.conformance.fixtures")
 
 
@@ -74,20 +77,20 @@ class ConformanceRun:
         self.settings = settings
         self.records: dict[str, TestRecord] = {}
         self._driver_class: Any = None
-        self._load_error: str | None = None
+        self.load_error: str | None = None
 
     # -- the driver under test --------------------------------------------------------------
 
     def driver_class(self) -> Any:
         """The driver class named by the config (None if it cannot be loaded)."""
-        if self._driver_class is None and self._load_error is None:
+        if self._driver_class is None and self.load_error is None:
             from virt.driver import load_driver_class
             from virt.errors import VirtError
 
             try:
                 self._driver_class = load_driver_class(self.settings.conf.compute_driver)
             except VirtError as exc:
-                self._load_error = str(exc)
+                self.load_error = str(exc)
         return self._driver_class
 
     def entry_point(self) -> str:
@@ -99,7 +102,7 @@ class ConformanceRun:
 
     def pytest_report_header(self) -> list[str]:
         cls = self.driver_class()
-        caps = ", ".join(sorted(c.value for c in cls.capabilities)) if cls else self._load_error
+        caps = ", ".join(sorted(c.value for c in cls.capabilities)) if cls else self.load_error
         return [
             f"virtkit conformance: {self.settings.config_file} -> driver "
             f"{self.settings.conf.compute_driver!r}",
