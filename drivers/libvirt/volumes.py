@@ -19,12 +19,13 @@ from virt.model import BlockDevice, Instance
 from virt.volume.iscsi import IscsiConnector, IscsiTarget, parse_iscsi_target
 
 LOG = logging.getLogger(__name__)
-SECRET_PREFIX = "virtkit/"
+# libvirt's schema allows only [A-Za-z0-9_+-] in a disk's secret usage reference.
+SECRET_PREFIX = "virtkit-"
 
 
 def secret_usage(instance_uuid: str, device: str) -> str:
     """The usage id of the CHAP secret of one attachment."""
-    return f"{SECRET_PREFIX}{instance_uuid}/{device}"
+    return f"{SECRET_PREFIX}{instance_uuid}-{device}"
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class IscsiNativeVolumes:
 
     def remove_instance_secrets(self, instance_uuid: str) -> None:
         """Remove every secret of this instance, including ones no domain references any more."""
-        prefix = f"{SECRET_PREFIX}{instance_uuid}/"
+        prefix = f"{SECRET_PREFIX}{instance_uuid}-"
 
         def sweep(conn: libvirt.virConnect) -> None:
             try:

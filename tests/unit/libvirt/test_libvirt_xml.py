@@ -1,0 +1,134 @@
+"""Domain XML builders: round trip, escaping of hostile strings, libvirt schema validation."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+
+import pytest
+
+from drivers.libvirt import designer, xml
+from drivers.libvirt.images import InstanceDisks
+from virt.errors import InvalidRequest
+from virt.model import Flavor, ImageRef, Instance, Vif
+
+UUID = "0b6c0b0e-5f9f-4a55-9b0c-3f1e6a4c2a11"
+HOSTILE = "</name><devices><disk type='file'><source file='/etc/shadow'/></disk></devices>&amp;\"'"
+
+
+def _validate(tmp_path, text: str) -> None:
+    """Check `text` against libvirt's own domain schema with virt-xml-validate."""
+    assert shutil.which("virt-xml-validate"), "virt-xml-validate (libvirt-clients) is needed"
+    path = tmp_path / "domain.xml"
+    path.write_text(text)
+    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr + proc.stdout + text
+
+
+def _iscsi_disk(dev: str, chap: bool) -> xml.Disk:
+    disk = xml.Disk(target_dev=dev, source_type="network", protocol="iscsi",
+                    source_name="iqn.2024-01.org.example:vol/1", hosts=[("127.0.0.1", 3260)],
+                    driver_type="raw", cache="none", serial="vol-1")
+    if chap:
+        disk.auth_username = "user"
+        disk.secret_type = "iscsi"
+        disk.secret_usage = f"virtkit-{UUID}-{dev}"
+    return disk
+
+
+def _domain(flavor: Flavor, *, kernel: bool, volumes: int, chap: bool, nics: list[Vif],
+            virt_type: str = "qemu", metadata: dict[str, str] | None = None) -> xml.Domain:
+    instance = Instance(uuid=UUID, name="vm-1", flavor=flavor, metadata=metadata or {})
+    disks = InstanceDisks(
+        directory="/var/lib/virtkit/instances/x", root="/var/lib/virtkit/instances/x/disk",
+        ephemeral="/x/disk.eph0" if flavor.ephemeral_gb else None,
+        swap="/x/disk.swap" if flavor.swap_mb else None,
+        kernel="/x/kernel" if kernel else None, ramdisk="/x/ramdisk" if kernel else None)
+    vols = [_iscsi_disk(f"vd{c}", chap) for c in "bcdefg"[:volumes]]
+    return designer.domain_for(instance=instance, image=ImageRef("/img/base.qcow2"),
+                               virt_type=virt_type, disks=disks, volume_disks=vols, vifs=nics,
+                               cache_mode="none")
+
+
+NICS = [
+    [],
+    [Vif(id="a", address="52:54:00:00:00:01")],
+    [Vif(id="b", address="52:54:00:00:00:02", bridge="br0"),
+     Vif(id="c", address="52:54:00:00:00:03", network="default", model="e1000")],
+]
+FLAVORS = [Flavor("tiny", 1, 64), Flavor("big", 4, 8192, 20, 10, 512)]
+
+
+@pytest.mark.parametrize(
+    ("flavor", "kernel", "volumes", "chap", "nics"),
+    [(f, k, v, c, n) for f, k, (v, c), n in itertools.product(
+        FLAVORS, [False, True], [(0, False), (1, True), (2, False)], NICS)],
+)
+def test_every_combination_validates_against_libvirt_schema(tmp_path, flavor, kernel, volumes,
+                                                             chap, nics):
+    domain = _domain(flavor, kernel=kernel, volumes=volumes, chap=chap, nics=nics)
+    _validate(tmp_path, domain.to_xml())
+
+
+@pytest.mark.parametrize("virt_type", ["kvm", "test"])
+def test_other_domain_types_validate(tmp_path, virt_type):
+    _validate(tmp_path, _domain(FLAVORS[1], kernel=True, volumes=1, chap=True, nics=NICS[2],
+                                virt_type=virt_type).to_xml())
+
+
+def test_round_trip_keeps_every_field():
+    domain = _domain(FLAVORS[1], kernel=True, volumes=2, chap=True, nics=NICS[2],
+                     metadata={"role": "db"})
+    again = xml.Domain.from_xml(domain.to_xml())
+    assert again == domain
+    assert again.disks[-1].secret_usage == f"virtkit-{UUID}-vdc"
+    assert [d.target_dev for d in again.disks] == ["vda", "vdd", "vde", "vdb", "vdc"]
+
+
+def test_hostile_strings_are_data_not_markup(tmp_path):
+    flavor = Flavor(HOSTILE, 1, 64)
+    domain = _domain(flavor, kernel=False, volumes=0, chap=False, nics=[],
+                     metadata={HOSTILE: HOSTILE, "k": "]]><evil/>"})
+    domain.metadata.image = HOSTILE  # type: ignore[union-attr]
+    text = domain.to_xml()
+    root = xml.parse(text)
+    assert len(root.findall("devices/disk")) == 1  # nothing injected
+    assert root.find(".//evil") is None
+    _validate(tmp_path, text)
+    parsed = xml.Domain.from_xml(text)
+    assert parsed.metadata is not None
+    assert parsed.metadata.flavor == HOSTILE
+    assert parsed.metadata.properties[HOSTILE] == HOSTILE
+    assert parsed.metadata.image == HOSTILE
+
+
+def test_control_characters_are_a_clear_error():
+    domain = _domain(FLAVORS[0], kernel=False, volumes=0, chap=False, nics=[],
+                     metadata={"note": "bell\x07"})
+    with pytest.raises(InvalidRequest, match="control characters"):
+        domain.to_xml()
+
+
+def test_secret_xml_never_holds_a_value():
+    text = xml.Secret("virtkit-x-vdb", description="virtkit-x-vdb").to_xml()
+    root = xml.parse(text)
+    assert root.get("private") == "yes"
+    assert root.find("usage").get("type") == "iscsi"
+    assert root.find("usage/target").text == "virtkit-x-vdb"
+    assert root.find("value") is None
+
+
+def test_volume_at_vda_is_refused():
+    with pytest.raises(InvalidRequest, match="root disk"):
+        designer.domain_for(
+            instance=Instance(uuid=UUID, name="x", flavor=FLAVORS[0]),
+            image=ImageRef("/i"), virt_type="qemu",
+            disks=InstanceDisks(directory="/d", root="/d/disk"),
+            volume_disks=[_iscsi_disk("vda", False)], vifs=[], cache_mode=None)
+
+
+def test_entities_in_parsed_xml_are_not_resolved():
+    evil = '<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><domain><name>&x;</name></domain>'
+    assert "root:" not in (xml.Domain.from_xml(evil).name or "")
