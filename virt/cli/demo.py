@@ -7,11 +7,14 @@ import contextlib
 import secrets
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from virt.cli.context import Context
-from virt.compute import ComputeService
 from virt.config import build_conf
 from virt.model import ImageRef
+
+if TYPE_CHECKING:
+    from virt.compute import ComputeService
 
 # The volume the demo attaches: Nova's iSCSI connection_info. The fake driver only checks
 # its shape; the CHAP password shows that `show` masks secrets.
@@ -31,6 +34,8 @@ DEMO_VOLUME = {
 
 @contextlib.contextmanager
 def _demo_service(ctx: Context) -> Iterator[ComputeService]:
+    from virt.compute import ComputeService
+
     if ctx.config_file:
         with ComputeService(ctx.conf) as service:
             yield service

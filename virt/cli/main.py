@@ -11,6 +11,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from virt.cli import demo, info, instances
 from virt.cli.context import CONFIG_ENV, Context
@@ -25,9 +26,16 @@ EPILOG = (
 )
 
 
-def _common() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (exit 2), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"virtkit: error: {message} (see '{self.prog} --help')\n")
+
+
+def _common() -> _Parser:
     """Options accepted both before and after the command name."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     parent.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help=f"configuration file (default: ${CONFIG_ENV}, else built-in "
                         "defaults)")
@@ -40,11 +48,12 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="virtkit", description="Run instances on the configured compute driver.",
         epilog=EPILOG, parents=[common],
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
 
     def add(name: str, handler: Handler, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
@@ -103,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     volume = commands.add_parser("volume", help="attach or detach volumes",
                                  description="attach or detach volumes", parents=[common])
     volume_commands = volume.add_subparsers(dest="volume_command", metavar="ACTION",
-                                            required=True)
+                                            required=True, parser_class=_Parser)
     attach = volume_commands.add_parser(
         "attach", help="attach a volume from a Nova connection_info JSON file",
         parents=[common])
@@ -120,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="configuration helpers", parents=[common])
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
-                                            required=True)
+                                            required=True, parser_class=_Parser)
     sample = config_commands.add_parser(
         "sample", help="print every option of virtkit and of each installed driver",
         parents=[common])

@@ -1,0 +1,301 @@
+"""The real `virtkit` console script, end to end on the fake driver, one process per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+VIRTKIT = Path(sys.executable).with_name("virtkit")
+CHAP_SECRET = "chap-Secret-4711"
+CONNECTION_INFO = {
+    "driver_volume_type": "iscsi",
+    "serial": "vol-1",
+    "data": {
+        "target_portal": "127.0.0.1:3260",
+        "target_iqn": "iqn.2010-10.org.openstack:volume-1",
+        "target_lun": 1,
+        "auth_method": "CHAP",
+        "auth_username": "user",
+        "auth_password": CHAP_SECRET,
+    },
+}
+
+
+def _command() -> list[str]:
+    return [str(VIRTKIT)] if VIRTKIT.exists() else [sys.executable, "-m", "virt.cli.main"]
+
+
+class Cli:
+    """Runs virtkit with a temp config (via VIRTKIT_CONFIG) and checks the exit code."""
+
+    def __init__(self, tmp_path: Path, extra_config: str = "", pythonpath: str | None = None):
+        self.tmp = tmp_path
+        self.state = tmp_path / "state"
+        self.config = tmp_path / "virtkit.conf"
+        self.config.write_text(
+            f"[DEFAULT]\nstate_path = {self.state}\nhost = cli-host\n{extra_config}"
+        )
+        self.env = dict(os.environ, VIRTKIT_CONFIG=str(self.config))
+        if pythonpath:
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath,
+                                                                    os.environ.get("PYTHONPATH")]))
+
+    def run(self, *args: str, expect: int = 0, stdin: str = "") -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [*_command(), *args], input=stdin, capture_output=True, text=True,
+            env=self.env, timeout=60, cwd=self.tmp,
+        )
+        assert proc.returncode == expect, (args, proc.returncode, proc.stdout, proc.stderr)
+        if expect:
+            assert "Traceback" not in proc.stderr
+            assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line
+            assert proc.stderr.startswith("virtkit: error: ")
+        return proc
+
+    def json(self, *args: str, expect: int = 0, stdin: str = ""):
+        return json.loads(self.run(*args, "--format", "json", expect=expect, stdin=stdin).stdout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return Cli(tmp_path)
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    path = tmp_path / "vol.json"
+    path.write_text(json.dumps(CONNECTION_INFO))
+    return str(path)
+
+
+def test_full_lifecycle_across_processes(cli, volume_file):
+    booted = cli.json("boot", "web", "--image", "cirros", "--flavor", "m1.tiny")
+    assert (booted["vm_state"], booted["power_state"]) == ("active", "running")
+    cli.json("boot", "db", "--image", "cirros", "--vcpus", "2", "--memory-mb", "256",
+             "--disk-gb", "1", "--stopped")
+
+    listed = cli.json("list")
+    assert {(i["name"], i["vm_state"]) for i in listed} == {("web", "active"), ("db", "stopped")}
+    assert "web" in cli.run("list").stdout  # the table for people
+
+    stopped = cli.json("stop", "web", "--timeout", "5")
+    assert stopped["vm_state"] == "stopped" and stopped["power_off"]["forced"] is False
+    assert cli.json("start", "web")["vm_state"] == "active"
+    assert cli.json("reboot", "web")["vm_state"] == "active"
+    assert cli.json("reboot", "--hard", "web")["power_state"] == "running"
+    assert cli.json("pause", "web")["vm_state"] == "paused"
+    assert cli.json("unpause", "web")["vm_state"] == "active"
+    assert cli.json("suspend", "web")["vm_state"] == "suspended"
+    assert cli.json("resume", booted["uuid"])["vm_state"] == "active"
+
+    snap = cli.json("snapshot", "web", "snap1")
+    assert snap["snapshot"] == "snap1" and snap["image"]["ref"]
+    clone = cli.json("boot", "clone", "--image", snap["image"]["ref"], "--flavor", "m1.tiny")
+    assert clone["vm_state"] == "active"
+
+    attached = cli.json("volume", "attach", "web", volume_file, "/dev/vdb")
+    assert attached["mountpoint"] == "/dev/vdb"
+    assert attached["connection_info"]["data"]["auth_password"] == "***"
+    shown = cli.json("show", "web")
+    assert shown["block_devices"][0]["volume_id"] == "vol-1"
+    assert shown["live_power_state"] == "running"
+    assert {"spawned", "paused", "volume_attach"} <= {e["event"] for e in shown["events"]}
+    table = cli.run("show", "web").stdout
+    assert CHAP_SECRET not in table and CHAP_SECRET not in json.dumps(shown)
+    cli.json("volume", "detach", "web", "vol-1")
+    assert cli.json("show", "web")["block_devices"] == []
+
+    console = cli.json("console", "web")["output"]
+    assert "web" in console
+    assert len(cli.run("console", "web", "--lines", "2").stdout.splitlines()) == 2
+
+    host = cli.json("host")
+    assert host["host"] == "cli-host" and host["instances"] == 3
+    assert host["resources"]["vcpus_used"] == 4
+
+    assert cli.json("delete", "web")["vm_state"] == "deleted"
+    assert {i["name"] for i in cli.json("list")} == {"db", "clone"}
+    cli.run("show", "web", expect=3)
+
+
+def test_boot_with_a_volume_and_explicit_config_flag(cli, volume_file):
+    env_free = Cli(cli.tmp)  # same files, but pass --config instead of the variable
+    env_free.env.pop("VIRTKIT_CONFIG")
+    record = env_free.json("--config", str(cli.config), "boot", "vm", "--image", "cirros",
+                           "--flavor", "m1.tiny", "--volume", f"{volume_file}:vdc")
+    shown = cli.json("show", record["uuid"])
+    assert [b["mountpoint"] for b in shown["block_devices"]] == ["/dev/vdc"]
+
+
+def test_exit_codes_for_usage_not_found_and_failed(cli, tmp_path):
+    cli.run("bogus", expect=2)
+    cli.run("boot", "vm", expect=2)  # no --image
+    cli.run("boot", "vm", "--image", "cirros", expect=2)  # no flavor
+    cli.run("boot", "vm", "--image", "cirros", "--vcpus", "0", "--memory-mb", "1", expect=2)
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m9.huge", expect=2)
+    cli.run("--config", str(tmp_path / "missing.conf"), "list", expect=2)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--volume",
+            f"{bad}:vdb", expect=2)
+    cli.run("show", "nope", expect=3)
+    cli.run("delete", "nope", expect=3)
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--stopped")
+    cli.run("volume", "attach", "vm", str(bad), "vdb", expect=2)
+    cli.run("volume", "detach", "vm", "vdz", expect=3)
+    failed = cli.run("pause", "vm", expect=1)
+    assert "cannot pause instance vm: it is stopped" in failed.stderr
+    debug = subprocess.run([*_command(), "--debug", "show", "nope"], capture_output=True,
+                           text=True, env=cli.env, timeout=60)
+    assert debug.returncode == 3 and "Traceback" in debug.stderr
+
+
+def test_failed_boot_is_error_with_reason_and_exit_1(tmp_path):
+    cli = Cli(tmp_path, "[fake]\nfail_spawn_on_name_prefix = doomed\n")
+    failed = cli.run("boot", "doomed-1", "--image", "cirros", "--flavor", "m1.tiny", expect=1)
+    assert "fault injected" in failed.stderr
+    shown = cli.json("show", "doomed-1")
+    assert shown["vm_state"] == "error" and "fault injected" in shown["fault"]
+    assert shown["live_power_state"] == "nostate"  # nothing on the hypervisor
+
+
+LIMITED_DRIVER = """
+from drivers.fake.driver import FakeDriver
+from virt.driver import Capability
+
+
+class LimitedDriver(FakeDriver):
+    name = "limited"
+    capabilities = frozenset(Capability) - {Capability.PAUSE, Capability.VOLUME_ISCSI_CHAP}
+
+    def pause(self, *, instance):
+        raise self._unsupported("pause")
+
+    def unpause(self, *, instance):
+        raise self._unsupported("unpause")
+"""
+
+
+def test_unsupported_operation_of_a_third_party_driver_exits_4(tmp_path, volume_file):
+    plugins = tmp_path / "plugins"
+    dist_info = plugins / "limited_driver-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (plugins / "limited_driver.py").write_text(textwrap.dedent(LIMITED_DRIVER))
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: limited-driver\n"
+                                        "Version: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[virtkit.compute_drivers]\nlimited = limited_driver:LimitedDriver\n")
+    cli = Cli(tmp_path, "compute_driver = limited\n", pythonpath=str(plugins))
+
+    drivers = {d["name"]: d for d in cli.json("drivers")}
+    assert drivers["limited"]["loaded"] is True and "pause" not in drivers["limited"]["capabilities"]
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny")
+    out = cli.run("pause", "vm", expect=4)
+    assert "driver 'limited' does not support pause" in out.stderr
+    cli.run("volume", "attach", "vm", volume_file, "vdb", expect=4)  # CHAP not declared
+    assert cli.json("show", "vm")["task_state"] is None
+
+
+def test_drivers_json_lists_every_entry_point(cli):
+    drivers = cli.json("drivers")
+    assert all(set(d) == {"name", "loaded", "error", "capabilities"} for d in drivers)
+    fake = next(d for d in drivers if d["name"] == "fake")
+    assert fake["loaded"] is True and fake["error"] is None and "pause" in fake["capabilities"]
+    for driver in drivers:
+        assert driver["loaded"] or driver["error"]
+
+
+def test_set_password_from_stdin_never_in_argv_logs_or_state(cli):
+    password = "Pw-From-Stdin-93"
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny")
+    proc = subprocess.Popen(
+        [*_command(), "--debug", "set-password", "vm"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env,
+    )
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+    out, err = proc.communicate(password + "\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert password not in cmdline and password not in out and password not in err
+    for path in cli.state.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+    assert "admin password changed" in cli.run("console", "vm").stdout
+    cli.run("set-password", "vm", stdin="\n", expect=2)  # empty
+
+
+def test_set_password_prompts_twice_on_a_terminal(cli):
+    import pty
+
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny")
+
+    def run_on_tty(first: str, second: str) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # child: becomes virtkit on the pty
+            os.execve(_command()[0], [*_command(), "set-password", "vm"], cli.env)
+        transcript = b""
+        for answer in (first, second):
+            while b"password" not in transcript.lower().split(b"\n")[-1]:
+                transcript += os.read(fd, 1024)
+            os.write(fd, answer.encode() + b"\n")
+            transcript += b"\n"
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            transcript += chunk
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
+
+    code, transcript = run_on_tty("Tty-Pass-1", "Tty-Pass-1")
+    assert code == 0, transcript
+    assert "Tty-Pass-1" not in transcript  # getpass does not echo
+    code, transcript = run_on_tty("Tty-Pass-1", "Other-Pass")
+    assert code == 2 and "differ" in transcript
+
+
+def test_two_processes_boot_at_once_and_both_are_recorded(cli):
+    procs = [
+        subprocess.Popen([*_command(), "boot", f"p{i}", "--image", "cirros", "--flavor",
+                          "m1.tiny"], env=cli.env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert sorted(i["name"] for i in cli.json("list")) == ["p0", "p1"]
+
+
+def test_config_sample_has_every_common_and_driver_option(cli):
+    from virt.config import COMMON_OPTS
+
+    sample = cli.run("config", "sample").stdout
+    for opt in COMMON_OPTS:
+        assert f"#{opt.dest} = " in sample
+    assert "[fake]" in sample and "#fail_spawn_on_name_prefix = " in sample
+
+
+def test_demo_runs_on_a_fresh_machine_without_config(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "VIRTKIT_CONFIG"}
+    env["HOME"] = str(tmp_path / "home")  # no state of the user's is touched
+    proc = subprocess.run([*_command(), "demo"], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for step in ("boot", "list", "stop", "start", "snapshot", "volume attach",
+                 "volume detach", "delete"):
+        assert f"- {step}:" in proc.stdout
+    assert "demo-chap-password" not in proc.stdout
+    assert not (tmp_path / "home" / ".local" / "state" / "virtkit").exists()
+    report = json.loads(subprocess.run([*_command(), "demo", "--format", "json"],
+                                       capture_output=True, text=True, env=env,
+                                       timeout=60).stdout)
+    assert report["ok"] is True and len(report["steps"]) == 9
