@@ -1,0 +1,465 @@
+"""Recover a failed host's instances here (or this host's own after a reboot).
+
+Per instance: claim → refresh volumes → re-home → remove a stale domain → spawn → attach →
+record the power state, each step journaled `started`/`done` so a killed run resumes where it
+stopped (a step found `started` but not `done` is undone first). The volumes are checked
+before anything changes, so an instance whose volume is missing is released untouched.
+`--dry-run` walks the same steps and only describes the ones that change something.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from oslo_config import cfg
+
+from virt.config import register_group_opts
+from virt.driver import ComputeDriver
+from virt.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    HypervisorUnavailable,
+    InstanceNotFound,
+    InvalidRequest,
+    VirtError,
+    VolumeError,
+)
+from virt.model import BlockDevice, Instance, PowerState, VolumeConnection
+from virt.recovery_fence import check_fenced
+from virt.recovery_journal import Claim, ClaimRefused, ClaimState, RecoveryJournal
+from virt.recovery_source import ROOT_DEVICES, Candidate, InstanceSource, VolumeRef
+from virt.volume import connector_for, parse_iscsi_target
+
+LOG = logging.getLogger(__name__)
+
+RECOVERY_OPTS = [
+    cfg.StrOpt("fence_check_command", default="",
+               help="Command that says whether a failed host is fenced: run with the host "
+               "name as its last argument, exit 0 means fenced (powered off). Without it, "
+               "the host must be marked fenced in the store or --confirm-fenced given."),
+    cfg.IntOpt("fence_check_timeout", default=60, min=1,
+               help="Seconds the fence check command may take; slower means not fenced."),
+    cfg.StrOpt("volume_check", default="probe", choices=["probe", "none"],
+               help="probe: log in to each volume's target (CHAP included) and read its size "
+               "before recovering; none: trust the stored connection_info."),
+    cfg.FloatOpt("volume_timeout", default=15.0, min=1,
+                 help="Seconds a volume probe may take."),
+    cfg.IntOpt("parallel", default=4, min=1, max=64,
+               help="Instances recovered at once."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    register_group_opts(conf, "recovery", RECOVERY_OPTS)
+
+
+class Outcome:
+    RECOVERED = "recovered"
+    PLANNED = "planned"
+    SKIPPED = "skipped"
+    RELEASED = "released"
+    FAILED = "failed"
+
+
+@dataclass
+class VolumeReport:
+    volume_id: str | None
+    mountpoint: str
+    status: str = "pending"
+    size_bytes: int | None = None
+    path: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class InstanceReport:
+    uuid: str
+    name: str
+    outcome: str = Outcome.PLANNED
+    duration_s: float = 0.0
+    power_state: str | None = None
+    volumes: list[VolumeReport] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    error: str | None = None
+    resumed: bool = False
+
+
+@dataclass
+class RecoveryReport:
+    run_id: str
+    mode: str
+    failed_host: str | None
+    target_host: str
+    source: str
+    dry_run: bool
+    fenced: str | None = None
+    instances: list[InstanceReport] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.instances:
+            counts[item.outcome] = counts.get(item.outcome, 0) + 1
+        return counts
+
+    @property
+    def exit_code(self) -> int:
+        bad = (Outcome.FAILED, Outcome.RELEASED)
+        return EXIT_FAILED if any(i.outcome in bad for i in self.instances) else EXIT_OK
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = self.counts()
+        data["exit_code"] = self.exit_code
+        return data
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    failed_host: str | None = None
+    instances: tuple[str, ...] = ()
+    resume_local: bool = False
+    dry_run: bool = False
+    parallel: int = 4
+    confirm_fenced: bool = False
+    allow_missing_volumes: bool = False
+    volume_check: str = "probe"
+    volume_timeout: float = 15.0
+    fence_command: str = ""
+    fence_timeout: float = 60.0
+
+
+@dataclass
+class _Step:
+    """One journaled action. `run` does it, `undo` cleans up a half-done attempt."""
+
+    name: str
+    describe: str
+    run: Callable[[], None]
+    undo: Callable[[], None] | None = None
+    always: bool = False  # read-only or idempotent: run again even when journaled done
+
+
+class _Release(Exception):
+    """Stop this instance before anything changed, giving its claim back."""
+
+
+class Recoverer:
+    """Runs one recovery: plans, claims, executes and reports."""
+
+    def __init__(
+        self,
+        *,
+        driver: ComputeDriver,
+        source: InstanceSource,
+        journal: RecoveryJournal,
+        host: str,
+        options: RecoveryOptions,
+        node: str | None = None,
+        host_status: Callable[[str], str | None] | None = None,
+        progress: Callable[[InstanceReport, int, int], None] | None = None,
+    ) -> None:
+        if options.resume_local == bool(options.failed_host):
+            raise InvalidRequest("give either --failed-host HOST or --resume-local")
+        if options.failed_host == host:
+            raise InvalidRequest(
+                f"the failed host {host!r} is this host",
+                hint="use --resume-local to restart this host's own instances")
+        if options.parallel < 1:
+            raise InvalidRequest("--parallel must be at least 1")
+        self.driver = driver
+        self.source = source
+        self.journal = journal
+        self.host = host
+        self.node = node or host
+        self.options = options
+        self.host_status = host_status
+        self.progress = progress
+        self._done = 0
+        self._lock = threading.Lock()
+
+    @property
+    def source_host(self) -> str:
+        return self.options.failed_host or self.host
+
+    def run(self) -> RecoveryReport:
+        """Check fencing, then recover every candidate; per-instance errors land in the report."""
+        started = time.monotonic()
+        report = RecoveryReport(
+            run_id=self.journal.run_id,
+            mode="resume-local" if self.options.resume_local else "evacuate",
+            failed_host=self.options.failed_host, target_host=self.host,
+            source=self.source.description, dry_run=self.options.dry_run,
+        )
+        if self.options.failed_host:
+            report.fenced = check_fenced(
+                self.options.failed_host, confirm=self.options.confirm_fenced,
+                command=self.options.fence_command, timeout=self.options.fence_timeout,
+                host_status=self.host_status, dry_run=self.options.dry_run)
+        candidates = self.candidates()
+        total = len(candidates)
+        workers = max(1, min(self.options.parallel, total))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recover") as pool:
+            results = list(pool.map(lambda c: self._recover_counted(c, total), candidates))
+        report.instances = results
+        report.duration_s = round(time.monotonic() - started, 3)
+        return report
+
+    def candidates(self) -> list[Candidate]:
+        """The instances of the source host, plus those this host had claimed and not finished."""
+        wanted = tuple(self.options.instances)
+        found = {c.uuid: c for c in self.source.candidates(self.source_host, wanted)}
+        if not self.options.resume_local:
+            for row in self.journal.pending_claims(self.source_host):
+                uuid = row["instance_uuid"]
+                if uuid not in found and (not wanted or uuid in wanted):
+                    try:
+                        found[uuid] = self.source.get(uuid)
+                    except InstanceNotFound:
+                        continue
+        missing = [u for u in wanted if u not in found]
+        if missing:
+            raise InvalidRequest(
+                f"instance(s) {', '.join(missing)} are not on host {self.source_host}")
+        return list(found.values())
+
+    def _recover_counted(self, candidate: Candidate, total: int) -> InstanceReport:
+        item = self.recover(candidate)
+        with self._lock:
+            self._done += 1
+            done = self._done
+        if self.progress:
+            self.progress(item, done, total)
+        return item
+
+    def recover(self, candidate: Candidate) -> InstanceReport:
+        """Recover one instance; never raises."""
+        started = time.monotonic()
+        item = InstanceReport(candidate.uuid, candidate.name)
+        item.volumes = [VolumeReport(v.volume_id, v.mountpoint) for v in candidate.volumes]
+        claim: Claim | None = None
+        try:
+            if self.options.dry_run:
+                item.steps.append(f"claim {candidate.name} from {self.source_host}")
+                self._execute(candidate, None, item)
+                item.outcome = Outcome.PLANNED
+            else:
+                taken = self.journal.claim(candidate.uuid, self.source_host,
+                                           renew_done=self.options.resume_local)
+                if isinstance(taken, ClaimRefused):
+                    item.outcome = Outcome.SKIPPED
+                    item.error = taken.reason
+                    return item
+                claim = taken
+                item.resumed = claim.resumed
+                self._execute(candidate, claim, item)
+                item.outcome = Outcome.RECOVERED
+                self.journal.record(claim, "recovered", "done", item.power_state)
+                self.journal.finish(claim, ClaimState.DONE)
+        except _Release as why:
+            item.outcome, item.error = Outcome.RELEASED, str(why)
+            if claim is not None:
+                self.journal.release(claim, str(why))
+        except Exception as exc:  # one instance's failure never stops the run
+            item.outcome, item.error = Outcome.FAILED, _describe(exc)
+            LOG.warning("recovery of %s failed: %s", candidate.uuid, item.error)
+            if claim is not None:
+                self._record_failure(candidate, claim, item.error)
+        finally:
+            item.duration_s = round(time.monotonic() - started, 3)
+        return item
+
+    def _record_failure(self, candidate: Candidate, claim: Claim, error: str) -> None:
+        try:
+            self.journal.finish(claim, ClaimState.FAILED, error)
+            self.source.record_result(candidate.uuid, power_state=None, running=False,
+                                      fault=f"recovery failed: {error}")
+        except Exception as exc:  # the report still carries the original error
+            LOG.warning("could not record the failure of %s: %s", candidate.uuid, _describe(exc))
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def _execute(self, candidate: Candidate, claim: Claim | None, item: InstanceReport) -> None:
+        instance = candidate.instance(self.host)
+        done = self.journal.step_status(claim) if claim else {}
+        if self.options.resume_local and self._running_as_wanted(instance, candidate):
+            item.steps.append("already running as recorded: nothing to do")
+            item.power_state = PowerState.RUNNING.value
+            return
+        devices: list[BlockDevice] = []
+        for step in self._steps(candidate, instance, devices, item):
+            status = done.get(step.name)
+            if self.options.dry_run:
+                item.steps.append(step.describe)
+                if step.always:
+                    step.run()
+                continue
+            assert claim is not None
+            if status == "done" and not step.always:
+                item.steps.append(f"{step.describe} (done in an earlier run)")
+                continue
+            if status in ("started", "failed") and step.undo:
+                step.undo()
+            self.journal.record(claim, step.name, "started")
+            try:
+                step.run()
+            except _Release:
+                raise
+            except Exception as exc:
+                self.journal.record(claim, step.name, "failed", _describe(exc))
+                raise
+            self.journal.record(claim, step.name, "done")
+            item.steps.append(step.describe)
+
+    def _steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
+               item: InstanceReport) -> list[_Step]:
+        at_spawn, hot = self._split_volumes(candidate)
+        steps = [_Step("volumes", f"refresh {len(candidate.volumes)} volume connection(s)",
+                       lambda: devices.extend(self._refresh_volumes(candidate, item)),
+                       always=True)]
+        if not self.options.resume_local:
+            steps.append(_Step("rehome", f"re-home to {self.host}",
+                               lambda: self.source.rehome(candidate.uuid, host=self.host,
+                                                          node=self.node)))
+        steps.append(_Step("remove-stale", "remove any stale domain of it here",
+                           lambda: self._remove_domain(instance)))
+
+        def spawn() -> None:
+            names = {d.device_name for d in devices}
+            boot = [d for d in devices if d.device_name in {v.device for v in at_spawn}]
+            LOG.debug("spawning %s with %s", instance.uuid, sorted(names))
+            image = candidate.image
+            if image is None:
+                raise InvalidRequest(f"instance {candidate.uuid} has no image to spawn from")
+            self.driver.spawn(instance=instance, image=image, block_devices=boot,
+                              power_on=candidate.should_run)
+
+        power = "running" if candidate.should_run else "stopped"
+        steps.append(_Step("spawn", f"spawn ({power}) with {len(at_spawn)} volume(s) at boot",
+                           spawn, undo=lambda: self._remove_domain(instance)))
+        for volume in hot:
+            steps.append(self._attach_step(instance, volume, devices))
+        steps.append(_Step("power", "record the power state",
+                           lambda: self._record_power(candidate, instance, item)))
+        return steps
+
+    def _split_volumes(self, candidate: Candidate) -> tuple[list[VolumeRef], list[VolumeRef]]:
+        """Volumes given to spawn (all for a stopped instance; the root one) and hot-attached."""
+        if not candidate.should_run:
+            return list(candidate.volumes), []
+        at_spawn = [v for v in candidate.volumes if v.device in ROOT_DEVICES]
+        return at_spawn, [v for v in candidate.volumes if v.device not in ROOT_DEVICES]
+
+    def _attach_step(self, instance: Instance, volume: VolumeRef,
+                     devices: list[BlockDevice]) -> _Step:
+        def device() -> BlockDevice | None:
+            return next((d for d in devices if d.device_name == volume.device), None)
+
+        def attach() -> None:
+            bdm = device()
+            if bdm is not None:  # None: missing and allowed to be
+                self.driver.attach_volume(instance=instance, block_device=bdm)
+
+        def undo() -> None:
+            bdm = device()
+            if bdm is None:
+                return
+            try:
+                self.driver.detach_volume(instance=instance, block_device=bdm)
+            except (VolumeError, InstanceNotFound) as exc:
+                LOG.debug("undo attach of %s: %s", volume.device, exc)
+
+        return _Step(f"attach:{volume.device}", f"attach volume at {volume.mountpoint}",
+                     attach, undo=undo)
+
+    def _refresh_volumes(self, candidate: Candidate, item: InstanceReport) -> list[BlockDevice]:
+        """Check every volume from this host (re-login with CHAP); missing ones release."""
+        devices: list[BlockDevice] = []
+        problems: list[str] = []
+        for volume, vreport in zip(candidate.volumes, item.volumes, strict=True):
+            try:
+                conn = VolumeConnection.from_connection_info(dict(volume.connection_info))
+                connector = connector_for(conn)
+                if conn.driver_volume_type.lower() == "iscsi":
+                    parse_iscsi_target(conn)  # malformed connection_info fails even unprobed
+                if self.options.volume_check == "probe":
+                    found = connector.probe(conn, timeout=self.options.volume_timeout)
+                    vreport.size_bytes, vreport.path = found.size_bytes, found.path
+                if not self.options.dry_run:
+                    self.source.refresh_volume(candidate.uuid, volume, conn.to_connection_info())
+                devices.append(BlockDevice(connection=conn, mountpoint=volume.mountpoint,
+                                           volume_id=volume.volume_id, disk_bus=volume.disk_bus))
+                vreport.status = "reachable"
+            except VirtError as exc:
+                vreport.status, vreport.error = "missing", str(exc)
+                problems.append(f"volume {volume.volume_id or volume.mountpoint}: {exc}")
+        if problems and not self.options.allow_missing_volumes:
+            raise _Release("; ".join(problems) + " (left unclaimed; --allow-missing-volumes "
+                           "recovers it without them)")
+        return devices
+
+    def _remove_domain(self, instance: Instance) -> None:
+        """Destroy a domain of this instance here, keeping its disks (shared storage)."""
+        if self.driver.instance_exists(instance=instance):
+            self.driver.destroy(instance=instance, destroy_disks=False)
+
+    def _running_as_wanted(self, instance: Instance, candidate: Candidate) -> bool:
+        if not self.driver.instance_exists(instance=instance):
+            return False
+        state = self.driver.get_info(instance=instance).state
+        if state is PowerState.UNKNOWN:
+            raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown")
+        if candidate.should_run:
+            return state is PowerState.RUNNING
+        return True  # stopped instances stay as they are
+
+    def _record_power(self, candidate: Candidate, instance: Instance, item: InstanceReport) -> None:
+        state = self.driver.get_info(instance=instance).state
+        if state is PowerState.UNKNOWN:
+            raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown after spawn")
+        item.power_state = state.value
+        for vreport in item.volumes:
+            if vreport.status == "reachable":
+                vreport.status = "attached"
+        self.source.record_result(candidate.uuid, power_state=state,
+                                  running=state is PowerState.RUNNING)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, VirtError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def new_run_id() -> str:
+    return str(uuidlib.uuid4())
+
+
+def report_lines(report: RecoveryReport) -> Sequence[str]:
+    """The report as lines for people."""
+    title = "plan" if report.dry_run else "recovery"
+    lines = [f"{title} {report.mode}: {report.failed_host or report.target_host} -> "
+             f"{report.target_host} ({report.source})"]
+    if report.fenced:
+        lines.append(f"fencing: {report.fenced}")
+    for item in report.instances:
+        extra = f" [{item.power_state}]" if item.power_state else ""
+        lines.append(f"  {item.outcome:<9} {item.name} {item.uuid}{extra} {item.duration_s:.2f}s")
+        if report.dry_run or item.outcome == Outcome.FAILED:
+            lines.extend(f"      - {step}" for step in item.steps)
+        for vol in item.volumes:
+            size = f" {vol.size_bytes} bytes" if vol.size_bytes is not None else ""
+            err = f": {vol.error}" if vol.error else ""
+            lines.append(f"      volume {vol.mountpoint} {vol.status}{size}{err}")
+        if item.error:
+            lines.append(f"      error: {item.error}")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts().items())) or "nothing to do"
+    lines.append(f"{len(report.instances)} instance(s): {counts} in {report.duration_s:.2f}s")
+    return lines

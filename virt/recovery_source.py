@@ -1,0 +1,209 @@
+"""Where recovery reads instances from and writes re-homing to: the virtkit store or Nova's DB."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from virt.errors import ConfigError, InstanceNotFound, StoreError
+from virt.model import Flavor, ImageRef, Instance, PowerState
+from virt.store import Store, VmState
+
+ROOT_DEVICES = frozenset({"vda", "sda", "xvda", "hda"})
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """One attached volume as the source records it. connection_info holds secrets."""
+
+    row_id: int | None
+    volume_id: str | None
+    mountpoint: str
+    connection_info: Mapping[str, Any] = field(repr=False)
+    disk_bus: str | None = None
+
+    @property
+    def device(self) -> str:
+        return self.mountpoint.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An instance to recover, as the source knows it."""
+
+    uuid: str
+    name: str
+    host: str | None
+    vm_state: str
+    should_run: bool
+    flavor: Flavor
+    image: ImageRef | None
+    metadata: Mapping[str, str]
+    volumes: tuple[VolumeRef, ...]
+
+    def instance(self, host: str) -> Instance:
+        return Instance(uuid=self.uuid, name=self.name, flavor=self.flavor, image=self.image,
+                        host=host, metadata=self.metadata)
+
+
+class InstanceSource(Protocol):
+    """What recovery needs from a database of instances."""
+
+    description: str
+
+    def candidates(self, host: str, uuids: Sequence[str] = ()) -> list[Candidate]: ...
+
+    def get(self, uuid: str) -> Candidate: ...
+
+    def rehome(self, uuid: str, *, host: str, node: str | None) -> None: ...
+
+    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any]) -> None: ...
+
+    def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
+                      fault: str | None = None) -> None: ...
+
+
+class StoreSource:
+    """Instances in virtkit's own state store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.description = f"virtkit store {store.where}"
+
+    def _candidate(self, uuid: str) -> Candidate:
+        record = self.store.get_instance(uuid)
+        volumes = tuple(
+            VolumeRef(b.id, b.volume_id, b.mountpoint, dict(b.connection_info), b.disk_bus)
+            for b in self.store.list_block_devices(uuid)
+        )
+        return Candidate(
+            uuid=record.uuid, name=record.name, host=record.host, vm_state=record.vm_state,
+            should_run=record.vm_state == VmState.ACTIVE, flavor=record.flavor,
+            image=record.image, metadata=dict(record.metadata), volumes=volumes,
+        )
+
+    def candidates(self, host: str, uuids: Sequence[str] = ()) -> list[Candidate]:
+        records = self.store.list_instances(host=host)
+        wanted = set(uuids)
+        return [self._candidate(r.uuid) for r in records if not wanted or r.uuid in wanted]
+
+    def get(self, uuid: str) -> Candidate:
+        return self._candidate(uuid)
+
+    def rehome(self, uuid: str, *, host: str, node: str | None) -> None:
+        self.store.update_instance(uuid, host=host, node=node)
+
+    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any]) -> None:
+        if volume.row_id is not None and dict(connection_info) != dict(volume.connection_info):
+            self.store.update_block_device(volume.row_id, connection_info=connection_info)
+
+    def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
+                      fault: str | None = None) -> None:
+        # A failed recovery keeps vm_state (what the instance should be) so a retry knows
+        # whether to start it; the fault says what went wrong.
+        values: dict[str, Any] = {"task_state": None, "fault": fault}
+        if not fault:
+            values["vm_state"] = VmState.ACTIVE if running else VmState.STOPPED
+        if power_state is not None:
+            values["power_state"] = power_state
+        self.store.update_instance(uuid, **values)
+
+
+# Nova's power_state integers (nova/compute/power_state.py).
+NOVA_POWER_STATES = {0: PowerState.NOSTATE, 1: PowerState.RUNNING, 3: PowerState.PAUSED,
+                     4: PowerState.SHUTDOWN, 6: PowerState.CRASHED, 7: PowerState.SUSPENDED}
+
+
+class NovaSource:
+    """A Nova database: `instances` and `block_device_mapping` with Nova's column names.
+
+    Only `instances.host` and `instances.node` are ever written.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.engine = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise ConfigError(f"--nova-db is not a usable SQLAlchemy URL: {exc}") from None
+        self.description = f"Nova database {self.engine.url.render_as_string(hide_password=True)}"
+        try:
+            meta = sa.MetaData()
+            self.instances = sa.Table("instances", meta, autoload_with=self.engine)
+            self.bdms = sa.Table("block_device_mapping", meta, autoload_with=self.engine)
+        except sa.exc.NoSuchTableError as exc:
+            raise ConfigError(f"{self.description} has no table {exc}",
+                              hint="--nova-db must point at Nova's cell database") from None
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(f"cannot read {self.description}: {_first_line(exc)}") from None
+
+    def _candidate(self, row: Mapping[Any, Any], conn: sa.Connection) -> Candidate:
+        bdm = self.bdms.c
+        rows = conn.execute(
+            sa.select(self.bdms).where(
+                bdm.instance_uuid == row["uuid"], bdm.deleted == 0,
+                bdm.destination_type == "volume", bdm.connection_info.isnot(None),
+            ).order_by(bdm.device_name)
+        ).mappings().all()
+        volumes = tuple(
+            VolumeRef(b["id"], b["volume_id"], b["device_name"], json.loads(b["connection_info"]),
+                      b.get("disk_bus"))
+            for b in rows
+        )
+        flavor = Flavor(name=f"nova-{row['vcpus']}c-{row['memory_mb']}m", vcpus=row["vcpus"],
+                        memory_mb=row["memory_mb"], root_gb=row["root_gb"] or 0,
+                        ephemeral_gb=row["ephemeral_gb"] or 0)
+        image = ImageRef(row["image_ref"]) if row.get("image_ref") else None
+        return Candidate(
+            uuid=row["uuid"], name=f"instance-{row['id']:08x}", host=row["host"],
+            vm_state=row["vm_state"], should_run=row["vm_state"] == "active",
+            flavor=flavor, image=image, metadata={"nova_display_name": row["display_name"] or ""},
+            volumes=volumes,
+        )
+
+    def candidates(self, host: str, uuids: Sequence[str] = ()) -> list[Candidate]:
+        c = self.instances.c
+        query = sa.select(self.instances).where(c.host == host, c.deleted == 0).order_by(c.id)
+        if uuids:
+            query = query.where(c.uuid.in_(list(uuids)))
+        with self._conn() as conn:
+            return [self._candidate(r, conn) for r in conn.execute(query).mappings().all()]
+
+    def get(self, uuid: str) -> Candidate:
+        c = self.instances.c
+        with self._conn() as conn:
+            row = conn.execute(sa.select(self.instances).where(c.uuid == uuid, c.deleted == 0)
+                               ).mappings().first()
+            if row is None:
+                raise InstanceNotFound(uuid, hint="not in the Nova database")
+            return self._candidate(row, conn)
+
+    def rehome(self, uuid: str, *, host: str, node: str | None) -> None:
+        with self._conn() as conn:
+            conn.execute(self.instances.update().where(self.instances.c.uuid == uuid)
+                         .values(host=host, node=node or host))
+
+    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any]) -> None:
+        """Nova's rows are Nova's: connection_info is not written back."""
+
+    def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
+                      fault: str | None = None) -> None:
+        """Nova's own power-state sync records the state; only host/node are ours to write."""
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sa.Connection]:
+        """A transaction on the Nova DB; its errors become StoreError without parameters."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(f"{self.description}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
