@@ -1,0 +1,79 @@
+"""Fixtures for the docker driver against the test bed's real dockerd."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from dockertb import docker_cli, dockerd_up
+
+from tests.testbed import env, require
+from virt.config import build_conf
+from virt.driver import load_driver, load_driver_class
+from virt.model import Flavor, ImageRef, Instance
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    require(dockerd_up(), "dockerd")
+    return env("VIRTKIT_TEST_DOCKER_IMAGE")
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """A host name of our own, so that concurrent runs never see each other's containers."""
+    return f"dk-test-{uuid.uuid4().hex[:8]}"
+
+
+def make_driver(tmp_path_factory: pytest.TempPathFactory, host: str, **docker_opts: object):
+    """A docker driver on the test bed's dockerd, with `[docker]` options overridden."""
+    state = tmp_path_factory.mktemp("docker-state")
+    conf = build_conf(overrides={"state_path": str(state), "host": host})
+    load_driver_class("docker").register_opts(conf)
+    for name, value in docker_opts.items():
+        conf.set_override(name, value, group="docker")
+    driver = load_driver("docker", conf)
+    driver.init_host(host=host)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def driver(docker_image, docker_host, tmp_path_factory):
+    drv = make_driver(tmp_path_factory, docker_host, stop_timeout=2, event_window=1.0)
+    yield drv
+    for name in drv.list_instances():
+        docker_cli("rm", "-f", name, check=False)
+    drv.cleanup_host(host=docker_host)
+
+
+@pytest.fixture(scope="module")
+def spawn(driver, docker_image) -> Iterator[Callable[..., Instance]]:
+    """spawn(flavor=..., command=..., **spawn_kwargs) -> a running instance, destroyed later."""
+    made: list[Instance] = []
+
+    def _spawn(
+        *,
+        flavor: Flavor | None = None,
+        command: str | None = None,
+        image: ImageRef | None = None,
+        name: str | None = None,
+        **kwargs: object,
+    ) -> Instance:
+        props = {"os_command_line": command} if command else {}
+        image = image or ImageRef(docker_image, properties=props)
+        instance = Instance(
+            uuid=str(uuid.uuid4()),
+            name=name or f"vk-dk-{uuid.uuid4().hex[:10]}",
+            flavor=flavor or Flavor("dk.small", 1, 64, 0),
+            image=image,
+        )
+        made.append(instance)
+        driver.spawn(instance=instance, image=image, **kwargs)
+        return instance
+
+    yield _spawn
+    for instance in made:
+        driver.destroy(instance=instance)

@@ -1,0 +1,45 @@
+"""Helpers of the docker integration tests: the docker CLI as an independent witness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+
+def docker_cli(*args: str, check: bool = True, timeout: float = 60) -> str:
+    """Run the docker CLI (the independent witness of what the driver did)."""
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def dockerd_up() -> bool:
+    try:
+        return subprocess.run(
+            ["docker", "info"], capture_output=True, timeout=20, check=False
+        ).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def container_inspect(name: str) -> dict:
+    return json.loads(docker_cli("inspect", "--type", "container", name))[0]
+
+
+def containers_with_label(label: str) -> list[str]:
+    out = docker_cli("ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}")
+    return [line for line in out.splitlines() if line]
+
+
+def exec_actions(name: str, *, since: float) -> list[str]:
+    """The exec events dockerd recorded for container `name` (their action holds the argv)."""
+    out = docker_cli(
+        "events", "--since", f"{since:.0f}", "--until", f"{time.time():.0f}",
+        "--filter", f"container={name}", "--filter", "event=exec_create",
+        "--format", "{{.Action}}",
+    )
+    return [line for line in out.splitlines() if line]
