@@ -1,0 +1,271 @@
+"""The driver against real libvirtd + QEMU booting the tiny guest, with tgtd iSCSI LUNs.
+
+One guest is booted for the module and reused (TCG boots are slow); tests run in file order
+and the libvirtd-restart test comes last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from drivers.libvirt.driver import LibvirtDriver
+from tests.iscsi_target import TargetFactory, tgtd_available
+from tests.testbed import env, require
+from virt.config import build_conf
+from virt.errors import (
+    HypervisorUnavailable,
+    ImageNotFound,
+    InstanceNotFound,
+    InvalidRequest,
+    VolumeAuthError,
+    VolumeUnreachable,
+)
+from virt.events import Transition
+from virt.model import BlockDevice, Flavor, ImageRef, Instance, PowerState, VolumeConnection
+
+pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.iscsi, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[3]
+URI = "qemu:///system"
+BOOT_TIMEOUT = 90
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
+                          timeout=60, check=False).stdout
+
+
+def _libvirt_up() -> bool:
+    return shutil.which("virsh") is not None and bool(virsh("version").strip())
+
+
+def wait_console(driver, instance, pattern: str, timeout: float = BOOT_TIMEOUT,
+                 count: int = 1) -> str:
+    """Poll get_console_output until `pattern` (a regex) occurs `count` times."""
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        out = driver.get_console_output(instance=instance)
+        if len(re.findall(pattern, out)) >= count:
+            return out
+        time.sleep(0.3)
+    raise AssertionError(f"{pattern!r} x{count} not on the console within {timeout}s:\n{out[-3000:]}")
+
+
+def leftovers(uid: str) -> list[str]:
+    """Anything of instance `uid` still on the host: domain, secret."""
+    found = []
+    if uid in virsh("list", "--all", "--uuid"):
+        found.append("domain")
+    if uid in virsh("secret-list"):
+        found.append("secret")
+    return found
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    require(_libvirt_up(), "libvirtd with qemu:///system")
+    require(tgtd_available(), "tgtd (iSCSI target)")
+    # QEMU runs as libvirt-qemu: every directory above its files must be traversable.
+    path = Path(tempfile.mkdtemp(prefix="virtkit-libvirt-", dir="/var/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def luns(workdir):
+    (workdir / "luns").mkdir()
+    factory = TargetFactory(workdir / "luns", os.environ.get("VIRTKIT_TEST_ISCSI_PORTAL",
+                                                             "127.0.0.1:3260"))
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
+                    ramdisk=env("VIRTKIT_TEST_RAMDISK"))
+
+
+@pytest.fixture(scope="module")
+def driver(workdir):
+    conf = build_conf(overrides={"state_path": str(workdir / "state"), "host": "qemu-test"})
+    LibvirtDriver.register_opts(conf)
+    conf.set_override("connection_uri", URI, group="libvirt")
+    conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
+                      group="libvirt")
+    conf.set_override("stopped_event_delay", 0.5, group="libvirt")
+    drv = LibvirtDriver(conf)
+    drv.init_host(host="qemu-test")
+    yield drv
+    drv.cleanup_host(host="qemu-test")
+
+
+def _instance(name: str) -> Instance:
+    uid = str(uuid.uuid4())
+    return Instance(uuid=uid, name=f"{name}-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+
+
+def _bdm(lun, mountpoint: str, **overrides) -> BlockDevice:
+    return BlockDevice(VolumeConnection.from_connection_info(lun.connection_info(**overrides)),
+                       mountpoint)
+
+
+@pytest.fixture(scope="module")
+def guest(driver, image, luns):
+    """The shared guest, spawned with a 64 MiB CHAP LUN at /dev/vdb."""
+    lun = luns.create(size_mb=64, chap=True)
+    inst = _instance("vk-qemu")
+    driver.spawn(instance=inst, image=image, block_devices=[_bdm(lun, "/dev/vdb")])
+    yield inst, lun
+    driver.destroy(instance=inst)
+    assert leftovers(inst.uuid) == []
+
+
+def test_boot_shows_marker_and_the_chap_lun_attached_at_spawn(driver, guest):
+    inst, lun = guest
+    out = wait_console(driver, inst, r"VIRTKIT-DISKS-END")
+    assert "VIRTKIT-GUEST-UP" in out
+    assert "name=vda" in out and "marker=VIRTKIT-ROOT-DISK" in out
+    assert f"name=vdb sectors={lun.size_bytes // 512}" in out
+    assert driver.get_info(instance=inst).state is PowerState.RUNNING
+    # The CHAP password is in a libvirt secret only: not in the XML, not on QEMU's argv.
+    assert lun.password not in virsh("dumpxml", inst.uuid)
+    assert f"virtkit-{inst.uuid}-vdb" in virsh("secret-list")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert lun.password.encode() not in cmdline.read_bytes()
+
+
+def test_hot_attach_and_detach(driver, guest, luns):
+    inst, _ = guest
+    wait_console(driver, inst, r"VIRTKIT-DISKS-END")
+    lun = luns.create(size_mb=32, chap=True)
+    bdm = _bdm(lun, "/dev/vdc")
+    driver.attach_volume(instance=inst, block_device=bdm)
+    wait_console(driver, inst, rf"name=vdc sectors={lun.size_bytes // 512}")
+    assert re.search(r"^\s*vdc\s", virsh("domblklist", inst.uuid), re.M)
+    assert f"virtkit-{inst.uuid}-vdc" in virsh("secret-list")
+    driver.detach_volume(instance=inst, block_device=bdm)
+    assert not re.search(r"^\s*vdc\s", virsh("domblklist", inst.uuid), re.M)
+    assert not re.search(r"^\s*vdc\s", virsh("domblklist", inst.uuid, "--inactive"), re.M)
+    assert f"virtkit-{inst.uuid}-vdc" not in virsh("secret-list")
+
+
+def test_pause_suspend_and_snapshot(driver, guest, workdir):
+    inst, _ = guest
+    driver.pause(instance=inst)
+    assert driver.get_info(instance=inst).state is PowerState.PAUSED
+    driver.unpause(instance=inst)
+    driver.suspend(instance=inst)
+    assert driver.get_info(instance=inst).state is PowerState.SUSPENDED
+    driver.resume(instance=inst)
+    assert driver.get_info(instance=inst).state is PowerState.RUNNING
+    snap = driver.snapshot(instance=inst, name=f"snap-{inst.uuid[:8]}")
+    assert driver.get_info(instance=inst).state is PowerState.RUNNING
+    info = subprocess.run(["qemu-img", "info", snap.ref], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert "backing file" not in info
+    assert snap.kernel and snap.ramdisk
+
+
+def test_reboot_soft_then_hard(driver, guest):
+    inst, _ = guest
+    before = driver.get_console_output(instance=inst, max_bytes=1 << 20).count("VIRTKIT-GUEST-UP")
+    driver.reboot(instance=inst, timeout=30)
+    wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=before + 1)
+    driver.reboot(instance=inst, hard=True)
+    out = wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=before + 2)
+    assert out.rstrip().endswith("VIRTKIT-DISKS-END count=2") or "VIRTKIT-DISKS-BEGIN" in out
+
+
+def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
+    lun = luns.create(size_mb=16, chap=True)
+    instances = workdir / "state" / "instances"
+    cases = [
+        (ImageNotFound, dict(image=ImageRef(str(tmp_path / "no-such.qcow2")))),
+        (InvalidRequest, dict(block_devices=[_bdm(lun, "/dev/vdb", target_iqn=None)])),
+        (VolumeAuthError, dict(block_devices=[_bdm(lun, "/dev/vdb", auth_password="wrong-pw")])),
+        (VolumeUnreachable, dict(block_devices=[_bdm(lun, "/dev/vdb",
+                                                     target_portal="127.0.0.1:9")])),
+    ]
+    for error, kwargs in cases:
+        inst = _instance("vk-bad")
+        kwargs.setdefault("image", image)
+        with pytest.raises(error) as caught:
+            driver.spawn(instance=inst, **kwargs)
+        assert "wrong-pw" not in str(caught.value) and lun.password not in str(caught.value)
+        assert leftovers(inst.uuid) == [], error
+        assert not (instances / inst.uuid).exists()
+    ghost = _instance("vk-ghost")
+    with pytest.raises(InstanceNotFound):
+        driver.get_info(instance=ghost)
+    with pytest.raises(InstanceNotFound):
+        driver.attach_volume(instance=ghost, block_device=_bdm(lun, "/dev/vdd"))
+    assert leftovers(ghost.uuid) == []
+
+
+def test_power_off_reports_clean_shutdown(driver, guest):
+    inst, _ = guest
+    wait_console(driver, inst, "VIRTKIT-DISKS-END")
+    result = driver.power_off(instance=inst, timeout=30, retry_interval=5)
+    assert result.clean and not result.forced
+    assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
+    driver.power_on(instance=inst)
+    assert driver.get_info(instance=inst).state is PowerState.RUNNING
+
+
+def _libvirtd_pids() -> list[int]:
+    out = subprocess.run(["pidof", "libvirtd"], capture_output=True, text=True, timeout=10,
+                         check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_libvirtd_restart_is_survived(driver, guest):
+    inst, _ = guest
+    events: list = []
+    paused = threading.Event()
+
+    def listener(event):
+        if event.instance_uuid == inst.uuid:
+            events.append(event.transition)
+            if event.transition is Transition.PAUSED:
+                paused.set()
+
+    driver.register_event_listener(listener)
+    try:
+        reconnects = driver.host.reconnects
+        for pid in _libvirtd_pids():
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while _libvirtd_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(HypervisorUnavailable):
+            driver.list_instances()
+        with pytest.raises(HypervisorUnavailable):
+            driver.get_info(instance=inst)
+        subprocess.run([str(ROOT / "scripts" / "testbed"), "up", "libvirt"], check=True,
+                       timeout=180, capture_output=True)
+        deadline = time.monotonic() + 30
+        while driver.host.reconnects == reconnects and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.host.reconnects > reconnects, "the driver did not reconnect by itself"
+        assert inst.name in driver.list_instances()
+        assert driver.get_info(instance=inst).state is PowerState.RUNNING
+        # Events flow again on the new connection.
+        driver.pause(instance=inst)
+        assert paused.wait(10), f"no PAUSED event after the restart: {events}"
+        driver.unpause(instance=inst)
+    finally:
+        driver.unregister_event_listener(listener)
