@@ -1,0 +1,214 @@
+"""virtkit-recover as a real process: two recoverers on PostgreSQL, crash-resume, Nova schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.iscsi_target import iscsi_targets  # noqa: F401  (fixture)
+from tests.pg import pg_url  # noqa: F401  (fixture)
+from tests.recovery_helpers import record_instances
+from virt.config import build_conf
+from virt.driver import load_driver
+from virt.model import Flavor, ImageRef, Instance
+from virt.recovery_journal import RecoveryJournal
+from virt.store import Store
+
+RECOVER = [sys.executable, "-m", "virt.cli.recover"]
+
+
+def write_conf(tmp_path: Path, url: str, **fake: int) -> Path:
+    path = tmp_path / "virtkit.conf"
+    lines = ["[DEFAULT]", "compute_driver = fake", f"state_path = {tmp_path / 'state'}",
+             f"state_connection = {url}", "[fake]"]
+    lines += [f"{k} = {v}" for k, v in fake.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_recover(config: Path, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RECOVER, "--config", str(config), "--format", "json", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def fake_domains(config: Path, host: str) -> list[str]:
+    conf = build_conf(str(config))
+    driver = load_driver("fake", conf)
+    driver.init_host(host=host)
+    return driver.list_instance_uuids()
+
+
+@pytest.mark.slow
+def test_two_recoverers_on_postgres_recover_each_instance_once(tmp_path, pg_url):  # noqa: F811
+    config = write_conf(tmp_path, pg_url, spawn_latency_ms=20)
+    with Store(pg_url) as store:
+        uuids = record_instances(store, "host-a", 50, volumes=1)
+    procs = [subprocess.Popen(
+        [*RECOVER, "--config", str(config), "--format", "json", "--failed-host", "host-a",
+         "--confirm-fenced", "--volume-check", "none", "--parallel", "4", "--host", host],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for host in ("host-b", "host-c")]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    recovered = {h: {i["uuid"] for i in r["instances"] if i["outcome"] == "recovered"}
+                 for h, r in zip(("host-b", "host-c"), reports, strict=True)}
+    assert not recovered["host-b"] & recovered["host-c"]
+    assert recovered["host-b"] | recovered["host-c"] == set(uuids)
+    domains_b, domains_c = fake_domains(config, "host-b"), fake_domains(config, "host-c")
+    assert sorted(domains_b + domains_c) == sorted(uuids)  # each spawned exactly once
+    with Store(pg_url) as store:
+        for uuid in uuids:
+            host = store.get_instance(uuid).host
+            assert uuid in (domains_b if host == "host-b" else domains_c)
+
+
+def test_crash_between_spawn_and_attach_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    config = write_conf(tmp_path, url)
+    with Store(url) as store:
+        (uuid,) = record_instances(store, "host-a", 1, volumes=2)
+    args = ("--failed-host", "host-a", "--confirm-fenced", "--volume-check", "none",
+            "--host", "host-b")
+    crashed = run_recover(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "spawn:done"})
+    assert crashed.returncode == -signal.SIGKILL
+    assert fake_domains(config, "host-b") == [uuid]
+    finished = run_recover(config, *args)
+    assert finished.returncode == 0, finished.stderr
+    (item,) = json.loads(finished.stdout)["instances"]
+    assert item["outcome"] == "recovered" and item["resumed"]
+    assert any("done in an earlier run" in s for s in item["steps"])
+    conf = build_conf(str(config))
+    driver = load_driver("fake", conf)
+    driver.init_host(host="host-b")
+    assert driver.list_instance_uuids() == [uuid]
+    state = json.loads(Path(conf.instances_path, "fake-hypervisor-host-b.json").read_text())
+    assert sorted(state["instances"][uuid]["block_devices"]) == ["/dev/vdb", "/dev/vdc"]
+    with Store(url) as store:
+        entries = RecoveryJournal(store, host="x").entries(uuid)
+        spawns = [e for e in entries if e["step"] == "spawn" and e["status"] == "started"]
+        assert len(spawns) == 1 and len({e["run_id"] for e in entries}) == 2
+
+
+def test_crash_during_attach_undoes_and_reattaches(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    config = write_conf(tmp_path, url)
+    with Store(url) as store:
+        (uuid,) = record_instances(store, "host-a", 1, volumes=1)
+    args = ("--failed-host", "host-a", "--confirm-fenced", "--volume-check", "none",
+            "--host", "host-b")
+    # Killed after the attach happened but before the journal said so.
+    crashed = run_recover(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "power:started"})
+    assert crashed.returncode == -signal.SIGKILL
+    assert run_recover(config, *args).returncode == 0
+    conf = build_conf(str(config))
+    state = json.loads(Path(conf.instances_path, "fake-hypervisor-host-b.json").read_text())
+    assert list(state["instances"][uuid]["block_devices"]) == ["/dev/vdb"]
+
+
+def test_usage_and_fencing_exit_codes(tmp_path):
+    config = write_conf(tmp_path, f"sqlite:///{tmp_path / 's.sqlite'}")
+    done = run_recover(config, "--failed-host", "host-a", "--host", "host-b")
+    assert done.returncode == 2 and "not known to be fenced" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = run_recover(config, "--failed-host", "host-a", "--resume-local")
+    assert done.returncode == 2
+
+
+NOVA_DDL = [
+    """CREATE TABLE instances (id INTEGER PRIMARY KEY, uuid VARCHAR(36) NOT NULL UNIQUE,
+       display_name VARCHAR(255), hostname VARCHAR(255), host VARCHAR(255), node VARCHAR(255),
+       vm_state VARCHAR(255), task_state VARCHAR(255), power_state INTEGER,
+       vcpus INTEGER, memory_mb INTEGER, root_gb INTEGER, ephemeral_gb INTEGER,
+       image_ref VARCHAR(255), launched_on TEXT, deleted INTEGER DEFAULT 0,
+       created_at TIMESTAMP, updated_at TIMESTAMP)""",
+    """CREATE TABLE block_device_mapping (id SERIAL PRIMARY KEY,
+       instance_uuid VARCHAR(36), device_name VARCHAR(255), volume_id VARCHAR(36),
+       source_type VARCHAR(255), destination_type VARCHAR(255), connection_info TEXT,
+       disk_bus VARCHAR(255), delete_on_termination BOOLEAN, deleted INTEGER DEFAULT 0)""",
+]
+
+
+def test_nova_schema_with_real_iscsi(tmp_path, pg_url, iscsi_targets):  # noqa: F811
+    plain, chap = iscsi_targets.create(size_mb=16), iscsi_targets.create(size_mb=8, chap=True)
+    nova = sa.create_engine(pg_url)
+    uuids = ["6f2c7d7e-0000-4000-8000-000000000001", "6f2c7d7e-0000-4000-8000-000000000002"]
+    with nova.begin() as conn:
+        for ddl in NOVA_DDL:
+            conn.exec_driver_sql(ddl)
+        for n, uuid in enumerate(uuids, start=1):
+            conn.execute(sa.text(
+                "INSERT INTO instances (id, uuid, display_name, host, node, vm_state, power_state,"
+                " vcpus, memory_mb, root_gb, ephemeral_gb, image_ref, launched_on)"
+                " VALUES (:id, :uuid, :name, 'nova-a', 'nova-a.example', :vm, 1, 1, 64, 1, 0,"
+                " 'c0ffee00-0000-4000-8000-000000000000', 'untouched')"),
+                {"id": n, "uuid": uuid, "name": f"web {n}",
+                 "vm": "active" if n == 1 else "stopped"})
+        for dev, lun in (("/dev/vdb", plain), ("/dev/vdc", chap)):
+            conn.execute(sa.text(
+                "INSERT INTO block_device_mapping (instance_uuid, device_name, volume_id,"
+                " source_type, destination_type, connection_info, deleted)"
+                " VALUES (:u, :dev, :vol, 'volume', 'volume', :info, 0)"),
+                {"u": uuids[0], "dev": dev, "vol": lun.volume_id,
+                 "info": json.dumps(lun.connection_info())})
+    config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
+    done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db",
+                       pg_url, "--host", "nova-b")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert chap.password not in done.stdout + done.stderr
+    first = next(i for i in report["instances"] if i["uuid"] == uuids[0])
+    assert first["name"] == "instance-00000001" and first["power_state"] == "running"
+    assert sorted((v["mountpoint"], v["size_bytes"]) for v in first["volumes"]) == [
+        ("/dev/vdb", 16 << 20), ("/dev/vdc", 8 << 20)]
+    with nova.begin() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT uuid, host, node, vm_state, power_state, launched_on FROM instances"
+            " ORDER BY id")).all()
+    assert [tuple(r)[1:] for r in rows] == [("nova-b", "nova-b", "active", 1, "untouched"),
+                                            ("nova-b", "nova-b", "stopped", 1, "untouched")]
+    nova.dispose()
+    conf = build_conf(str(config))
+    driver = load_driver("fake", conf)
+    driver.init_host(host="nova-b")
+    second = Instance(uuid=uuids[1], name="instance-00000002",
+                      flavor=Flavor(name="x", vcpus=1, memory_mb=64), image=ImageRef("x"))
+    assert driver.get_info(instance=second).state.value == "shutdown"
+
+
+def test_nova_wrong_chap_leaves_instance_unclaimed(tmp_path, pg_url, iscsi_targets):  # noqa: F811
+    lun = iscsi_targets.create(size_mb=8, chap=True)
+    nova = sa.create_engine(pg_url)
+    uuid = "6f2c7d7e-0000-4000-8000-000000000003"
+    with nova.begin() as conn:
+        for ddl in NOVA_DDL:
+            conn.exec_driver_sql(ddl)
+        conn.execute(sa.text(
+            "INSERT INTO instances (id, uuid, host, vm_state, power_state, vcpus, memory_mb,"
+            " root_gb, ephemeral_gb, image_ref) VALUES (3, :u, 'nova-a', 'active', 1, 1, 64, 1,"
+            " 0, 'img')"), {"u": uuid})
+        conn.execute(sa.text(
+            "INSERT INTO block_device_mapping (instance_uuid, device_name, volume_id,"
+            " source_type, destination_type, connection_info, deleted)"
+            " VALUES (:u, '/dev/vdb', 'v', 'volume', 'volume', :info, 0)"),
+            {"u": uuid, "info": json.dumps(lun.connection_info(auth_password="wrong-pass"))})
+    config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
+    done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db",
+                       pg_url, "--host", "nova-b")
+    assert done.returncode == 1
+    (item,) = json.loads(done.stdout)["instances"]
+    assert item["outcome"] == "released" and "VolumeAuthError" not in item["error"]
+    assert "refused CHAP" in item["error"] and "wrong-pass" not in done.stdout
+    with nova.begin() as conn:
+        assert conn.execute(sa.text("SELECT host FROM instances")).scalar() == "nova-a"
+    nova.dispose()
