@@ -6,11 +6,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from dockertb import docker_cli, dockerd_up
+from dockertb import docker_cli, dockerd_up, make_driver
 
 from tests.testbed import env, require
-from virt.config import build_conf
-from virt.driver import load_driver, load_driver_class
 from virt.model import Flavor, ImageRef, Instance
 
 pytestmark = pytest.mark.docker
@@ -26,18 +24,6 @@ def docker_image() -> str:
 def docker_host() -> str:
     """A host name of our own, so that concurrent runs never see each other's containers."""
     return f"dk-test-{uuid.uuid4().hex[:8]}"
-
-
-def make_driver(tmp_path_factory: pytest.TempPathFactory, host: str, **docker_opts: object):
-    """A docker driver on the test bed's dockerd, with `[docker]` options overridden."""
-    state = tmp_path_factory.mktemp("docker-state")
-    conf = build_conf(overrides={"state_path": str(state), "host": host})
-    load_driver_class("docker").register_opts(conf)
-    for name, value in docker_opts.items():
-        conf.set_override(name, value, group="docker")
-    driver = load_driver("docker", conf)
-    driver.init_host(host=host)
-    return driver
 
 
 @pytest.fixture(scope="module")

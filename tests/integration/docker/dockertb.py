@@ -6,6 +6,11 @@ import json
 import subprocess
 import time
 
+import pytest
+
+from virt.config import build_conf
+from virt.driver import load_driver, load_driver_class
+
 
 def docker_cli(*args: str, check: bool = True, timeout: float = 60) -> str:
     """Run the docker CLI (the independent witness of what the driver did)."""
@@ -43,3 +48,15 @@ def exec_actions(name: str, *, since: float) -> list[str]:
         "--format", "{{.Action}}",
     )
     return [line for line in out.splitlines() if line]
+
+
+def make_driver(tmp_path_factory: pytest.TempPathFactory, host: str, **docker_opts: object):
+    """A docker driver on the test bed's dockerd, with `[docker]` options overridden."""
+    state = tmp_path_factory.mktemp("docker-state")
+    conf = build_conf(overrides={"state_path": str(state), "host": host})
+    load_driver_class("docker").register_opts(conf)
+    for name, value in docker_opts.items():
+        conf.set_override(name, value, group="docker")
+    driver = load_driver("docker", conf)
+    driver.init_host(host=host)
+    return driver
