@@ -162,7 +162,7 @@ class LibvirtDriver(ComputeDriver):
         if self._opts.iscsi_attach != "host":
             return
         try:
-            import os_brick  # type: ignore[import-not-found]  # noqa: F401
+            import os_brick  # noqa: F401
         except ImportError:
             raise ConfigError(
                 "[libvirt] iscsi_attach = host needs os-brick, which is not installed",

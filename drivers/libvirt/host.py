@@ -160,15 +160,16 @@ class Host:
             self._conn = None
             self._lost.set()
 
-    def _drop(self, conn: libvirt.virConnect | None) -> None:
+    def _drop(self, conn: libvirt.virConnect) -> None:
         with self._lock:
-            if conn is not None and self._conn is conn:
-                self._conn = None
-                self._lost.set()
-                try:
-                    conn.close()
-                except libvirt.libvirtError:
-                    pass
+            if self._conn is not conn:
+                return
+            self._conn = None
+            self._lost.set()
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None or not self._watcher.is_alive():
