@@ -162,7 +162,8 @@ class Host:
 
     def _drop(self, conn: libvirt.virConnect) -> None:
         with self._lock:
-            if self._conn is not conn:
+            current = self._conn is conn
+            if not current:
                 return
             self._conn = None
             self._lost.set()
