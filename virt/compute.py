@@ -94,9 +94,14 @@ class ComputeService:
         self.conf = conf
         self.host: str = conf.host
         self.store = store or Store.from_conf(conf)
-        self.driver = driver or load_driver(conf.compute_driver, conf)
-        self.driver.init_host(host=self.host)
-        self.store.heartbeat(self.host, driver=self.driver.name)
+        try:
+            self.driver = driver or load_driver(conf.compute_driver, conf)
+            self.driver.init_host(host=self.host)
+            self.store.heartbeat(self.host, driver=self.driver.name)
+        except BaseException:
+            if store is None:
+                self.store.close()
+            raise
         self.driver.register_event_listener(self._on_event)
 
     @classmethod

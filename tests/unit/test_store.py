@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -261,16 +262,28 @@ def test_newer_schema_is_refused_with_a_clear_error(store_url):
     assert "upgrade virtkit" in str(err.value)
 
 
-def test_old_database_is_upgraded(tmp_path):
-    url = f"sqlite:///{tmp_path}/old.sqlite"
+def test_old_database_is_upgraded(store_url):
+    from alembic import command
+
+    url = sa.make_url(store_url)
+    if url.get_backend_name() == "sqlite":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
+    config = store_migrate.alembic_config()
     with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with engine.begin() as conn:
+        assert store_migrate.current_revisions(conn) == {"0001"}
+        conn.execute(sa.text(
+            "INSERT INTO hosts (name, status, created_at, updated_at) "
+            "VALUES ('old-host', 'up', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ))
     engine.dispose()
-    with Store(url) as store:
-        store.create_instance(make_instance())
+    with Store(store_url) as store:
         with store.engine.connect() as conn:
             assert store_migrate.current_revisions(conn) == store_migrate.head_revisions()
+        assert store.get_host("old-host").status == "up"  # data kept across the upgrade
 
 
 def test_bad_urls_are_clear_errors(tmp_path):
