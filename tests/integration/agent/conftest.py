@@ -29,3 +29,56 @@ def dom0(xenstore):
 def domu(xenstore):
     with XenstoreClient(xenstore.domain_socket(DOMID), timeout=5) as client:
         yield client
+
+
+GUEST_SHADOW = "root:*:19000:0:99999:7:::\nadmin:!:19000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def guest_root(tmp_path):
+    """A throwaway guest filesystem: shadow file, allowed inject dir, network files."""
+    root = tmp_path / "guest"
+    (root / "etc" / "network").mkdir(parents=True)
+    (root / "root" / ".ssh").mkdir(parents=True)
+    shadow = root / "etc" / "shadow"
+    shadow.write_text(GUEST_SHADOW)
+    shadow.chmod(0o640)
+    return root
+
+
+@pytest.fixture
+def agent_config(xenstore, guest_root):
+    from guest_agent.config import AgentConfig
+
+    return AgentConfig(
+        transport="xenstore",
+        xenstore_path=xenstore.domain_socket(DOMID),
+        poll_interval=0.5,
+        user="admin",
+        password_method="shadow",
+        shadow_path=str(guest_root / "etc" / "shadow"),
+        inject_allowed_paths=(str(guest_root / "root" / ".ssh"),),
+        network_config_path=str(guest_root / "etc" / "network" / "interfaces"),
+        hostname_path=str(guest_root / "etc" / "hostname"),
+    )
+
+
+@pytest.fixture
+def guest_agent(agent_config):
+    """The real guest service, serving domain 7 through the test xenstore."""
+    from guest_agent.service import AgentService
+
+    service = AgentService(agent_config)
+    thread = service.start()
+    yield service
+    service.stop()
+    thread.join(5)
+
+
+@pytest.fixture
+def host_client(dom0):
+    from virt.agent import AgentClient, XenstoreChannel
+
+    return AgentClient(
+        XenstoreChannel(dom0, DOMID, poll_interval=0.2), timeout=5, version_timeout=10
+    )
