@@ -2,13 +2,13 @@
 
 Every change is a transaction: a thread lock and an exclusive `fcntl` lock on a side file,
 re-read the JSON, mutate, write a temp file and rename it over the old one. Readers take a
-shared lock and reuse the last parse while the file is unchanged.
+shared lock. Nothing is cached between calls: another process may have changed the file, and
+inode/mtime/size cannot prove it did not (inodes are reused, mtimes are coarse).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -35,8 +35,6 @@ class StateFile:
         self.host = host
         self._lock_path = path.with_name(path.name + ".lock")
         self._thread_lock = threading.RLock()
-        self._cache_key: tuple[int, int, int] | None = None
-        self._cache: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def _flock(self, mode: int) -> Iterator[None]:
@@ -57,36 +55,36 @@ class StateFile:
 
     def _read(self) -> dict[str, Any]:
         try:
-            st = self.path.stat()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return empty_state(self.host)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if key != self._cache_key or self._cache is None:
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise HypervisorUnavailable(
-                    f"fake hypervisor state {self.path} is unreadable: {exc}",
-                    hint="remove the file to start from an empty host",
-                ) from None
-            if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-                raise HypervisorUnavailable(
-                    f"fake hypervisor state {self.path} has an unknown format",
-                    hint="remove the file to start from an empty host",
-                )
-            self._cache_key, self._cache = key, data
-        return self._cache
+        except OSError as exc:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {self.path} is unreadable: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {self.path} is unreadable: {exc}",
+                hint="remove the file to start from an empty host",
+            ) from None
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {self.path} has an unknown format",
+                hint="remove the file to start from an empty host",
+            )
+        return data
 
     def read(self) -> dict[str, Any]:
-        """A private copy of the current state."""
+        """The current state (a fresh copy the caller may keep)."""
         with self._thread_lock, self._flock(fcntl.LOCK_SH):
-            return copy.deepcopy(self._read())
+            return self._read()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
         """Yield the state for changes; write it atomically unless the block raises."""
         with self._thread_lock, self._flock(fcntl.LOCK_EX):
-            state = copy.deepcopy(self._read())
+            state = self._read()
             yield state
             self._write(state)
 
@@ -100,4 +98,3 @@ class StateFile:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._cache_key, self._cache = None, None
