@@ -114,8 +114,14 @@ class EventWatcher:
             since=f"{since:.6f}", until=f"{until:.6f}", filters=self._filters, decode=True
         )
         self._stream = stream
+        cut = threading.Event()
+
+        def watchdog_fired() -> None:
+            cut.set()
+            _close_quietly(stream)
+
         grace = self._engine.timeout
-        watchdog = threading.Timer(max(until - time.time(), 0) + grace, _close_quietly, [stream])
+        watchdog = threading.Timer(max(until - time.time(), 0) + grace, watchdog_fired)
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -127,7 +133,12 @@ class EventWatcher:
             watchdog.cancel()
             self._stream = None
             _close_quietly(stream)
-        return time.time() >= until - 0.5 or self._stop.is_set()
+        if self._stop.is_set():
+            return True
+        if cut.is_set():
+            LOG.warning("docker event stream hung past its window; reconnecting")
+            return False
+        return time.time() >= until - min(0.5, self._window / 2)
 
     def _resync(self, *, emit: bool) -> None:
         current = self._list_states()

@@ -26,9 +26,9 @@ LABEL_SNAPSHOT_OF = "virtkit.snapshot_of"
 _CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 # One path component of an image repository, and an optional registry host[:port].
 _REPO_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(
-    rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_REPO_COMPONENT}(?:/{_REPO_COMPONENT})*$"
-)
+# A first component is a registry only if it has a '.' or a port, or is localhost.
+_REGISTRY = r"(?:(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?::[0-9]+)?|[A-Za-z0-9-]+:[0-9]+)"
+_REPOSITORY_RE = re.compile(rf"^(?:{_REGISTRY}/)?{_REPO_COMPONENT}(?:/{_REPO_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 #: Docker refuses memory limits under 6 MiB.
