@@ -53,6 +53,10 @@ RECOVERY_OPTS = [
                  help="Seconds a volume probe may take."),
     cfg.IntOpt("parallel", default=4, min=1, max=64,
                help="Instances recovered at once."),
+    cfg.BoolOpt("shared_storage", default=False,
+                help="Instance disks live on storage shared with the failed host: a stale or "
+                "half-spawned domain here is removed keeping its disks. When False, its local "
+                "disks go too and the driver rebuilds them from the image."),
 ]
 
 
@@ -134,6 +138,7 @@ class RecoveryOptions:
     volume_timeout: float = 15.0
     fence_command: str = ""
     fence_timeout: float = 60.0
+    shared_storage: bool = False
 
 
 @dataclass
@@ -406,9 +411,10 @@ class Recoverer:
         return devices
 
     def _remove_domain(self, instance: Instance) -> None:
-        """Destroy a domain of this instance here, keeping its disks (shared storage)."""
+        """Destroy a domain of this instance here (its disks too unless on shared storage)."""
         if self.driver.instance_exists(instance=instance):
-            self.driver.destroy(instance=instance, destroy_disks=False)
+            self.driver.destroy(instance=instance,
+                                destroy_disks=not self.options.shared_storage)
 
     def _running_as_wanted(self, instance: Instance, candidate: Candidate) -> bool:
         if not self.driver.instance_exists(instance=instance):

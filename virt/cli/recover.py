@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         volume_timeout=conf.recovery.volume_timeout,
         fence_command=conf.recovery.fence_check_command,
         fence_timeout=conf.recovery.fence_check_timeout,
+        shared_storage=conf.recovery.shared_storage,
     )
     store = Store.from_conf(conf)
     try:

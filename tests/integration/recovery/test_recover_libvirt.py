@@ -1,0 +1,133 @@
+"""End to end on qemu:///system: host A's guest with two tgtd LUNs (one CHAP) comes back on B."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.iscsi_target import TargetFactory, tgtd_available
+from tests.testbed import env, require
+from virt.config import build_conf
+from virt.driver import load_driver
+from virt.model import BlockDevice, Flavor, ImageRef, Instance, VolumeConnection, new_uuid
+from virt.store import Store, VmState
+
+pytestmark = [pytest.mark.slow]
+URI = "qemu:///system"
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
+                          timeout=60, check=False).stdout
+
+
+def write_conf(workdir: Path, host: str) -> Path:
+    """One config per 'host': its own instances_path, the shared state store."""
+    path = workdir / f"{host}.conf"
+    path.write_text("\n".join([
+        "[DEFAULT]", "compute_driver = libvirt", f"host = {host}",
+        f"state_path = {workdir / host}",
+        f"state_connection = sqlite:///{workdir / 'store.sqlite'}",
+        "[libvirt]", f"connection_uri = {URI}",
+        f"virt_type = {os.environ.get('VIRTKIT_TEST_VIRT_TYPE', 'auto')}",
+        f"images_path = {workdir / 'images'}",
+    ]) + "\n")
+    return path
+
+
+def driver_for(config: Path, host: str):
+    conf = build_conf(str(config))
+    driver = load_driver(conf.compute_driver, conf)
+    driver.init_host(host=host)
+    return driver
+
+
+def wait_console(driver, instance, pattern: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    out = ""
+    while time.monotonic() < deadline:
+        out = driver.get_console_output(instance=instance)
+        if re.search(pattern, out):
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern!r} not on the console within {timeout}s:\n{out[-2000:]}")
+
+
+def test_failed_host_instance_comes_back_with_both_luns(tmp_path):
+    require(shutil.which("virsh") is not None and bool(virsh("version").strip()),
+            "libvirtd with qemu:///system")
+    require(tgtd_available(), "tgtd (iSCSI target)")
+    image = ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
+                     ramdisk=env("VIRTKIT_TEST_RAMDISK"))
+    workdir = Path(tempfile.mkdtemp(prefix="virtkit-recover-", dir="/var/tmp"))
+    workdir.chmod(0o711)
+    (workdir / "luns").mkdir()
+    luns = TargetFactory(workdir / "luns", os.environ.get("VIRTKIT_TEST_ISCSI_PORTAL",
+                                                          "127.0.0.1:3260"))
+    config_a, config_b = write_conf(workdir, "host-a"), write_conf(workdir, "host-b")
+    uuid = new_uuid()
+    instance = Instance(uuid=uuid, name=f"vk-recover-{uuid[:6]}",
+                        flavor=Flavor("tiny", 1, 128, 1), image=image, host="host-a")
+    driver_b = None
+    try:
+        plain, chap = luns.create(size_mb=32), luns.create(size_mb=48, chap=True)
+        bdms = [BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), dev)
+                for lun, dev in ((plain, "/dev/vdb"), (chap, "/dev/vdc"))]
+        # Host A runs the guest, and the store says so.
+        driver_a = driver_for(config_a, "host-a")
+        driver_a.spawn(instance=instance, image=image, block_devices=bdms)
+        wait_console(driver_a, instance, r"name=vdc sectors=")
+        with Store(build_conf(str(config_a)).state_connection) as store:
+            store.create_instance(instance, vm_state=VmState.ACTIVE)
+            for bdm in bdms:
+                store.add_block_device(uuid, bdm)
+        # Host A fails: its domain is gone, its record still says host-a.
+        virsh("destroy", uuid)
+        virsh("undefine", uuid)
+        assert uuid not in virsh("list", "--all", "--uuid")
+
+        done = subprocess.run(
+            [sys.executable, "-m", "virt.cli.recover", "--config", str(config_b),
+             "--failed-host", "host-a", "--confirm-fenced", "--format", "json"],
+            capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert chap.password not in done.stdout + done.stderr
+        (item,) = json.loads(done.stdout)["instances"]
+        assert item["outcome"] == "recovered" and item["power_state"] == "running"
+        assert sorted((v["mountpoint"], v["size_bytes"]) for v in item["volumes"]) == [
+            ("/dev/vdb", 32 << 20), ("/dev/vdc", 48 << 20)]
+
+        driver_b = driver_for(config_b, "host-b")
+        out = wait_console(driver_b, instance, r"name=vdc sectors=")
+        out = wait_console(driver_b, instance,
+                           rf"name=vdb sectors={plain.size_bytes // 512} marker={plain.marker}")
+        assert re.search(rf"name=vdc sectors={chap.size_bytes // 512} marker={chap.marker}", out)
+        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert plain.read_marker() == plain.marker and chap.read_marker() == chap.marker
+        with Store(build_conf(str(config_b)).state_connection) as store:
+            record = store.get_instance(uuid)
+            assert (record.host, record.vm_state, record.power_state.value) == (
+                "host-b", "active", "running")
+        # Running it again changes nothing: no second domain, no second attachment.
+        again = subprocess.run(
+            [sys.executable, "-m", "virt.cli.recover", "--config", str(config_b),
+             "--failed-host", "host-a", "--confirm-fenced", "--format", "json"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0 and json.loads(again.stdout)["instances"] == []
+        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert len(re.findall(r"^\s*vd[bc]\s", virsh("domblklist", uuid), re.M)) == 2
+    finally:
+        for drv in (driver_b, driver_for(config_a, "host-a")):
+            if drv is not None:
+                drv.destroy(instance=instance)
+        luns.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
