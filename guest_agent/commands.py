@@ -64,7 +64,12 @@ class CommandHandler:
         return [*names, p.FEATURE_V2]
 
     def handle(
-        self, request_id: str, raw: bytes | str, *, vm_data: VmDataSource | None = None
+        self,
+        request_id: str,
+        raw: bytes | str,
+        *,
+        vm_data: VmDataSource | None = None,
+        max_bytes: int | None = None,
     ) -> str:
         """The reply JSON for one request; replays of a request id get the cached reply."""
         data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
@@ -80,7 +85,9 @@ class CommandHandler:
                         version=2,
                     ).to_json()
                 return cached[1]
-            reply = self._dispatch(request_id, data, vm_data)
+            reply = self._dispatch(
+                request_id, data, vm_data, max_bytes or self.config.max_value_bytes
+            )
             text = reply.to_json()
             if p.is_request_id(request_id):
                 self._replies[request_id] = (digest, text)
@@ -88,10 +95,12 @@ class CommandHandler:
                     self._replies.popitem(last=False)
         return text
 
-    def _dispatch(self, request_id: str, data: bytes, vm_data: VmDataSource | None) -> p.Reply:
+    def _dispatch(
+        self, request_id: str, data: bytes, vm_data: VmDataSource | None, max_bytes: int
+    ) -> p.Reply:
         version, name = 1, "?"
         try:
-            request = p.Request.parse(request_id, data, max_bytes=self.config.max_value_bytes)
+            request = p.Request.parse(request_id, data, max_bytes=max_bytes)
             version, name = request.version, request.name
             command = self._commands().get(request.name)
             if command is None:

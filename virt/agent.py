@@ -186,7 +186,8 @@ class VirtioSerialChannel(Channel):
         self._sock.settimeout(None)
         self._cond = threading.Condition()
         self._replies: dict[str, str] = {}
-        self._hellos = 0
+        self._boot_id: str | None = None
+        self._reboots = 0
         self._closed = False
         self._sent_at: dict[str, int] = {}
         threading.Thread(target=self._read, name="virtio-agent-reader", daemon=True).start()
@@ -217,7 +218,11 @@ class VirtioSerialChannel(Channel):
             return
         with self._cond:
             if body.get("event") == "hello":
-                self._hellos += 1
+                # The first hello is the agent coming up; a new boot id after it is a reboot.
+                boot_id = str(body.get("boot_id"))
+                if self._boot_id is not None and boot_id != self._boot_id:
+                    self._reboots += 1
+                self._boot_id = boot_id
             elif isinstance(body.get("id"), str):
                 request_id = body.pop("id")
                 if request_id in self._sent_at:
@@ -227,7 +232,7 @@ class VirtioSerialChannel(Channel):
     def send(self, request_id: str, request: str) -> None:
         line = json.dumps({"id": request_id, **json.loads(request)}, separators=(",", ":")) + "\n"
         with self._cond:
-            self._sent_at[request_id] = self._hellos
+            self._sent_at[request_id] = self._reboots
         try:
             self._sock.sendall(line.encode())
         except OSError as exc:
@@ -241,9 +246,9 @@ class VirtioSerialChannel(Channel):
             while True:
                 if request_id in self._replies:
                     return self._replies.pop(request_id)
-                if self._hellos != self._sent_at.get(request_id, self._hellos):
+                if self._reboots != self._sent_at.get(request_id, self._reboots):
                     raise AgentGuestRebooted(
-                        "the guest agent restarted (guest reboot) while a request was pending"
+                        "the guest rebooted (new boot id) while an agent request was pending"
                     )
                 if self._closed:
                     raise AgentError(f"the agent port {self.path} was closed")

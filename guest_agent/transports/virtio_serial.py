@@ -131,7 +131,11 @@ class VirtioSerialTransport:
         if not isinstance(request_id, str):
             return {"id": None, **_failure("the request has no id", ErrorKind.BAD_REQUEST)}
         request = {k: v for k, v in body.items() if k != "id"}
-        reply = json.loads(handler.handle(request_id, json.dumps(request, separators=(",", ":"))))
+        reply = json.loads(
+            handler.handle(
+                request_id, json.dumps(request, separators=(",", ":")), max_bytes=MAX_LINE
+            )
+        )
         return {"id": request_id, **reply}
 
 

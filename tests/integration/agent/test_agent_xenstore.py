@@ -7,15 +7,15 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import threading
 import uuid
-import warnings
 
 import pytest
 
 from guest_agent import protocol as p
 from tests.xenstore import TEST_DOMID as DOMID
+from tests.xenstore.checks import assert_crypt_matches
+from tests.xenstore.checks import shadow_hash as _shadow_hash
 from virt.agent import AgentClient, Channel, XenstoreChannel
 from virt.errors import (
     AgentAbsent,
@@ -28,35 +28,6 @@ from virt.errors import (
 )
 
 BASE = f"/local/domain/{DOMID}"
-
-
-def _shadow_hash(agent_config, user="admin") -> str:
-    with open(agent_config.shadow_path) as handle:
-        for line in handle:
-            fields = line.split(":")
-            if fields[0] == user:
-                return fields[1]
-    raise AssertionError(f"{user} not in shadow")
-
-
-def assert_crypt_matches(hashed: str, password: str) -> None:
-    """Verify a $6$ hash with crypt(3) and with `openssl passwd -6` (password on stdin)."""
-    assert hashed.startswith("$6$")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    assert crypt.crypt(password, hashed) == hashed
-    assert crypt.crypt(password + "x", hashed) != hashed
-    salt = hashed.split("$")[2]
-    result = subprocess.run(
-        ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
-        input=password.encode() + b"\n",
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    assert result.stdout.decode().strip() == hashed
 
 
 def _empty_exchange(dom0) -> None:
