@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVERS_MODULE = '''
 from drivers.fake.driver import FakeDriver
 from virt.driver import Capability, ComputeDriver
-from virt.errors import ImageNotFound, InstanceNotFound, InvalidState, UnsupportedOperation
+from virt.errors import (
+    HypervisorUnavailable, ImageNotFound, InstanceNotFound, InvalidState, UnsupportedOperation,
+)
 from virt.model import ImageRef
 
 
@@ -48,6 +50,12 @@ class BrokenDriver(FakeDriver):
 
     def frobnicate(self):  # a public method outside the interface
         return None
+
+    def list_instances(self):  # reads an outage as "no instances"
+        try:
+            return super().list_instances()
+        except HypervisorUnavailable:
+            return []
 
     def power_on(self, *, instance, block_devices=()):
         if self.get_info(instance=instance).state.value == "running":
@@ -87,6 +95,7 @@ image_ref = cirros
 {extra}
 """
 
+UNREACHABLE = "unreachable_overrides = DEFAULT.instances_path=/dev/null/unreachable"
 VOLUME = ('volume_connection_info = {"driver_volume_type": "iscsi", "serial": "v1", "data": '
           '{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v1", '
           '"target_lun": 1}}')
@@ -133,12 +142,14 @@ def run_suite(site: Path, tmp: Path, driver: str, matrix: Path, extra: str = "")
 
 @pytest.fixture(scope="module")
 def fake_run(site, tmp_path_factory, matrix_base):
-    return run_suite(site, tmp_path_factory.mktemp("fake"), "fake", matrix_base, VOLUME)
+    return run_suite(site, tmp_path_factory.mktemp("fake"), "fake", matrix_base,
+                     f"{VOLUME}\n{UNREACHABLE}")
 
 
 @pytest.fixture(scope="module")
 def broken_run(site, tmp_path_factory, matrix_base):
-    return run_suite(site, tmp_path_factory.mktemp("broken"), "vk_broken", matrix_base, VOLUME)
+    return run_suite(site, tmp_path_factory.mktemp("broken"), "vk_broken", matrix_base,
+                     f"{VOLUME}\n{UNREACHABLE}")
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +186,7 @@ def test_broken_driver_fails_exactly_where_it_is_broken(broken_run):
         "test_no_public_methods_beyond_the_interface",
         "test_power_on_of_a_running_instance_is_a_noop",
         "test_failed_spawn_leaves_nothing_behind",
+        "test_unreachable_engine_raises_hypervisor_unavailable",
     }
     failed = {name for name, outcome in outcomes.items() if outcome == "failed"}
     assert expected_failures <= failed, sorted(expected_failures - failed)
@@ -183,7 +195,8 @@ def test_broken_driver_fails_exactly_where_it_is_broken(broken_run):
                  "test_volume_attach_and_detach", "test_listings_agree"):
         assert outcomes[name] == "passed", name
     ops = column["operations"]
-    for op in ("pause", "snapshot", "destroy", "get_info", "power_on", "spawn"):
+    for op in ("pause", "snapshot", "destroy", "get_info", "power_on", "spawn",
+               "list_instances"):
         assert ops[op]["status"] == "failed", op
     assert ops["suspend"]["status"] == "supported"
     pause_reasons = [t.get("reason", "") for t in ops["pause"]["tests"]]

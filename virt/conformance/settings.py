@@ -55,6 +55,11 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
     cfg.FloatOpt("operation_timeout", default=300, min=1,
                  help="Upper bound for any single driver call; a call that takes longer "
                  "fails its test instead of hanging the suite."),
+    cfg.ListOpt("unreachable_overrides", default=[],
+                help="GROUP.OPTION=VALUE settings that point the driver at an engine that "
+                "cannot be reached (e.g. libvirt.connection_uri=qemu+tcp://192.0.2.1/system); "
+                "the suite then checks that it raises HypervisorUnavailable rather than "
+                "reporting no instances. Unset: that contract is untested."),
     cfg.StrOpt("instance_prefix", default="vkconf-",
                help="Prefix of the names of every instance the suite creates."),
     cfg.ListOpt("exclude_capabilities", default=[],
@@ -92,6 +97,30 @@ class SuiteSettings:
 
     def chap_volume(self) -> VolumeConnection | None:
         return _connection(self.opts.chap_volume_connection_info, "chap_volume_connection_info")
+
+
+def unreachable_conf(settings: SuiteSettings) -> cfg.ConfigOpts | None:
+    """A copy of the run's config with `unreachable_overrides` applied (None if unset)."""
+    pairs = settings.opts.unreachable_overrides
+    if not pairs:
+        return None
+    from virt.driver import load_driver_class
+
+    conf = load_settings(settings.config_file).conf
+    load_driver_class(conf.compute_driver).register_opts(conf)
+    conf.set_override("state_path", settings.conf.state_path)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        group, _, name = key.strip().rpartition(".")
+        if not sep or not name:
+            raise ConfigError(f"[conformance] unreachable_overrides: {pair!r} is not "
+                              "GROUP.OPTION=VALUE")
+        try:
+            conf.set_override(name, value.strip(), group=None if group in ("", "DEFAULT")
+                              else group)
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError, ValueError) as exc:
+            raise ConfigError(f"[conformance] unreachable_overrides: {pair!r}: {exc}") from None
+    return conf
 
 
 def _connection(value: str | None, option: str) -> VolumeConnection | None:

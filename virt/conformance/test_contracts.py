@@ -7,7 +7,7 @@ import json
 import pytest
 
 from virt.driver import load_driver
-from virt.errors import InstanceExists, InstanceNotFound, VirtError
+from virt.errors import HypervisorUnavailable, InstanceExists, InstanceNotFound, VirtError
 from virt.model import HostResources, InstanceInfo, PowerOffResult, PowerState
 
 ops = pytest.mark.virtkit_operations
@@ -159,3 +159,29 @@ def test_listener_registry(driver):
     driver.register_event_listener(seen.append)
     driver.unregister_event_listener(seen.append)
     driver.unregister_event_listener(seen.append)  # unknown listener: no error
+
+
+@ops("list_instances", "list_instance_uuids", "get_info")
+def test_unreachable_engine_raises_hypervisor_unavailable(suite, shared_instance):
+    from virt.conformance.bounded import BoundedDriver
+    from virt.conformance.settings import unreachable_conf
+
+    conf = unreachable_conf(suite)
+    if conf is None:
+        pytest.skip("no [conformance] unreachable_overrides configured")
+    driver = BoundedDriver(load_driver(conf.compute_driver, conf), suite.opts.operation_timeout)
+    try:
+        driver.init_host(host=conf.host)
+    except HypervisorUnavailable:
+        pass  # refusing to start is honest; the calls below must still say why
+    for call in (driver.list_instances, driver.list_instance_uuids):
+        with pytest.raises(HypervisorUnavailable):
+            call()  # never "no instances"
+    try:
+        info = driver.get_info(instance=shared_instance)
+    except HypervisorUnavailable:
+        return
+    # never "not found" or "shut down": the only honest state is UNKNOWN
+    assert info.state is PowerState.UNKNOWN, (
+        f"get_info on an unreachable engine reported {info.state.value}; raise "
+        "HypervisorUnavailable or report PowerState.UNKNOWN")
