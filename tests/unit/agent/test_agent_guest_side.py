@@ -1,0 +1,190 @@
+"""Guest-side pieces on their own: password setters (real chpasswd), config, files, network."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from guest_agent import protocol as p
+from guest_agent.commands import CommandHandler
+from guest_agent.config import AgentConfig, ConfigError, load
+from guest_agent.files import confined_path
+from guest_agent.network import render_interfaces
+from guest_agent.passwords import ChpasswdSetter, SetterError, ShadowFileSetter, make_setter
+from tests.xenstore.checks import assert_crypt_matches
+
+SHADOW = "root:*:19000:0:99999:7:::\nguest:!:19000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def chroot(tmp_path):
+    etc = tmp_path / "root" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nguest:x:1000:1000::/home/guest:/bin/sh\n"
+    )
+    (etc / "group").write_text("root:x:0:\n")
+    (etc / "shadow").write_text(SHADOW)
+    (etc / "shadow").chmod(0o600)
+    return tmp_path / "root"
+
+
+def _hash(path, user="guest"):
+    return next(line.split(":")[1] for line in open(path) if line.startswith(user + ":"))
+
+
+@pytest.mark.skipif(
+    shutil.which("chpasswd") is None or os.geteuid() != 0, reason="needs chpasswd as root"
+)
+def test_chpasswd_setter_with_the_real_chpasswd(chroot):
+    setter = ChpasswdSetter(root=str(chroot), crypt_method="SHA512")
+    setter.set_password("guest", "pw with spaces: and colon €")
+    assert_crypt_matches(_hash(chroot / "etc" / "shadow"), "pw with spaces: and colon €")
+    with pytest.raises(SetterError) as err:
+        setter.set_password("nobody-here", "secret-value-123")
+    assert "secret-value-123" not in str(err.value)
+
+
+def test_shadow_setter_is_atomic_and_keeps_mode(tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.write_text(SHADOW)
+    shadow.chmod(0o640)
+    ShadowFileSetter(str(shadow)).set_password("guest", "hunter2")
+    assert_crypt_matches(_hash(shadow), "hunter2")
+    assert oct(shadow.stat().st_mode & 0o777) == "0o640"
+    assert _hash(shadow, "root") == "*"
+    assert sorted(os.listdir(tmp_path)) == [".pwd.lock", "shadow"]  # no temp file left
+    with pytest.raises(SetterError):
+        ShadowFileSetter(str(shadow)).set_password("absent", "x")
+
+
+def test_config_file_and_errors(tmp_path):
+    conf = tmp_path / "a.conf"
+    conf.write_text(
+        "[agent]\nuser = admin\nallow_legacy = false\ninject_allowed_paths = /root/.ssh, /etc/motd.d\n"
+    )
+    config = load(str(conf))
+    assert (config.user, config.allow_legacy, config.inject_allowed_paths) == (
+        "admin",
+        False,
+        ("/root/.ssh", "/etc/motd.d"),
+    )
+    for text, fragment in [
+        ("[agent]\npoll_interval = fast\n", "not a valid value"),
+        ("[agent]\ntransport = carrier-pigeon\n", "transport"),
+        ("[agent]\nupdate_sha256 = abc\n", "update_sha256"),
+        ("[agent]\nuser = a:b\n", "user"),
+        ("[agent]\ninject_allowed_paths = relative\n", "absolute"),
+    ]:
+        conf.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load(str(conf))
+        assert fragment in str(err.value)
+    assert isinstance(make_setter(AgentConfig(password_method="shadow")), ShadowFileSetter)
+
+
+def test_confined_path(tmp_path):
+    allowed = (str(tmp_path / "ok"),)
+    (tmp_path / "ok").mkdir()
+    assert confined_path(str(tmp_path / "ok" / "a" / "b"), allowed) == str(
+        tmp_path / "ok" / "a" / "b"
+    )
+    for bad in (
+        "relative/x",
+        str(tmp_path / "ok" / ".." / "x"),
+        str(tmp_path / "other"),
+        str(tmp_path / "ok"),
+        "/x\0y",
+    ):
+        with pytest.raises(p.ProtocolError) as err:
+            confined_path(bad, allowed)
+        assert err.value.kind is p.ErrorKind.FORBIDDEN
+    os.symlink("/etc", tmp_path / "ok" / "etc")
+    with pytest.raises(p.ProtocolError):
+        confined_path(str(tmp_path / "ok" / "etc" / "passwd"), allowed)
+
+
+def test_render_interfaces_uses_real_names_and_dhcp_fallback():
+    text = render_interfaces(
+        [
+            {"mac": "52:54:00:aa:bb:cc", "ips": []},
+            {"mac": "525400000001", "ips": [{"ip": "10.0.0.2", "netmask": "24"}]},
+        ],
+        names=lambda: {"52:54:00:aa:bb:cc": "ens3"},
+    )
+    assert "auto ens3\niface ens3 inet dhcp" in text
+    assert "iface eth0 inet static\n    address 10.0.0.2\n    netmask 24" in text
+    with pytest.raises(p.ProtocolError):
+        render_interfaces([{"mac": "zz", "ips": []}], names=dict)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def set_password(self, user, password):
+        self.calls.append((user, password))
+
+
+RID = "11111111-2222-4333-8444-555555555555"
+
+
+def _handler(**overrides):
+    setter = Recorder()
+    return CommandHandler(AgentConfig(user="admin", **overrides), setter), setter
+
+
+def test_legacy_key_is_single_use_and_can_be_disabled():
+    handler, setter = _handler()
+    host = p.legacy_private_key()
+    reply = p.Reply.parse(
+        handler.handle(RID, p.Request(RID, "keyinit", str(p.legacy_public(host))).to_json())
+    )
+    shared = p.legacy_shared(host, int(reply.message))
+    rid2 = "11111111-2222-4333-8444-555555555556"
+    ok = p.Reply.parse(
+        handler.handle(
+            rid2, p.Request(rid2, "password", p.legacy_encrypt_password(shared, "pw1")).to_json()
+        )
+    )
+    assert ok.ok and setter.calls == [("admin", "pw1")]
+    rid3 = "11111111-2222-4333-8444-555555555557"
+    again = p.Reply.parse(
+        handler.handle(
+            rid3, p.Request(rid3, "password", p.legacy_encrypt_password(shared, "pw2")).to_json()
+        )
+    )
+    assert again.error is p.ErrorKind.BAD_REQUEST and "keyinit" in again.message
+    handler, _ = _handler(allow_legacy=False)
+    off = p.Reply.parse(handler.handle(RID, p.Request(RID, "keyinit", "12345").to_json()))
+    assert off.error is p.ErrorKind.UNSUPPORTED
+
+
+def test_legacy_wrong_key_is_decrypt_failed_not_garbage():
+    handler, setter = _handler()
+    handler.handle(RID, p.Request(RID, "keyinit", str(p.legacy_public(5))).to_json())
+    rid2 = "11111111-2222-4333-8444-555555555556"
+    reply = p.Reply.parse(
+        handler.handle(
+            rid2, p.Request(rid2, "password", p.legacy_encrypt_password(12345, "x")).to_json()
+        )
+    )
+    assert reply.error is p.ErrorKind.DECRYPT_FAILED and setter.calls == []
+
+
+def test_password_with_newline_refused():
+    handler, setter = _handler()
+    host = p.legacy_private_key()
+    reply = p.Reply.parse(
+        handler.handle(RID, p.Request(RID, "keyinit", str(p.legacy_public(host))).to_json())
+    )
+    shared = p.legacy_shared(host, int(reply.message))
+    rid2 = "11111111-2222-4333-8444-555555555556"
+    bad = p.Reply.parse(
+        handler.handle(
+            rid2, p.Request(rid2, "password", p.legacy_encrypt(shared, "a\nroot:b\n")).to_json()
+        )
+    )
+    assert bad.error is p.ErrorKind.BAD_REQUEST and setter.calls == []
