@@ -154,7 +154,8 @@ def broken_run(site, tmp_path_factory, matrix_base):
 
 @pytest.fixture(scope="module")
 def partial_run(site, tmp_path_factory, matrix_base):
-    return run_suite(site, tmp_path_factory.mktemp("partial"), "vk_partial", matrix_base)
+    return run_suite(site, tmp_path_factory.mktemp("partial"), "vk_partial", matrix_base,
+                     "exclude_capabilities = inject_file")
 
 
 def test_fake_driver_passes_the_whole_suite(fake_run):
@@ -230,6 +231,14 @@ def test_undeclared_but_implemented_operation_fails(partial_run):
     assert outcomes["test_undeclared_operation_raises_unsupported[suspend]"] == "failed"
     assert column["operations"]["suspend"]["status"] == "failed"
     assert "declare capability 'suspend'" in json.dumps(column["operations"]["suspend"])
+
+
+def test_config_can_only_narrow_declared_capabilities(partial_run):
+    _, column, outcomes = partial_run
+    assert outcomes["test_inject_file"] == "skipped"
+    assert column["operations"]["inject_file"]["status"] == "untested"
+    reasons = [t.get("reason", "") for t in column["operations"]["inject_file"]["tests"]]
+    assert any("excluded by [conformance] exclude_capabilities" in r for r in reasons)
 
 
 def test_volume_tests_without_a_volume_are_untested(partial_run):
