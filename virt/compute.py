@@ -503,6 +503,13 @@ class ComputeService:
         instance = record.to_instance()
         try:
             result = call(instance, record)
+        except InstanceNotFound as exc:
+            self._record_failure(record, operation, exc)
+            raise InstanceNotFound(
+                record.name,
+                hint="it is in the state store but the hypervisor has no such guest; "
+                "delete it, or recover it with virtkit-recover",
+            ) from exc
         except Exception as exc:
             self._record_failure(record, operation, exc)
             raise

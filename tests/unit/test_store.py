@@ -100,6 +100,10 @@ def _is_ours(diff) -> bool:
     )
 
 
+def test_heads_read_from_the_files_match_alembic():
+    assert store_migrate.declared_heads() == store_migrate.head_revisions()
+
+
 def test_reopen_is_idempotent_and_keeps_data(store_url):
     with Store(store_url) as first:
         record = first.create_instance(make_instance())

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 FORMATS = ("table", "json")
+PIPE_WIDTH = 240
 
 
 class Output:
@@ -20,7 +21,10 @@ class Output:
 
     def __init__(self, fmt: str = "table") -> None:
         self.format = fmt
-        self.console = Console(highlight=False, soft_wrap=True)
+        self.console = Console(highlight=False)
+        if not self.console.is_terminal:
+            # Piped output: never truncate uuids or names to a guessed 80 columns.
+            self.console = Console(highlight=False, width=PIPE_WIDTH)
         self.err_console = Console(stderr=True, highlight=False)
 
     @property
