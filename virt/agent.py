@@ -459,11 +459,12 @@ class AgentClient:
 
     def inject_file(self, path: str, contents: bytes) -> None:
         """Write a file in the guest (the agent confines it to its allowed directories)."""
-        if not path.startswith("/") or "," in path and not self.supports_v2():
+        v2 = self.supports_v2()
+        if not path.startswith("/") or ("," in path and not v2):
             raise InvalidRequest(
                 f"cannot inject {path!r}: the path must be absolute (and comma-free for legacy agents)"
             )
-        if self.supports_v2():
+        if v2:
             value: Any = {"path": path, "b64": base64.b64encode(contents).decode()}
             self.call(p.INJECTFILE, value, version=2)
         else:
