@@ -144,8 +144,11 @@ def test_exit_codes_for_usage_not_found_and_failed(cli, tmp_path):
     bad.write_text("{not json")
     cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--volume",
             f"{bad}:vdb", expect=2)
-    cli.run("show", "nope", expect=3)
     cli.run("delete", "nope", expect=3)
+    error = cli.json("show", "nope", expect=3)["error"]
+    assert error == {"exit_code": 3, "type": "InstanceNotFound",
+                     "message": "instance nope not found",
+                     "hint": "'virtkit list' shows the instances"}
     cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--stopped")
     cli.run("volume", "attach", "vm", str(bad), "vdb", expect=2)
     cli.run("volume", "detach", "vm", "vdz", expect=3)

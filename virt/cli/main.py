@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 not foun
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
@@ -166,10 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(ctx, args)
     except VirtError as exc:
+        _json_error(args, exc.exit_code, type(exc).__name__, exc.message, exc.hint)
         return _fail(args.debug, str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail(args.debug, "interrupted", 130)
     except Exception as exc:
+        _json_error(args, EXIT_FAILED, type(exc).__name__, str(exc), None)
         return _fail(args.debug, f"unexpected {type(exc).__name__}: {exc} "
                      "(run with --debug for the traceback)", EXIT_FAILED)
     finally:
@@ -177,6 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.close()
         except Exception as exc:  # closing must not hide the command's own outcome
             logging.getLogger(__name__).debug("closing the service failed: %s", exc)
+
+
+def _json_error(
+    args: argparse.Namespace, code: int, kind: str, message: str, hint: str | None
+) -> None:
+    """In json mode, scripts also get the error as a document on stdout."""
+    if args.format == "json":
+        error = {"exit_code": code, "type": kind, "message": message, "hint": hint}
+        print(json.dumps({"error": error}, indent=2))
 
 
 def _fail(debug: bool, message: str, code: int) -> int:
