@@ -67,8 +67,14 @@ class Engine:
         return str(self.api.api_version)
 
     def _connect(self) -> docker.APIClient:
-        if self.requested_version:
-            version_tuple(self.requested_version)
+        if self.requested_version and version_tuple(self.requested_version) < version_tuple(
+            MIN_API_VERSION
+        ):
+            raise ConfigError(
+                f"[docker] api_version {self.requested_version} is older than {MIN_API_VERSION}, "
+                "the oldest virtkit speaks",
+                hint="unset it to negotiate, or set 1.30 or newer",
+            )
         with self.translate("negotiate the API version"):
             try:
                 api = docker.APIClient(
