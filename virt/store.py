@@ -519,22 +519,25 @@ class Store:
         name: str,
         *,
         driver: str | None = None,
-        status: str = HostStatus.UP,
+        status: str | None = None,
         conn: sa.Connection | None = None,
     ) -> HostRecord:
-        """Record that `name` is alive now (creating the host row if needed)."""
+        """Record that `name` is alive now (creating the host row, status UP, if needed).
+
+        An existing host keeps its status (a host marked fenced or disabled stays so)
+        unless `status` is given.
+        """
         now = utcnow()
+        values: dict[str, Any] = {"driver": driver, "last_seen": now, "updated_at": now}
+        if status is not None:
+            values["status"] = str(status)
         with self._use(conn) as c:
-            updated = c.execute(
-                hosts.update()
-                .where(hosts.c.name == name)
-                .values(driver=driver, status=str(status), last_seen=now, updated_at=now)
-            ).rowcount
+            updated = c.execute(hosts.update().where(hosts.c.name == name).values(**values)).rowcount
             if not updated:
                 c.execute(
                     hosts.insert().values(
-                        name=name, driver=driver, status=str(status), last_seen=now,
-                        created_at=now, updated_at=now,
+                        name=name, driver=driver, status=str(status or HostStatus.UP),
+                        last_seen=now, created_at=now, updated_at=now,
                     )
                 )
             return self.get_host(name, conn=c)

@@ -236,7 +236,9 @@ def test_vifs_hosts_events(store):
     again = store.heartbeat("host-a", driver="fake")
     assert again.last_seen >= first.last_seen and again.status == "up"
     store.set_host_status("host-a", "fenced")
+    store.heartbeat("host-a", driver="fake")  # a heartbeat does not unfence
     assert [h.as_dict()["status"] for h in store.list_hosts()] == ["fenced"]
+    assert store.heartbeat("host-a", status="up").status == "up"
     with pytest.raises(InvalidRequest):
         store.get_host("nowhere")
 
