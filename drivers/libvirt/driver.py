@@ -323,19 +323,19 @@ class LibvirtDriver(ComputeDriver):
         destroy_disks: bool = True,
     ) -> None:
         removed = self._call(lambda c: self._remove_domain(c, instance.uuid), "destroy it")
-        if removed is not None:
-            self._volumes.release(removed.disks)
+        if removed is not None and "<secret" in removed:  # parse only when there is one
+            self._volumes.release(xml.Domain.from_xml(removed).disks)
         if block_devices:
             self._volumes.remove_instance_secrets(instance.uuid)
         if destroy_disks:
             images.remove_instance_dir(images.instance_dir(self._instances_path, instance.uuid))
 
-    def _remove_domain(self, conn: libvirt.virConnect, uuid: str) -> xml.Domain | None:
-        """Stop and undefine the domain; its last definition, or None if there was none."""
+    def _remove_domain(self, conn: libvirt.virConnect, uuid: str) -> str | None:
+        """Stop and undefine the domain; its last XML, or None if there was none."""
         dom = _lookup(conn, uuid)
         if dom is None:
             return None
-        definition = xml.Domain.from_xml(dom.XMLDesc(0))
+        definition: str = dom.XMLDesc(0)
         try:
             dom.destroy()
         except libvirt.libvirtError as exc:

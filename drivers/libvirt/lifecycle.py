@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import libvirt
@@ -59,14 +60,14 @@ class EventDispatcher:
 
     A STOPPED event is held for `stopped_delay` seconds and dropped if any other event of
     the domain arrives meanwhile, so a reboot (stop + start) is not reported as a shutdown.
+    Held events wait in a dict with their deadlines: no thread or timer per event.
     """
 
     def __init__(self, emit: Callable[[LifecycleEvent], None], stopped_delay: float) -> None:
         self._emit = emit
         self._delay = stopped_delay
         self._queue: queue.SimpleQueue[tuple[str, int, int] | None] = queue.SimpleQueue()
-        self._pending: dict[str, threading.Timer] = {}
-        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[float, LifecycleEvent]] = {}
         self._thread = threading.Thread(target=self._run, name="libvirt-dispatch", daemon=True)
         self._thread.start()
 
@@ -76,36 +77,35 @@ class EventDispatcher:
 
     def stop(self) -> None:
         self._queue.put(None)
-        with self._lock:
-            for timer in self._pending.values():
-                timer.cancel()
-            self._pending.clear()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            timeout = None
+            if self._pending:
+                timeout = max(0.0, min(d for d, _ in self._pending.values()) - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                self._fire_due()
+                continue
             if item is None:
                 return
-            uuid, event, detail = item
-            kind = transition(event, detail)
-            if kind is None:
-                continue
-            with self._lock:
-                pending = self._pending.pop(uuid, None)
-                if pending is not None:
-                    pending.cancel()
-                if kind is Transition.STOPPED and self._delay > 0:
-                    timer = threading.Timer(self._delay, self._fire, (uuid, LifecycleEvent(uuid, kind)))
-                    timer.daemon = True
-                    self._pending[uuid] = timer
-                    timer.start()
-                    continue
-            self._emit(LifecycleEvent(uuid, kind))
+            self._handle(*item)
+            self._fire_due()
 
-    def _fire(self, uuid: str, event: LifecycleEvent) -> None:
-        with self._lock:
-            timer = self._pending.get(uuid)
-            if timer is None or timer is not threading.current_thread():
-                return
-            del self._pending[uuid]
-        self._emit(event)
+    def _handle(self, uuid: str, event: int, detail: int) -> None:
+        kind = transition(event, detail)
+        if kind is None:
+            return
+        self._pending.pop(uuid, None)
+        if kind is Transition.STOPPED and self._delay > 0:
+            self._pending[uuid] = (time.monotonic() + self._delay, LifecycleEvent(uuid, kind))
+            return
+        self._emit(LifecycleEvent(uuid, kind))
+
+    def _fire_due(self) -> None:
+        now = time.monotonic()
+        for uuid, (deadline, event) in list(self._pending.items()):
+            if deadline <= now:
+                del self._pending[uuid]
+                self._emit(event)

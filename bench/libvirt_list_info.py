@@ -1,0 +1,71 @@
+"""list_instances + get_info of 1,000 domains on test:///default: driver vs raw libvirt.
+
+Raw does what the driver does: one listAllDomains, then per domain lookupByUUIDString +
+info(). Goal: <= 1.2x.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import libvirt  # noqa: E402
+
+from drivers.libvirt.driver import LibvirtDriver  # noqa: E402
+from virt.config import build_conf  # noqa: E402
+from virt.model import Flavor, Instance  # noqa: E402
+
+N = 1000
+XML = ("<domain type='test'><name>{name}</name><uuid>{uuid}</uuid><memory>65536</memory>"
+       "<os><type>hvm</type></os></domain>")
+
+
+def main() -> None:
+    conf = build_conf(overrides={"state_path": tempfile.mkdtemp(prefix="virtkit-bench-")})
+    LibvirtDriver.register_opts(conf)
+    conf.set_override("connection_uri", "test:///default", group="libvirt")
+    driver = LibvirtDriver(conf)
+    driver.init_host(host="bench")
+    conn = libvirt.open("test:///default")
+    flavor = Flavor("b", 1, 64)
+    instances = []
+    for i in range(N):
+        uid = str(uuid.uuid4())
+        conn.defineXML(XML.format(name=f"li-{i}", uuid=uid)).create()
+        instances.append(Instance(uuid=uid, name=f"li-{i}", flavor=flavor))
+
+    def raw() -> float:
+        began = time.perf_counter()
+        names = [d.name() for d in conn.listAllDomains(0)]
+        for inst in instances:
+            conn.lookupByUUIDString(inst.uuid).info()
+        assert len(names) >= N
+        return time.perf_counter() - began
+
+    def drv() -> float:
+        began = time.perf_counter()
+        names = driver.list_instances()
+        for inst in instances:
+            driver.get_info(instance=inst)
+        assert len(names) >= N
+        return time.perf_counter() - began
+
+    raw(), drv()
+    r = min(raw() for _ in range(5))
+    d = min(drv() for _ in range(5))
+    for inst in instances:
+        dom = conn.lookupByUUIDString(inst.uuid)
+        dom.destroy()
+        dom.undefine()
+    print(f"raw libvirt: list + {N} get_info in {r * 1e3:.1f} ms")
+    print(f"driver:      list + {N} get_info in {d * 1e3:.1f} ms")
+    print(f"ratio driver/raw: {d / r:.2f}x (goal <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
