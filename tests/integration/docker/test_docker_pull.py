@@ -1,0 +1,111 @@
+"""Pull failures from the real dockerd, against a tiny local registry that serves a bad layer.
+
+dockerd treats 127.0.0.0/8 registries as insecure (plain HTTP) by default, so the daemon
+really pulls from this server and really reports the broken layer inside its 200-OK stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+import uuid
+
+import pytest
+from dockertb import containers_with_label, docker_cli
+
+from drivers.docker import spec
+from virt.errors import ImageError, ImageNotFound
+from virt.model import Flavor, ImageRef, Instance
+
+pytestmark = pytest.mark.docker
+
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class BrokenRegistry(http.server.BaseHTTPRequestHandler):
+    """Serves `broken/app:1`, whose only layer does not match its digest."""
+
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+                         "config": {}}).encode()
+    layer = b"these bytes do not hash to the digest the manifest promises"
+    layer_digest = "sha256:" + "1" * 64
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "size": len(config), "digest": _digest(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": len(layer), "digest": layer_digest}],
+    }).encode()
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json", **headers) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path
+        if path == "/v2/":
+            return self._send(200, b"{}")
+        if path.startswith("/v2/broken/app/manifests/"):
+            return self._send(200, self.manifest, MANIFEST_TYPE,
+                              Docker_Content_Digest=_digest(self.manifest))
+        if path.endswith(_digest(self.config)):
+            return self._send(200, self.config, "application/octet-stream")
+        if path.endswith(self.layer_digest):
+            return self._send(200, self.layer, "application/octet-stream")
+        self._send(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}')
+
+
+@pytest.fixture(scope="module")
+def registry(docker_image):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BrokenRegistry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _instance() -> Instance:
+    return Instance(uuid=str(uuid.uuid4()), name=f"vk-dk-pull-{uuid.uuid4().hex[:8]}",
+                    flavor=Flavor("dk.small", 1, 64, 0))
+
+
+def _nothing_left(instance: Instance) -> bool:
+    named = docker_cli("ps", "-a", "--filter", f"name=^{instance.name}$", "--format", "{{.ID}}")
+    return not named and not containers_with_label(f"{spec.LABEL_UUID}={instance.uuid}")
+
+
+def test_error_inside_the_pull_stream_is_image_error(driver, registry):
+    instance = _instance()
+    image = ImageRef(f"{registry}/broken/app:1")
+    with pytest.raises(ImageError, match="verification failed"):
+        driver.spawn(instance=instance, image=image)
+    assert _nothing_left(instance)
+    assert not docker_cli("images", "-q", image.ref)
+
+
+def test_unknown_tag_on_a_reachable_registry_is_image_not_found(driver, registry):
+    instance = _instance()
+    with pytest.raises(ImageNotFound, match="nothing/here"):
+        driver.spawn(instance=instance, image=ImageRef(f"{registry}/nothing/here:1"))
+    assert _nothing_left(instance)
