@@ -235,7 +235,7 @@ class ComputeService:
                 self.store.add_block_device(instance.uuid, bdm, conn=conn)
             for vif in vifs:
                 self.store.add_vif(instance.uuid, vif, conn=conn)
-        self.store.add_event(instance.uuid, "spawning", host=self.host)
+            self.store.add_event(instance.uuid, "spawning", host=self.host, conn=conn)
         LOG.info("spawning %s (%s) on %s", name, instance.uuid, self.host)
         try:
             self.driver.spawn(
@@ -251,15 +251,19 @@ class ComputeService:
             raise
         power = self._power_state(instance)
         fallback = VmState.ACTIVE if power_on else VmState.STOPPED
-        record = self.store.update_instance(
-            instance.uuid,
-            expected_task_state=TaskState.SPAWNING,
-            vm_state=_vm_state_for(power, fallback),
-            task_state=None,
-            power_state=power,
-            launched_at=utcnow(),
-        )
-        self.store.add_event(instance.uuid, "spawned", host=self.host, detail=power.value)
+        with self.store.transaction() as conn:
+            record = self.store.update_instance(
+                instance.uuid,
+                expected_task_state=TaskState.SPAWNING,
+                vm_state=_vm_state_for(power, fallback),
+                task_state=None,
+                power_state=power,
+                launched_at=utcnow(),
+                conn=conn,
+            )
+            self.store.add_event(
+                instance.uuid, "spawned", host=self.host, detail=power.value, conn=conn
+            )
         return record
 
     def _fail_spawn(
@@ -518,9 +522,11 @@ class ComputeService:
         if power is not PowerState.UNKNOWN:
             values["power_state"] = power
             values["vm_state"] = _vm_state_for(power, record.vm_state)
-        updated = self.store.update_instance(record.uuid, **values)
         text = detail(result) if detail is not None else None
-        self.store.add_event(record.uuid, operation.replace(" ", "_"), host=self.host, detail=text)
+        with self.store.transaction() as conn:
+            updated = self.store.update_instance(record.uuid, conn=conn, **values)
+            self.store.add_event(record.uuid, operation.replace(" ", "_"), host=self.host,
+                                 detail=text, conn=conn)
         return updated, result
 
     def _record_failure(
@@ -562,18 +568,18 @@ class ComputeService:
     def _on_event(self, event: LifecycleEvent) -> None:
         """Driver lifecycle event → power state (and vm_state of an idle instance) + history."""
         power = EVENT_POWER_STATE.get(event.transition)
-        try:
-            record = self.store.get_instance(event.instance_uuid)
-        except InstanceNotFound:
-            LOG.debug("event %s for unknown instance %s ignored", event.transition.value,
-                      event.instance_uuid)
-            return
-        values: dict[str, Any] = {}
-        if power is not None:
-            values["power_state"] = power
-            if record.task_state is None and record.vm_state in _SETTLED:
-                values["vm_state"] = _vm_state_for(power, record.vm_state)
         with self.store.transaction() as conn:
+            try:
+                record = self.store.get_instance(event.instance_uuid, conn=conn)
+            except InstanceNotFound:
+                LOG.debug("event %s for unknown instance %s ignored", event.transition.value,
+                          event.instance_uuid)
+                return
+            values: dict[str, Any] = {}
+            if power is not None:
+                values["power_state"] = power
+                if record.task_state is None and record.vm_state in _SETTLED:
+                    values["vm_state"] = _vm_state_for(power, record.vm_state)
             if values:
                 self.store.update_instance(record.uuid, conn=conn, **values)
             self.store.add_event(
