@@ -352,3 +352,11 @@ def test_lifecycle_events_from_the_daemon(driver, spawn):
         assert ours[:4] == [t for _, t in expected[:4]]
     finally:
         driver.unregister_event_listener(events.append)
+
+
+def test_spawn_with_admin_password(driver, spawn):
+    instance = spawn(command=SLEEPER, admin_password="Spawn-time-pw-1")
+    hashed = exec_in(instance, "cat", "/etc/shadow").split(":")[1]
+    salt = hashed.split("$")[2]
+    again = exec_in(instance, "mkpasswd", "-m", "sha512", "-S", salt, stdin="Spawn-time-pw-1\n")
+    assert again.strip() == hashed
