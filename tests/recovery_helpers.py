@@ -25,12 +25,12 @@ def iscsi_info(n: int, **extra: Any) -> dict[str, Any]:
 
 def record_instances(store: Store, host: str, count: int, *, volumes: int = 0,
                      stopped: Sequence[int] = (), image: ImageRef | None = None,
-                     infos: Sequence[dict[str, Any]] = ()) -> list[str]:
+                     infos: Sequence[dict[str, Any]] = (), prefix: str = "inst") -> list[str]:
     """Record `count` instances on `host`, each with `volumes` iSCSI volumes (vdb, vdc, ...)."""
     uuids = []
     for i in range(count):
         uuid = new_uuid()
-        instance = Instance(uuid=uuid, name=f"inst-{i:04d}", flavor=FLAVOR,
+        instance = Instance(uuid=uuid, name=f"{prefix}-{i:04d}", flavor=FLAVOR,
                             image=image or ImageRef("cirros"), host=host)
         state = VmState.STOPPED if i in stopped else VmState.ACTIVE
         store.create_instance(instance, vm_state=state)
