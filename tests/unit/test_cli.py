@@ -83,6 +83,7 @@ def test_full_lifecycle_across_processes(cli, volume_file):
     listed = cli.json("list")
     assert {(i["name"], i["vm_state"]) for i in listed} == {("web", "active"), ("db", "stopped")}
     assert "web" in cli.run("list").stdout  # the table for people
+    assert len(json.loads(cli.run("--format", "json", "list").stdout)) == 2  # global option
 
     stopped = cli.json("stop", "web", "--timeout", "5")
     assert stopped["vm_state"] == "stopped" and stopped["power_off"]["forced"] is False
