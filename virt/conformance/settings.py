@@ -50,6 +50,9 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
                  help="Seconds to wait for console_marker after a spawn."),
     cfg.FloatOpt("power_off_timeout", default=30, min=0,
                  help="The timeout the suite passes to power_off (clean shutdown budget)."),
+    cfg.FloatOpt("reboot_timeout", default=60, min=0,
+                 help="The timeout the suite passes to a soft reboot (after it, the driver "
+                 "resets the guest). Lower it for guests that ignore ACPI reboot requests."),
     cfg.FloatOpt("event_timeout", default=30, min=0.1,
                  help="Seconds to wait for asynchronous lifecycle events to arrive."),
     cfg.FloatOpt("operation_timeout", default=300, min=1,

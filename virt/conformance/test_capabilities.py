@@ -100,7 +100,9 @@ def test_suspend_and_resume(driver, workbench):
 @cap(Capability.SNAPSHOT)
 @ops("snapshot", "spawn")
 def test_snapshot_then_spawn_from_it(driver, suite, guests, workbench):
-    image = driver.snapshot(instance=workbench, name=f"{suite.opts.instance_prefix}snap")
+    # unique: snapshots outlive the run (the interface cannot delete images)
+    name = f"{suite.opts.instance_prefix}snap-{secrets.token_hex(4)}"
+    image = driver.snapshot(instance=workbench, name=name)
     assert isinstance(image, ImageRef), f"snapshot returned {type(image).__name__}"
     clone = guests.new("clone")
     driver.spawn(instance=clone, image=image)

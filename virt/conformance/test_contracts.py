@@ -144,8 +144,8 @@ def test_power_off_returns_result_and_shuts_down(driver, suite, workbench):
 
 
 @ops("reboot")
-def test_soft_and_hard_reboot(driver, workbench):
-    driver.reboot(instance=workbench, hard=False)
+def test_soft_and_hard_reboot(driver, suite, workbench):
+    driver.reboot(instance=workbench, hard=False, timeout=suite.opts.reboot_timeout)
     assert driver.get_info(instance=workbench).state is PowerState.RUNNING
     driver.reboot(instance=workbench, hard=True)
     assert driver.get_info(instance=workbench).state is PowerState.RUNNING
