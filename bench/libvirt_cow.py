@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.libvirt.driver import LibvirtDriver  # noqa: E402
-from virt.config import build_conf  # noqa: E402
-from virt.model import Flavor, ImageRef, Instance  # noqa: E402
+from drivers.libvirt.driver import LibvirtDriver
+from virt.config import build_conf
+from virt.model import Flavor, ImageRef, Instance
 
 RUNS = 5
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import libvirt  # noqa: E402
+import libvirt
 
-from drivers.libvirt.driver import LibvirtDriver  # noqa: E402
-from virt.config import build_conf  # noqa: E402
-from virt.model import Flavor, Instance  # noqa: E402
+from drivers.libvirt.driver import LibvirtDriver
+from virt.config import build_conf
+from virt.model import Flavor, Instance
 
 N = 1000
 XML = ("<domain type='test'><name>{name}</name><uuid>{uuid}</uuid><memory>65536</memory>"

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import libvirt  # noqa: E402
+import libvirt
 
-from drivers.libvirt.driver import LibvirtDriver  # noqa: E402
-from virt.config import build_conf  # noqa: E402
-from virt.model import Flavor, ImageRef, Instance  # noqa: E402
+from drivers.libvirt.driver import LibvirtDriver
+from virt.config import build_conf
+from virt.model import Flavor, ImageRef, Instance
 
 N = 500
 FLAVOR = Flavor("bench", 1, 128, 1)

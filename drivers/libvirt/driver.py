@@ -152,7 +152,7 @@ class LibvirtDriver(ComputeDriver):
         os.makedirs(self._instances_path, mode=0o711, exist_ok=True)
         os.makedirs(self._opts.images_path, mode=0o711, exist_ok=True)
         self._host.connection()
-        self.virt_type()
+        self._domain_type()
 
     def cleanup_host(self, *, host: str) -> None:
         self._host.close()
@@ -171,7 +171,7 @@ class LibvirtDriver(ComputeDriver):
         raise ConfigError("[libvirt] iscsi_attach = host is not supported by this release",
                           hint="set iscsi_attach = native")
 
-    def virt_type(self) -> str:
+    def _domain_type(self) -> str:
         """The domain type this driver defines: test, kvm or qemu (auto: probed once)."""
         if self._virt_type is None:
             uri = self._opts.connection_uri
@@ -220,7 +220,7 @@ class LibvirtDriver(ComputeDriver):
                 cpu_info=json.dumps({"arch": model, "topology": {
                     "sockets": sockets, "cores": cores, "threads": threads}}),
                 disk_available_least=disk.free // gib,
-                supported_instances=((model, self.virt_type(), "hvm"),),
+                supported_instances=((model, self._domain_type(), "hvm"),),
             )
 
         os.makedirs(self._instances_path, mode=0o711, exist_ok=True)
@@ -268,7 +268,7 @@ class LibvirtDriver(ComputeDriver):
             self._volumes.validate(bdm)
         if self.instance_exists(instance=instance):
             raise InstanceExists(instance.uuid)
-        virt_type = self.virt_type()
+        virt_type = self._domain_type()
         disks = images.create_instance_disks(self._cache, self._instances_path, instance.uuid,
                                              image, instance.flavor)
         prepared: list[PreparedVolume] = []
@@ -578,7 +578,7 @@ class LibvirtDriver(ComputeDriver):
     # -- helpers ---------------------------------------------------------------------------
 
     def _cache_mode(self) -> str | None:
-        return None if self.virt_type() == "test" else self._opts.disk_cachemode
+        return None if self._domain_type() == "test" else self._opts.disk_cachemode
 
     def _definition(self, instance: Instance, inactive: bool = False) -> xml.Domain:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
