@@ -82,7 +82,8 @@ def build_column(
 
 
 def _test_entry(record: TestRecord) -> dict[str, Any]:
-    entry = {"test": record.nodeid.rsplit("::", 1)[-1], "outcome": record.outcome}
+    entry = {"test": record.nodeid.rsplit("::", 1)[-1], "kind": record.kind,
+             "outcome": record.outcome}
     if record.reason:
         entry["reason"] = record.reason
     return entry
@@ -185,8 +186,12 @@ def render_markdown(matrix: Mapping[str, Any]) -> str:
         for op, entry in column["operations"].items():
             if entry["status"] not in (FAILED, UNTESTED):
                 continue
+            # a failure is explained by its failed tests; "untested" by the skipped tests
+            # that would have exercised the operation
+            wanted = "failed" if entry["status"] == FAILED else "skipped"
             notes = sorted({t.get("reason", "") for t in entry["tests"]
-                            if t["outcome"] != "passed" and t.get("reason")})
+                            if t["outcome"] == wanted and t.get("kind") != REFUSAL
+                            and t.get("reason")})
             detail = "; ".join(notes) if notes else "no test ran"
             lines.append(f"  - `{op}` {entry['status']}: {_one_line(detail)}")
         for check in column.get("driver_checks", []):
