@@ -66,3 +66,18 @@ def test_corrupt_matrix_is_a_clear_error(tmp_path):
     (tmp_path / "m.json").write_text("{oops")
     with pytest.raises(ConfigError, match="delete it"):
         merge_column(tmp_path / "m", "a", column("passed"))
+
+
+def test_concurrent_merges_lose_no_column_and_leave_no_litter(tmp_path):
+    import threading
+
+    threads = [threading.Thread(target=merge_column, args=(tmp_path / "m", f"d{i}",
+                                                           column("passed")))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert len(data["drivers"]) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.md"]

@@ -99,8 +99,10 @@ def matrix_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    # Lock the directory: the JSON itself is replaced by rename, and a side lock file would
+    # litter docs/.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
