@@ -185,6 +185,30 @@ class ComputeService:
             )
         return record, power
 
+    def reset_state(self, ref: str, *, vm_state: str | None = None) -> InstanceRecord:
+        """Clear a task left behind by a process that died, and re-read the power state.
+
+        The vm_state follows the engine's power state unless `vm_state` forces one (Nova's
+        `reset-state --active`). Recorded as an event with what was cleared.
+        """
+        record = self.get(ref)
+        if vm_state is not None and vm_state not in {str(s) for s in VmState}:
+            raise InvalidRequest(
+                f"unknown vm_state {vm_state!r}",
+                hint=f"use one of {', '.join(str(s) for s in VmState)}",
+            )
+        power = self._power_state(record.to_instance())
+        values: dict[str, Any] = {"task_state": None}
+        if power is not PowerState.UNKNOWN:
+            values["power_state"] = power
+        values["vm_state"] = vm_state or _vm_state_for(power, VmState.ERROR)
+        detail = f"task {record.task_state or '-'} cleared, was {record.vm_state}"
+        with self.store.transaction() as conn:
+            updated = self.store.update_instance(record.uuid, conn=conn, **values)
+            self.store.add_event(record.uuid, "reset_state", host=self.host, detail=detail,
+                                 conn=conn)
+        return updated
+
     def host_status(self) -> dict[str, Any]:
         """This host: the driver's resources plus what the store knows."""
         resources = self.driver.get_available_resource().as_dict()
@@ -270,7 +294,8 @@ class ComputeService:
         self, instance: Instance, block_devices: Sequence[BlockDevice], exc: BaseException
     ) -> None:
         reason = _reason(exc)
-        LOG.warning("spawn of %s (%s) failed: %s", instance.name, instance.uuid, reason)
+        # The caller gets the exception; a warning here would say the same thing twice.
+        LOG.info("spawn of %s (%s) failed: %s", instance.name, instance.uuid, reason)
         try:
             self.driver.destroy(instance=instance, block_devices=block_devices)
             if self.driver.instance_exists(instance=instance):
@@ -538,7 +563,7 @@ class ComputeService:
         vm_state: str | None = None,
     ) -> None:
         reason = _reason(exc)
-        LOG.warning("%s of %s (%s) failed: %s", operation, record.name, record.uuid, reason)
+        LOG.info("%s of %s (%s) failed: %s", operation, record.name, record.uuid, reason)
         values: dict[str, Any] = {"task_state": None, "fault": f"{operation}: {reason}"}
         power = self._power_state(record.to_instance())
         if power is not PowerState.UNKNOWN:

@@ -371,7 +371,8 @@ class Store:
                 raise InvalidState(
                     f"instance {current.name} is {current.vm_state}"
                     + (f" and busy ({current.task_state})" if current.task_state else ""),
-                    hint="wait for the running operation to finish, then retry",
+                    hint="wait for the running operation to finish, then retry; if the "
+                    "process running it died, clear it with `virtkit reset-state`",
                 )
             return self.get_instance(uuid, conn=c)
 

@@ -303,3 +303,28 @@ def test_demo_runs_on_a_fresh_machine_without_config(tmp_path):
                                        capture_output=True, text=True, env=env,
                                        timeout=60).stdout)
     assert report["ok"] is True and len(report["steps"]) == 9
+
+
+def test_reset_state_clears_a_task_left_by_a_dead_process(cli):
+    from virt.config import build_conf
+    from virt.store import Store
+    from virt.store_schema import TaskState
+
+    booted = cli.json("boot", "stuck", "--image", "cirros", "--flavor", "m1.tiny")
+    # A process that died mid-operation leaves its task behind.
+    store = Store.from_conf(build_conf(cli.config))
+    try:
+        store.update_instance(booted["uuid"], task_state=TaskState.POWERING_OFF)
+    finally:
+        store.close()
+    refused = cli.run("stop", "stuck", expect=1).stderr
+    assert "busy (powering-off)" in refused and "reset-state" in refused
+    reset = cli.json("reset-state", "stuck")
+    assert (reset["task_state"], reset["vm_state"], reset["power_state"]) == (
+        None, "active", "running")
+    cli.run("stop", "stuck", "--timeout", "0")
+    events = [e["event"] for e in cli.json("show", "stuck")["events"]]
+    assert "reset_state" in events
+    forced = cli.json("reset-state", "stuck", "--state", "error")
+    assert forced["vm_state"] == "error"
+    cli.run("reset-state", "stuck", "--state", "bogus", expect=2)

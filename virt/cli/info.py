@@ -43,7 +43,14 @@ def cmd_host(ctx: Context, _args: argparse.Namespace) -> int:
 
 def sample_groups() -> tuple[list[tuple[str | None, Sequence[cfg.Opt]]], list[str]]:
     """The option groups to print, and a note per driver that could not be imported."""
-    groups: list[tuple[str | None, Sequence[cfg.Opt]]] = [(None, COMMON_OPTS)]
+    # Imported here: only this command needs the agent's and recovery's option lists.
+    from virt import agent, recovery
+
+    groups: list[tuple[str | None, Sequence[cfg.Opt]]] = [
+        (None, COMMON_OPTS),
+        (agent.GROUP, agent.AGENT_OPTS),
+        ("recovery", recovery.RECOVERY_OPTS),
+    ]
     notes = []
     for info in list_drivers():
         if not info.loaded:

@@ -131,6 +131,12 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset_state(ctx: Context, args: argparse.Namespace) -> int:
+    record = ctx.service.reset_state(args.instance, vm_state=args.state)
+    _report(ctx, "reset", record)
+    return 0
+
+
 def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.out.progress(f"Starting {args.instance}"):
         record = ctx.service.start(args.instance)

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("snapshot", metavar="SNAPNAME")
     console = add_instance("console", instances.cmd_console, "print the guest's console log")
     console.add_argument("--lines", type=int, metavar="N", help="only the last N lines")
+    reset = add_instance("reset-state", instances.cmd_reset_state,
+                         "clear a task left by a process that died; vm_state follows the engine")
+    reset.add_argument("--state", metavar="VM_STATE",
+                       help="force this vm_state (e.g. active or error) instead")
     add_instance("set-password", instances.cmd_set_password,
                  "set the guest's admin password (read from a prompt or stdin, never argv)")
 
@@ -144,13 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ConciseFormatter(logging.Formatter):
+    """Without --debug: one line per warning or error, never a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"virtkit: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    # Errors reach the user as the one line main() prints; logs are for --debug.
-    root.setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    if debug:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        root.setLevel(logging.DEBUG)
+        return
+    # Warnings (a stale record removed, a rollback that could not finish) deserve an
+    # operator's eye even without --debug; tracebacks do not.
+    handler.setFormatter(_ConciseFormatter())
+    root.setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
