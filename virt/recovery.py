@@ -5,19 +5,26 @@ record the power state, each step journaled `started`/`done` so a killed run res
 stopped (a step found `started` but not `done` is undone first). The volumes are checked
 before anything changes, so an instance whose volume is missing is released untouched.
 `--dry-run` walks the same steps and only describes the ones that change something.
+
+Journal writes are batched (see `virt.recovery_journal`): one transaction before each step
+that must be undone after a crash, one at the end. A claim held by another recoverer is
+watched; if its heartbeat stops for a whole lease it is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from oslo_config import cfg
 
 from virt.config import register_group_opts
@@ -28,12 +35,21 @@ from virt.errors import (
     HypervisorUnavailable,
     InstanceNotFound,
     InvalidRequest,
+    NotFenced,
     VirtError,
     VolumeError,
 )
 from virt.model import BlockDevice, Instance, PowerState, VolumeConnection
 from virt.recovery_fence import check_fenced
-from virt.recovery_journal import Claim, ClaimRefused, ClaimState, RecoveryJournal
+from virt.recovery_journal import (
+    Claim,
+    ClaimLost,
+    ClaimRefused,
+    ClaimState,
+    Effect,
+    Holder,
+    RecoveryJournal,
+)
 from virt.recovery_source import ROOT_DEVICES, Candidate, InstanceSource, VolumeRef
 from virt.volume import connector_for, parse_iscsi_target
 
@@ -53,6 +69,11 @@ RECOVERY_OPTS = [
                  help="Seconds a volume probe may take."),
     cfg.IntOpt("parallel", default=4, min=1, max=64,
                help="Instances recovered at once."),
+    cfg.IntOpt("claim_lease_seconds", default=60, min=0,
+               help="A recoverer renews its claims every lease/4 seconds. A claim of another "
+               "recoverer that stays unrenewed for this long (watched on this host's clock) "
+               "is taken over; its host must be fenced if it had got as far as spawning. "
+               "Longer than any single spawn or attach can take. 0: never take over."),
     cfg.BoolOpt("shared_storage", default=False,
                 help="Instance disks live on storage shared with the failed host: a stale or "
                 "half-spawned domain here is removed keeping its disks. When False, its local "
@@ -139,15 +160,19 @@ class RecoveryOptions:
     fence_command: str = ""
     fence_timeout: float = 60.0
     shared_storage: bool = False
+    claim_lease: float = 60.0
 
 
 @dataclass
 class _Step:
-    """One journaled action. `run` does it, `undo` cleans up a half-done attempt."""
+    """One journaled action. `run` does it, `undo` cleans up a half-done attempt.
+
+    `run` may hand back a store write, committed together with the step's `done` entry.
+    """
 
     name: str
     describe: str
-    run: Callable[[], None]
+    run: Callable[[], Effect | None]
     undo: Callable[[], None] | None = None
     always: bool = False  # read-only or idempotent: run again even when journaled done
 
@@ -189,6 +214,8 @@ class Recoverer:
         self.progress = progress
         self._done = 0
         self._lock = threading.Lock()
+        self._contested: dict[str, Holder | None] = {}  # refused for now: watch, maybe take over
+        self._joined = source.joins(journal.store)
 
     @property
     def source_host(self) -> str:
@@ -211,18 +238,89 @@ class Recoverer:
         candidates = self.candidates()
         total = len(candidates)
         workers = max(1, min(self.options.parallel, total))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recover") as pool:
+        with self._heartbeat(), ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="recover") as pool:
             results = list(pool.map(lambda c: self._recover_counted(c, total), candidates))
+            if self._contested and self.options.claim_lease > 0 and not self.options.dry_run:
+                settled = self._settle_contested({c.uuid: c for c in candidates}, pool)
+                results = [settled.get(item.uuid, item) for item in results]
         report.instances = results
         report.duration_s = round(time.monotonic() - started, 3)
         return report
+
+    @contextlib.contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Renew this run's claims every lease/4 seconds while the run lasts."""
+        if self.options.dry_run or self.options.claim_lease <= 0:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.options.claim_lease / 4):
+                try:
+                    self.journal.heartbeat()
+                except VirtError as exc:  # flushes check ownership; this only keeps it
+                    LOG.warning("claim heartbeat failed: %s", exc)
+
+        thread = threading.Thread(target=beat, name="recover-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _settle_contested(self, by_uuid: dict[str, Candidate],
+                          pool: ThreadPoolExecutor) -> dict[str, InstanceReport]:
+        """Watch claims other recoverers hold until each is done, freed, or stale for a lease.
+
+        Staleness is judged on this host's monotonic clock: the claim row must stay exactly
+        the same (no heartbeat, no progress) for a whole lease.
+        """
+        lease = self.options.claim_lease
+        settled: dict[str, InstanceReport] = {}
+        watch = {uuid: (holder, time.monotonic()) for uuid, holder in self._contested.items()}
+        self._contested.clear()
+        while watch:
+            time.sleep(lease / 4)
+            retry: list[tuple[Candidate, Holder | None]] = []
+            for uuid, (seen, since) in list(watch.items()):
+                row = self.journal.holder(uuid)
+                current = Holder.of(row) if row is not None else None
+                if row is not None and row["state"] == ClaimState.DONE:
+                    del watch[uuid]
+                    settled[uuid] = self._skipped(by_uuid[uuid], f"recovered by {row['actor']}")
+                elif current is None or row is None or row["state"] == ClaimState.FAILED:
+                    del watch[uuid]
+                    retry.append((by_uuid[uuid], None))  # given back: claim it normally
+                elif current != seen:
+                    watch[uuid] = (current, time.monotonic())
+                elif time.monotonic() - since >= lease:
+                    del watch[uuid]
+                    retry.append((by_uuid[uuid], seen))
+            for item in pool.map(lambda job: self.recover(job[0], take_over=job[1]), retry):
+                settled[item.uuid] = item
+            for uuid, holder in self._contested.items():
+                settled.pop(uuid, None)
+                watch[uuid] = (holder, time.monotonic())
+            self._contested.clear()
+        return settled
+
+    @staticmethod
+    def _skipped(candidate: Candidate, reason: str) -> InstanceReport:
+        item = InstanceReport(candidate.uuid, candidate.name, outcome=Outcome.SKIPPED)
+        item.volumes = [VolumeReport(v.volume_id, v.mountpoint) for v in candidate.volumes]
+        item.error = reason
+        return item
 
     def candidates(self) -> list[Candidate]:
         """The instances of the source host, plus those this host had claimed and not finished."""
         wanted = tuple(self.options.instances)
         found = {c.uuid: c for c in self.source.candidates(self.source_host, wanted)}
         if not self.options.resume_local:
-            for row in self.journal.pending_claims(self.source_host):
+            # Unfinished claims of any recoverer: ours to resume, others' to watch.
+            for row in self.journal.pending_claims(self.source_host, any_target=True):
                 uuid = row["instance_uuid"]
                 if uuid not in found and (not wanted or uuid in wanted):
                     try:
@@ -244,7 +342,7 @@ class Recoverer:
             self.progress(item, done, total)
         return item
 
-    def recover(self, candidate: Candidate) -> InstanceReport:
+    def recover(self, candidate: Candidate, *, take_over: Holder | None = None) -> InstanceReport:
         """Recover one instance; never raises."""
         started = time.monotonic()
         item = InstanceReport(candidate.uuid, candidate.name)
@@ -256,22 +354,33 @@ class Recoverer:
                 self._execute(candidate, None, item)
                 item.outcome = Outcome.PLANNED
             else:
+                if take_over is not None:
+                    self._check_takeover(take_over)
                 taken = self.journal.claim(candidate.uuid, self.source_host,
-                                           renew_done=self.options.resume_local)
+                                           renew_done=self.options.resume_local,
+                                           take_over=take_over)
                 if isinstance(taken, ClaimRefused):
                     item.outcome = Outcome.SKIPPED
                     item.error = taken.reason
+                    if taken.holder is not None or taken.busy:
+                        with self._lock:
+                            self._contested[candidate.uuid] = taken.holder
                     return item
                 claim = taken
                 item.resumed = claim.resumed
+                if claim.taken_over_from:
+                    item.steps.append(f"took the claim over from {claim.taken_over_from}")
                 self._execute(candidate, claim, item)
                 item.outcome = Outcome.RECOVERED
-                self.journal.record(claim, "recovered", "done", item.power_state)
+                self.journal.note(claim, "recovered", "done", item.power_state)
                 self.journal.finish(claim, ClaimState.DONE)
         except _Release as why:
             item.outcome, item.error = Outcome.RELEASED, str(why)
             if claim is not None:
                 self.journal.release(claim, str(why))
+        except ClaimLost as lost:
+            item.outcome, item.error = Outcome.FAILED, str(lost)
+            LOG.warning("recovery of %s stopped: %s", candidate.uuid, lost)
         except Exception as exc:  # one instance's failure never stops the run
             item.outcome, item.error = Outcome.FAILED, _describe(exc)
             LOG.warning("recovery of %s failed: %s", candidate.uuid, item.error)
@@ -281,11 +390,27 @@ class Recoverer:
             item.duration_s = round(time.monotonic() - started, 3)
         return item
 
+    def _check_takeover(self, holder: Holder) -> None:
+        """A recoverer that got as far as spawning may have left the instance running on its
+        own host: taking over then needs that host fenced, like the failed host."""
+        steps = self.journal.claim_steps(holder.claim_id)
+        if not any(s == "spawn" or s.startswith("attach:") for s in steps):
+            return
+        try:
+            check_fenced(holder.target_host, command=self.options.fence_command,
+                         timeout=self.options.fence_timeout, host_status=self.host_status)
+        except NotFenced as exc:
+            raise _Release(
+                f"claimed by {holder.actor}, whose lease expired after it started spawning "
+                f"on {holder.target_host}; not taken over: {exc}") from None
+
     def _record_failure(self, candidate: Candidate, claim: Claim, error: str) -> None:
         try:
             self.journal.finish(claim, ClaimState.FAILED, error)
             self.source.record_result(candidate.uuid, power_state=None, running=False,
                                       fault=f"recovery failed: {error}")
+        except ClaimLost as exc:
+            LOG.warning("not recording the failure of %s: %s", candidate.uuid, exc)
         except Exception as exc:  # the report still carries the original error
             LOG.warning("could not record the failure of %s: %s", candidate.uuid, _describe(exc))
 
@@ -293,7 +418,7 @@ class Recoverer:
 
     def _execute(self, candidate: Candidate, claim: Claim | None, item: InstanceReport) -> None:
         instance = candidate.instance(self.host)
-        done = self.journal.step_status(claim) if claim else {}
+        done = claim.steps if claim else {}
         if self.options.resume_local and self._running_as_wanted(instance, candidate):
             item.steps.append("already running as recorded: nothing to do")
             item.power_state = PowerState.RUNNING.value
@@ -312,27 +437,34 @@ class Recoverer:
                 continue
             if status in ("started", "failed") and step.undo:
                 step.undo()
-            self.journal.record(claim, step.name, "started")
+            if step.undo:  # write-ahead: a crash from here on leaves something to undo
+                self.journal.record(claim, step.name, "started")
+            else:
+                self.journal.note(claim, step.name, "started")
             try:
-                step.run()
+                effect = step.run()
             except _Release:
                 raise
             except Exception as exc:
-                self.journal.record(claim, step.name, "failed", _describe(exc))
+                self.journal.note(claim, step.name, "failed", _describe(exc))
                 raise
-            self.journal.record(claim, step.name, "done")
+            self.journal.note(claim, step.name, "done", effect=effect)
             item.steps.append(step.describe)
 
     def _steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
                item: InstanceReport) -> list[_Step]:
         at_spawn, hot = self._split_volumes(candidate)
+        def refresh() -> Effect | None:
+            found, writes = self._refresh_volumes(candidate, item)
+            devices.extend(found)
+            return self._write(*writes) if writes else None
+
         steps = [_Step("volumes", f"refresh {len(candidate.volumes)} volume connection(s)",
-                       lambda: devices.extend(self._refresh_volumes(candidate, item)),
-                       always=True)]
+                       refresh, always=True)]
         if not self.options.resume_local:
             steps.append(_Step("rehome", f"re-home to {self.host}",
-                               lambda: self.source.rehome(candidate.uuid, host=self.host,
-                                                          node=self.node)))
+                               lambda: self._write(lambda conn: self.source.rehome(
+                                   candidate.uuid, host=self.host, node=self.node, conn=conn))))
         steps.append(_Step("remove-stale", "remove any stale domain of it here",
                            lambda: self._remove_domain(instance)))
 
@@ -384,9 +516,28 @@ class Recoverer:
         return _Step(f"attach:{volume.device}", f"attach volume at {volume.mountpoint}",
                      attach, undo=undo)
 
-    def _refresh_volumes(self, candidate: Candidate, item: InstanceReport) -> list[BlockDevice]:
-        """Check every volume from this host (re-login with CHAP); missing ones release."""
+    def _write(self, *writes: Callable[[sa.Connection | None], None]) -> Effect | None:
+        """Source writes: handed back to commit with the journal when the source is the
+        journal's store, else done now (a Nova database is another database)."""
+        if not self._joined:
+            for write in writes:
+                write(None)
+            return None
+
+        def joined(conn: sa.Connection) -> None:
+            for write in writes:
+                write(conn)
+
+        return joined
+
+    def _refresh_volumes(self, candidate: Candidate, item: InstanceReport
+                         ) -> tuple[list[BlockDevice], list[Callable[[sa.Connection | None], None]]]:
+        """Check every volume from this host (re-login with CHAP); missing ones release.
+
+        Returns the devices and the source writes that refresh their connection_info.
+        """
         devices: list[BlockDevice] = []
+        writes: list[Callable[[sa.Connection | None], None]] = []
         problems: list[str] = []
         for volume, vreport in zip(candidate.volumes, item.volumes, strict=True):
             try:
@@ -398,7 +549,8 @@ class Recoverer:
                     found = connector.probe(conn, timeout=self.options.volume_timeout)
                     vreport.size_bytes, vreport.path = found.size_bytes, found.path
                 if not self.options.dry_run:
-                    self.source.refresh_volume(candidate.uuid, volume, conn.to_connection_info())
+                    writes.append(functools.partial(
+                        self._refresh_write, candidate.uuid, volume, conn.to_connection_info()))
                 devices.append(BlockDevice(connection=conn, mountpoint=volume.mountpoint,
                                            volume_id=volume.volume_id, disk_bus=volume.disk_bus))
                 vreport.status = "reachable"
@@ -408,7 +560,11 @@ class Recoverer:
         if problems and not self.options.allow_missing_volumes:
             raise _Release("; ".join(problems) + " (left unclaimed; --allow-missing-volumes "
                            "recovers it without them)")
-        return devices
+        return devices, writes
+
+    def _refresh_write(self, uuid: str, volume: VolumeRef, info: dict[str, Any],
+                       db: sa.Connection | None) -> None:
+        self.source.refresh_volume(uuid, volume, info, conn=db)
 
     def _remove_domain(self, instance: Instance) -> None:
         """Destroy a domain of this instance here (its disks too unless on shared storage)."""
@@ -426,7 +582,8 @@ class Recoverer:
             return state is PowerState.RUNNING
         return True  # stopped instances stay as they are
 
-    def _record_power(self, candidate: Candidate, instance: Instance, item: InstanceReport) -> None:
+    def _record_power(self, candidate: Candidate, instance: Instance,
+                      item: InstanceReport) -> Effect | None:
         state = self.driver.get_info(instance=instance).state
         if state is PowerState.UNKNOWN:
             raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown after spawn")
@@ -434,8 +591,8 @@ class Recoverer:
         for vreport in item.volumes:
             if vreport.status == "reachable":
                 vreport.status = "attached"
-        self.source.record_result(candidate.uuid, power_state=state,
-                                  running=state is PowerState.RUNNING)
+        return self._write(lambda conn: self.source.record_result(
+            candidate.uuid, power_state=state, running=state is PowerState.RUNNING, conn=conn))
 
 
 def _describe(exc: BaseException) -> str:

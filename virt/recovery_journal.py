@@ -4,6 +4,18 @@ A claim says "host T is recovering instance X from host S" and is taken under a 
 (`SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, BEGIN IMMEDIATE on SQLite), so two
 recoverers never take the same instance. The journal records each step of each claim,
 `started` before and `done`/`failed` after, which is what makes a run resumable.
+
+Entries are batched per claim: `note` buffers one (with the time it happened), `record`
+makes everything buffered durable in one transaction. A step whose effect must be undone
+after a crash (spawn, attach) is `record`ed `started` before it runs (write-ahead); other
+entries ride along with the next one. A store write of a step (re-home, power state) is
+committed in the same transaction as its `done` entry, so the two cannot disagree. Every
+flush also checks that the claim is still this run's (a compare-and-swap on the claim row),
+so a recoverer whose claim was taken over stops before its next side effect.
+
+Leases: a live recoverer's heartbeat touches its claims' `updated_at` every lease/4 seconds.
+Another recoverer may take a claim over once it has watched that row stay unchanged for a
+whole lease on its own monotonic clock: no clocks of two hosts are ever compared.
 """
 
 from __future__ import annotations
@@ -12,12 +24,15 @@ import enum
 import os
 import signal
 import socket
+import threading
 import uuid as uuidlib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from virt.errors import VirtError
 from virt.store import Store
 from virt.store_records import utcnow
 
@@ -52,8 +67,11 @@ journal = sa.Table(
     sa.Column("timestamp", sa.DateTime, nullable=False),
 )
 
-#: Test-only fault injection: SIGKILL this process when the journal records STEP:STATUS.
+#: Test-only fault injection: SIGKILL this process when the journal records STEP:STATUS
+#: (at once for a buffered entry, after the commit for a write-ahead one).
 CRASH_ENV = "VIRTKIT_RECOVER_CRASH_AT"
+
+Effect = Callable[[sa.Connection], object]
 
 
 class ClaimState(enum.StrEnum):
@@ -73,6 +91,24 @@ class Claim:
     actor: str
     reason: str | None = None
     resumed: bool = False
+    steps: Mapping[str, str] = field(default_factory=dict)  # step -> last status
+    taken_over_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Another recoverer's claim as seen at one moment (what a takeover must still find)."""
+
+    claim_id: str
+    run_id: str
+    actor: str
+    target_host: str
+    updated_at: Any
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Holder:
+        return cls(row["claim_id"], row["run_id"], row["actor"], row["target_host"],
+                   row["updated_at"])
 
 
 @dataclass(frozen=True)
@@ -81,11 +117,24 @@ class ClaimRefused:
 
     reason: str
     already_done: bool = False
+    holder: Holder | None = None  # a live-looking claim of another recoverer
+    busy: bool = False  # row locked by another transaction right now: try again
+
+
+class ClaimLost(VirtError):
+    """This run's claim was taken over (its lease expired): stop touching the instance."""
 
 
 def actor_name(host: str) -> str:
     """Who is acting, for the journal: host and process id."""
     return f"{host}/pid {os.getpid()} on {socket.gethostname()}"
+
+
+@dataclass
+class _Pending:
+    """Entries not yet written, each with the store write it stands for (if any)."""
+
+    items: list[tuple[dict[str, Any], Effect | None]] = field(default_factory=list)
 
 
 class RecoveryJournal:
@@ -97,92 +146,210 @@ class RecoveryJournal:
         self.run_id = run_id or str(uuidlib.uuid4())
         self.actor = actor_name(host)
         self._crash_at = os.environ.get(CRASH_ENV, "")
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
 
-    def claim(self, instance_uuid: str, source_host: str, *,
-              renew_done: bool = False) -> Claim | ClaimRefused:
+    # -- claims -----------------------------------------------------------------------------
+
+    def claim(self, instance_uuid: str, source_host: str, *, renew_done: bool = False,
+              take_over: Holder | None = None) -> Claim | ClaimRefused:
         """Take (or resume) the claim on an instance; refuse if another recoverer has it.
 
         `renew_done` starts a new claim over a finished one of this host (resume-local runs
-        after every reboot).
+        after every reboot). `take_over` replaces another recoverer's claim, but only if it
+        is still exactly as the caller saw it go stale.
         """
-        now = utcnow()
         with self.store.transaction() as conn:
             row = conn.execute(
                 sa.select(claims).where(claims.c.instance_uuid == instance_uuid)
                 .with_for_update(skip_locked=True)
             ).mappings().first()
             if row is None and _exists(conn, instance_uuid):
-                return ClaimRefused("another recoverer is claiming it right now")
+                return ClaimRefused("another recoverer is claiming it right now", busy=True)
+            if row is not None and take_over is not None:
+                return self._take_over(conn, row, take_over)
             if row is not None and row["source_host"] == source_host:
                 if row["target_host"] != self.host and row["state"] != ClaimState.FAILED:
+                    done = row["state"] == ClaimState.DONE
                     return ClaimRefused(
-                        f"claimed by {row['actor']} (run {row['run_id']})",
-                        already_done=row["state"] == ClaimState.DONE)
+                        f"claimed by {row['actor']} (run {row['run_id']})", already_done=done,
+                        holder=None if done else Holder.of(row))
                 if (row["target_host"] == self.host and row["state"] == ClaimState.DONE
                         and not renew_done):
                     return ClaimRefused("already recovered here", already_done=True)
                 if row["target_host"] == self.host and row["state"] != ClaimState.DONE:
                     conn.execute(claims.update().where(claims.c.instance_uuid == instance_uuid)
                                  .values(state=ClaimState.CLAIMED, run_id=self.run_id,
-                                         actor=self.actor, reason=None, updated_at=now))
+                                         actor=self.actor, reason=None, updated_at=utcnow()))
                     return Claim(instance_uuid, row["claim_id"], source_host, self.host,
-                                 ClaimState.CLAIMED, self.run_id, self.actor, resumed=True)
+                                 ClaimState.CLAIMED, self.run_id, self.actor, resumed=True,
+                                 steps=_steps(conn, row["claim_id"]))
             # New claim; an old row (an earlier recovery from another host, or a failed
             # attempt by another host) is replaced.
-            claim_id = str(uuidlib.uuid4())
-            values = dict(claim_id=claim_id, source_host=source_host, target_host=self.host,
-                          state=ClaimState.CLAIMED, run_id=self.run_id, actor=self.actor,
-                          reason=None, claimed_at=now, updated_at=now)
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(claims.insert().values(instance_uuid=instance_uuid,
-                                                            **values))
-                except sa.exc.IntegrityError:
-                    return ClaimRefused("another recoverer claimed it at the same moment")
-            else:
-                conn.execute(claims.update().where(claims.c.instance_uuid == instance_uuid)
-                             .values(**values))
-            return Claim(instance_uuid, claim_id, source_host, self.host, ClaimState.CLAIMED,
-                         self.run_id, self.actor)
+            return self._new_claim(conn, instance_uuid, source_host, replace=row is not None)
+
+    def _new_claim(self, conn: sa.Connection, instance_uuid: str, source_host: str, *,
+                   replace: bool, taken_over_from: str | None = None) -> Claim | ClaimRefused:
+        now = utcnow()
+        claim_id = str(uuidlib.uuid4())
+        values = dict(claim_id=claim_id, source_host=source_host, target_host=self.host,
+                      state=ClaimState.CLAIMED, run_id=self.run_id, actor=self.actor,
+                      reason=None, claimed_at=now, updated_at=now)
+        if not replace:
+            try:
+                with conn.begin_nested():
+                    conn.execute(claims.insert().values(instance_uuid=instance_uuid, **values))
+            except sa.exc.IntegrityError:
+                return ClaimRefused("another recoverer claimed it at the same moment", busy=True)
+        else:
+            conn.execute(claims.update().where(claims.c.instance_uuid == instance_uuid)
+                         .values(**values))
+        return Claim(instance_uuid, claim_id, source_host, self.host, ClaimState.CLAIMED,
+                     self.run_id, self.actor, taken_over_from=taken_over_from)
+
+    def _take_over(self, conn: sa.Connection, row: Mapping[Any, Any],
+                   seen: Holder) -> Claim | ClaimRefused:
+        """Replace a stale claim of another recoverer, journaling who took it from whom."""
+        if row["state"] == ClaimState.DONE:
+            return ClaimRefused(f"recovered by {row['actor']} (run {row['run_id']})",
+                                already_done=True)
+        if Holder.of(row) != seen:
+            return ClaimRefused(f"claimed by {row['actor']} (run {row['run_id']}), alive again",
+                                holder=Holder.of(row))
+        claim = self._new_claim(conn, row["instance_uuid"], row["source_host"], replace=True,
+                                taken_over_from=f"{seen.actor} (run {seen.run_id})")
+        assert isinstance(claim, Claim)
+        detail = (f"taken over by {self.actor} (run {self.run_id}) from {seen.actor} "
+                  f"(run {seen.run_id}, claim {seen.claim_id}): its lease expired")
+        now = utcnow()
+        conn.execute(journal.insert(), [
+            self._row(seen.claim_id, row["instance_uuid"], "takeover", "done", detail, now),
+            self._row(claim.claim_id, row["instance_uuid"], "takeover", "done", detail, now)])
+        return claim
+
+    def holder(self, instance_uuid: str) -> dict[str, Any] | None:
+        """The claim row of an instance as it is now (None: unclaimed)."""
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                sa.select(claims).where(claims.c.instance_uuid == instance_uuid)
+            ).mappings().first()
+        return None if row is None else dict(row)
+
+    def heartbeat(self) -> int:
+        """Renew the lease on every live claim of this run; returns how many."""
+        with self.store.transaction() as conn:
+            return conn.execute(
+                claims.update().where(claims.c.run_id == self.run_id,
+                                      claims.c.state == ClaimState.CLAIMED)
+                .values(updated_at=utcnow())).rowcount
 
     def release(self, claim: Claim, reason: str) -> None:
         """Give the instance back unclaimed (nothing was changed), journaling why."""
-        self.record(claim, "release", "done", reason)
-        with self.store.transaction() as conn:
-            conn.execute(claims.delete().where(claims.c.claim_id == claim.claim_id))
+        self.note(claim, "release", "done", reason)
+        self.flush(claim, lambda conn: conn.execute(
+            claims.delete().where(claims.c.claim_id == claim.claim_id)))
 
     def finish(self, claim: Claim, state: ClaimState, reason: str | None = None) -> None:
-        with self.store.transaction() as conn:
-            conn.execute(claims.update().where(claims.c.claim_id == claim.claim_id)
-                         .values(state=state, reason=reason, updated_at=utcnow()))
+        """End the claim, with everything still buffered, in one transaction."""
+        self.flush(claim, lambda conn: conn.execute(
+            claims.update().where(claims.c.claim_id == claim.claim_id)
+            .values(state=state, reason=reason, updated_at=utcnow())))
+
+    # -- entries ----------------------------------------------------------------------------
+
+    def note(self, claim: Claim, step: str, status: str, detail: str | None = None, *,
+             effect: Effect | None = None) -> None:
+        """Buffer one entry (and the store write it stands for) for the next flush."""
+        self._buffer(claim, step, status, detail, effect)
+        self._maybe_crash(step, status)
 
     def record(self, claim: Claim, step: str, status: str, detail: str | None = None) -> None:
-        """Append one journal entry (committed before this returns)."""
-        with self.store.transaction() as conn:
-            conn.execute(journal.insert().values(
-                claim_id=claim.claim_id, run_id=self.run_id, instance_uuid=claim.instance_uuid,
-                step=step, status=status, actor=self.actor, detail=detail, timestamp=utcnow()))
+        """Append one entry and make it, and everything buffered, durable before returning."""
+        self._buffer(claim, step, status, detail, None)
+        self.flush(claim)
+        self._maybe_crash(step, status)
+
+    def flush(self, claim: Claim, effect: Effect | None = None) -> None:
+        """Commit the buffered entries and writes of `claim` (then `effect`) in one transaction.
+
+        Raises ClaimLost if the claim is no longer this run's: the entries are still written
+        (what was done, by whom) but no store write is.
+        """
+        with self._lock:
+            pending = self._pending.pop(claim.claim_id, _Pending())
+        rows = [row for row, _ in pending.items]
+        writes = [w for _, w in pending.items if w is not None]
+        try:
+            with self.store.transaction() as conn:
+                owned = conn.execute(
+                    claims.update().where(claims.c.claim_id == claim.claim_id,
+                                          claims.c.run_id == self.run_id,
+                                          claims.c.state == ClaimState.CLAIMED)
+                    .values(updated_at=utcnow())).rowcount
+                if not owned:
+                    raise ClaimLost(f"the claim on {claim.instance_uuid} is no longer this "
+                                    f"run's: {_holder_text(conn, claim.instance_uuid)}")
+                if rows:
+                    conn.execute(journal.insert(), rows)
+                for write in [*writes, *([effect] if effect else [])]:
+                    write(conn)
+        except ClaimLost:
+            self._write_rows([row for row, w in pending.items if w is None])
+            raise
+        except BaseException:
+            # Keep the entries of what happened for the failure record; an entry that stood
+            # for a store write that did not commit goes with it.
+            with self._lock:
+                mine = self._pending.setdefault(claim.claim_id, _Pending())
+                mine.items[:0] = [(row, None) for row, w in pending.items if w is None]
+            raise
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            with self.store.transaction() as conn:
+                conn.execute(journal.insert(), rows)
+
+    def discard(self, claim: Claim) -> None:
+        with self._lock:
+            self._pending.pop(claim.claim_id, None)
+
+    def _buffer(self, claim: Claim, step: str, status: str, detail: str | None,
+                effect: Effect | None) -> None:
+        row = self._row(claim.claim_id, claim.instance_uuid, step, status, detail, utcnow())
+        with self._lock:
+            self._pending.setdefault(claim.claim_id, _Pending()).items.append((row, effect))
+
+    def _row(self, claim_id: str, instance_uuid: str, step: str, status: str,
+             detail: str | None, when: Any) -> dict[str, Any]:
+        return dict(claim_id=claim_id, run_id=self.run_id, instance_uuid=instance_uuid,
+                    step=step, status=status, actor=self.actor, detail=detail, timestamp=when)
+
+    def _maybe_crash(self, step: str, status: str) -> None:
         if self._crash_at and self._crash_at == f"{step}:{status}":
             os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- reading ----------------------------------------------------------------------------
 
     def step_status(self, claim: Claim) -> dict[str, str]:
         """The last status of each step of this claim ('started', 'done', 'failed')."""
         with self.store.transaction() as conn:
-            rows = conn.execute(
-                sa.select(journal.c.step, journal.c.status)
-                .where(journal.c.claim_id == claim.claim_id).order_by(journal.c.id)
-            ).all()
-        return {step: status for step, status in rows}
+            return _steps(conn, claim.claim_id)
 
-    def pending_claims(self, source_host: str) -> list[dict[str, Any]]:
-        """This host's unfinished claims on instances of `source_host` (for resuming)."""
+    def claim_steps(self, claim_id: str) -> dict[str, str]:
+        """The last status of each step of any claim, by its id."""
         with self.store.transaction() as conn:
-            rows = conn.execute(
-                sa.select(claims).where(
-                    claims.c.source_host == source_host, claims.c.target_host == self.host,
-                    claims.c.state.in_([ClaimState.CLAIMED, ClaimState.FAILED]))
-            ).mappings().all()
+            return _steps(conn, claim_id)
+
+    def pending_claims(self, source_host: str, *, any_target: bool = False
+                       ) -> list[dict[str, Any]]:
+        """Unfinished claims on instances of `source_host`: this host's (for resuming), or
+        everyone's with `any_target` (another recoverer's may have to be taken over)."""
+        where = [claims.c.source_host == source_host,
+                 claims.c.state.in_([ClaimState.CLAIMED, ClaimState.FAILED])]
+        if not any_target:
+            where.append(claims.c.target_host == self.host)
+        with self.store.transaction() as conn:
+            rows = conn.execute(sa.select(claims).where(*where)).mappings().all()
         return [dict(row) for row in rows]
 
     def entries(self, instance_uuid: str) -> list[dict[str, Any]]:
@@ -193,6 +360,22 @@ class RecoveryJournal:
                 .order_by(journal.c.id)
             ).mappings().all()
         return [dict(row) for row in rows]
+
+
+def _steps(conn: sa.Connection, claim_id: str) -> dict[str, str]:
+    rows = conn.execute(
+        sa.select(journal.c.step, journal.c.status)
+        .where(journal.c.claim_id == claim_id).order_by(journal.c.id)
+    ).all()
+    return {step: status for step, status in rows}
+
+
+def _holder_text(conn: sa.Connection, instance_uuid: str) -> str:
+    row = conn.execute(sa.select(claims).where(claims.c.instance_uuid == instance_uuid)
+                       ).mappings().first()
+    if row is None:
+        return "it was released"
+    return f"now held by {row['actor']} (run {row['run_id']}, {row['state']})"
 
 
 def _exists(conn: sa.Connection, instance_uuid: str) -> bool:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from virt.errors import ConfigError, InstanceNotFound, StoreError
 from virt.model import Flavor, ImageRef, Instance, PowerState
-from virt.store import Store, VmState
+from virt.store import InstanceRecord, Store, VmState
 
 ROOT_DEVICES = frozenset({"vda", "sda", "xvda", "hda"})
 
@@ -60,12 +60,18 @@ class InstanceSource(Protocol):
 
     def get(self, uuid: str) -> Candidate: ...
 
-    def rehome(self, uuid: str, *, host: str, node: str | None) -> None: ...
+    def joins(self, store: Store) -> bool:
+        """True if writes can join a transaction of `store` (`conn=` below)."""
+        ...
 
-    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any]) -> None: ...
+    def rehome(self, uuid: str, *, host: str, node: str | None,
+               conn: sa.Connection | None = None) -> None: ...
+
+    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
+                       conn: sa.Connection | None = None) -> None: ...
 
     def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
-                      fault: str | None = None) -> None: ...
+                      fault: str | None = None, conn: sa.Connection | None = None) -> None: ...
 
 
 class StoreSource:
@@ -75,11 +81,10 @@ class StoreSource:
         self.store = store
         self.description = f"virtkit store {store.where}"
 
-    def _candidate(self, uuid: str) -> Candidate:
-        record = self.store.get_instance(uuid)
+    def _candidate(self, record: InstanceRecord, conn: sa.Connection) -> Candidate:
         volumes = tuple(
             VolumeRef(b.id, b.volume_id, b.mountpoint, dict(b.connection_info), b.disk_bus)
-            for b in self.store.list_block_devices(uuid)
+            for b in self.store.list_block_devices(record.uuid, conn=conn)
         )
         return Candidate(
             uuid=record.uuid, name=record.name, host=record.host, vm_state=record.vm_state,
@@ -88,22 +93,30 @@ class StoreSource:
         )
 
     def candidates(self, host: str, uuids: Sequence[str] = ()) -> list[Candidate]:
-        records = self.store.list_instances(host=host)
         wanted = set(uuids)
-        return [self._candidate(r.uuid) for r in records if not wanted or r.uuid in wanted]
+        with self.store.transaction() as conn:
+            records = self.store.list_instances(host=host, conn=conn)
+            return [self._candidate(r, conn) for r in records if not wanted or r.uuid in wanted]
 
     def get(self, uuid: str) -> Candidate:
-        return self._candidate(uuid)
+        with self.store.transaction() as conn:
+            return self._candidate(self.store.get_instance(uuid, conn=conn), conn)
 
-    def rehome(self, uuid: str, *, host: str, node: str | None) -> None:
-        self.store.update_instance(uuid, host=host, node=node)
+    def joins(self, store: Store) -> bool:
+        return store is self.store
 
-    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any]) -> None:
+    def rehome(self, uuid: str, *, host: str, node: str | None,
+               conn: sa.Connection | None = None) -> None:
+        self.store.update_instance(uuid, host=host, node=node, conn=conn)
+
+    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
+                       conn: sa.Connection | None = None) -> None:
         if volume.row_id is not None and dict(connection_info) != dict(volume.connection_info):
-            self.store.update_block_device(volume.row_id, connection_info=connection_info)
+            self.store.update_block_device(volume.row_id, connection_info=connection_info,
+                                           conn=conn)
 
     def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
-                      fault: str | None = None) -> None:
+                      fault: str | None = None, conn: sa.Connection | None = None) -> None:
         # A failed recovery keeps vm_state (what the instance should be) so a retry knows
         # whether to start it; the fault says what went wrong.
         values: dict[str, Any] = {"task_state": None, "fault": fault}
@@ -111,7 +124,7 @@ class StoreSource:
             values["vm_state"] = VmState.ACTIVE if running else VmState.STOPPED
         if power_state is not None:
             values["power_state"] = power_state
-        self.store.update_instance(uuid, **values)
+        self.store.update_instance(uuid, conn=conn, **values)
 
 
 # Nova's power_state integers (nova/compute/power_state.py).
@@ -182,16 +195,21 @@ class NovaSource:
                 raise InstanceNotFound(uuid, hint="not in the Nova database")
             return self._candidate(row, conn)
 
-    def rehome(self, uuid: str, *, host: str, node: str | None) -> None:
-        with self._conn() as conn:
-            conn.execute(self.instances.update().where(self.instances.c.uuid == uuid)
+    def joins(self, store: Store) -> bool:
+        return False  # another database: its writes commit on their own
+
+    def rehome(self, uuid: str, *, host: str, node: str | None,
+               conn: sa.Connection | None = None) -> None:
+        with self._conn() as nova:
+            nova.execute(self.instances.update().where(self.instances.c.uuid == uuid)
                          .values(host=host, node=node or host))
 
-    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any]) -> None:
+    def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
+                       conn: sa.Connection | None = None) -> None:
         """Nova's rows are Nova's: connection_info is not written back."""
 
     def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
-                      fault: str | None = None) -> None:
+                      fault: str | None = None, conn: sa.Connection | None = None) -> None:
         """Nova's own power-state sync records the state; only host/node are ours to write."""
 
     @contextlib.contextmanager

@@ -187,7 +187,7 @@ class FakeDriver(ComputeDriver):
     ) -> None:
         """Apply `change(record, state)` to one instance atomically, then emit its events."""
         _check_instance(instance)
-        with self._state_file.transaction() as state:
+        with self._state_file.transaction(instance.uuid) as state:
             record = state["instances"].get(instance.uuid)
             if record is None:
                 raise (missing or InstanceNotFound)(instance.uuid)
@@ -196,7 +196,7 @@ class FakeDriver(ComputeDriver):
 
     def _record(self, instance: Instance) -> dict[str, Any]:
         _check_instance(instance)
-        record = self._state_file.read()["instances"].get(instance.uuid)
+        record = self._state_file.instance(instance.uuid)
         if record is None:
             raise InstanceNotFound(instance.uuid)
         return record
@@ -222,14 +222,14 @@ class FakeDriver(ComputeDriver):
             raise InvalidRequest("init_host needs a host name")
         if host != self._host:
             self._host, self._state = host, None
-        self._state_file.read()  # fail now, not on the first operation, if the path is unusable
+        self._state_file.view()  # fail now, not on the first operation, if the path is unusable
 
     def cleanup_host(self, *, host: str) -> None:
         self._state = None
 
     def get_available_resource(self) -> HostResources:
         fake = self.conf.fake
-        records = self._state_file.read()["instances"].values()
+        records = self._state_file.view()["instances"].values()
         vcpus_used = sum(r["flavor"]["vcpus"] for r in records)
         memory_used = sum(r["flavor"]["memory_mb"] for r in records)
         disk_used = sum(r["flavor"]["root_gb"] + r["flavor"]["ephemeral_gb"] for r in records)
@@ -260,10 +260,10 @@ class FakeDriver(ComputeDriver):
     # -- state -----------------------------------------------------------------------------
 
     def list_instances(self) -> list[str]:
-        return sorted(r["name"] for r in self._state_file.read()["instances"].values())
+        return sorted(r["name"] for r in self._state_file.view()["instances"].values())
 
     def list_instance_uuids(self) -> list[str]:
-        return sorted(self._state_file.read()["instances"])
+        return sorted(self._state_file.view()["instances"])
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
         record = self._record(instance)
@@ -282,7 +282,7 @@ class FakeDriver(ComputeDriver):
 
     def instance_exists(self, *, instance: Instance) -> bool:
         _check_instance(instance)
-        return instance.uuid in self._state_file.read()["instances"]
+        return instance.uuid in self._state_file.view()["instances"]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -305,7 +305,7 @@ class FakeDriver(ComputeDriver):
         # The engine's work happens outside the lock, so spawns on one host overlap.
         self._sleep("spawn_latency_ms")
         prefix = self.conf.fake.fail_spawn_on_name_prefix
-        with self._state_file.transaction() as state:
+        with self._state_file.transaction(instance.uuid) as state:
             if instance.uuid in state["instances"]:
                 raise InstanceExists(instance.uuid)
             self._check_image(image, state)
@@ -338,7 +338,7 @@ class FakeDriver(ComputeDriver):
     ) -> None:
         _check_instance(instance)
         self._sleep("operation_latency_ms")
-        with self._state_file.transaction() as state:
+        with self._state_file.transaction(instance.uuid) as state:
             record = state["instances"].pop(instance.uuid, None)
             if record is None:
                 LOG.debug("fake: destroy of unknown instance %s is a no-op", instance.uuid)

@@ -100,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         fence_command=conf.recovery.fence_check_command,
         fence_timeout=conf.recovery.fence_check_timeout,
         shared_storage=conf.recovery.shared_storage,
+        claim_lease=float(conf.recovery.claim_lease_seconds),
     )
     store = Store.from_conf(conf)
     try:

@@ -80,7 +80,8 @@ def test_crash_between_spawn_and_attach_resumes(tmp_path):
         (uuid,) = record_instances(store, "host-a", 1, volumes=2)
     args = ("--failed-host", "host-a", "--confirm-fenced", "--volume-check", "none",
             "--host", "host-b")
-    crashed = run_recover(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "spawn:done"})
+    # Killed once the journal says the spawn is done and the first attach about to start.
+    crashed = run_recover(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "attach:vdb:started"})
     assert crashed.returncode == -signal.SIGKILL
     assert fake_domains(config, "host-b") == [uuid]
     finished = run_recover(config, *args)
