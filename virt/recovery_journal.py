@@ -266,7 +266,7 @@ class RecoveryJournal:
     def record(self, claim: Claim, step: str, status: str, detail: str | None = None) -> None:
         """Append one entry and make it, and everything buffered, durable before returning."""
         self._buffer(claim, step, status, detail, None)
-        self.flush(claim)
+        self._flush(claim, None, intent=step)
         self._maybe_crash(step, status)
 
     def flush(self, claim: Claim, effect: Effect | None = None) -> None:
@@ -275,6 +275,9 @@ class RecoveryJournal:
         Raises ClaimLost if the claim is no longer this run's: the entries are still written
         (what was done, by whom) but no store write is.
         """
+        self._flush(claim, effect)
+
+    def _flush(self, claim: Claim, effect: Effect | None, *, intent: str | None = None) -> None:
         with self._lock:
             pending = self._pending.pop(claim.claim_id, _Pending())
         rows = [row for row, _ in pending.items]
@@ -294,7 +297,10 @@ class RecoveryJournal:
                 for write in [*writes, *([effect] if effect else [])]:
                     write(conn)
         except ClaimLost:
-            self._write_rows([row for row, w in pending.items if w is None])
+            done = [row for row, w in pending.items if w is None]
+            if intent is not None:  # the write-ahead entry of a step that will not run
+                done = done[:-1]
+            self._write_rows(done)
             raise
         except BaseException:
             # Keep the entries of what happened for the failure record; an entry that stood

@@ -184,8 +184,8 @@ class StateFile:
                encoded: tuple[str, dict[str, str], bool]) -> None:
         head, parts, _ = encoded
         self._cache = None  # until the new file is in place
+        # Fixed length, overwritten in place: truncating would make ext4 flush the file.
         token = os.urandom(_TOKEN_BYTES // 2).hex()
-        os.ftruncate(fd, 0)
         os.pwrite(fd, token.encode("ascii"), 0)
         body = ",\n".join(f"{json.dumps(uuid)}:{part}" for uuid, part in sorted(parts.items()))
         rest = "," + head[1:] if head != "{}" else "}"

@@ -297,3 +297,45 @@ def test_corrupt_state_file_is_a_clear_error(conf, driver):
 
     with pytest.raises(HypervisorUnavailable, match="unreadable"):
         driver.list_instances()
+
+
+def test_two_drivers_on_one_host_see_each_others_changes(conf, driver):
+    """Each driver caches the parsed state; a change by the other must invalidate it."""
+    other = load_driver("fake", conf)
+    other.init_host(host="test-host")
+    inst = make_instance()
+    assert not other.instance_exists(instance=inst)  # cached now
+    driver.spawn(instance=inst, image=IMAGE)
+    assert other.instance_exists(instance=inst)
+    other.attach_volume(instance=inst, block_device=chap_volume())
+    other.destroy(instance=inst)
+    assert not driver.instance_exists(instance=inst)
+    assert driver.list_instances() == other.list_instances() == []
+
+
+def test_state_file_edited_by_hand_is_noticed(conf, driver):
+    inst = make_instance()
+    driver.spawn(instance=inst, image=IMAGE)
+    state = json.loads(open(state_path(conf), encoding="utf-8").read())
+    state["instances"][inst.uuid]["name"] = "renamed-by-hand"
+    with open(state_path(conf), "w", encoding="utf-8") as handle:
+        json.dump(state, handle, indent=1)
+    assert driver.list_instances() == ["renamed-by-hand"]
+
+
+def test_unchanged_transaction_does_not_rewrite_the_file(conf, driver):
+    driver.spawn(instance=make_instance(), image=IMAGE)
+    before = os.stat(state_path(conf))
+    driver.destroy(instance=make_instance())  # unknown: a no-op
+    after = os.stat(state_path(conf))
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_state_file_stays_one_json_document(conf, driver):
+    insts = [make_instance() for _ in range(3)]
+    for inst in insts:
+        driver.spawn(instance=inst, image=IMAGE)
+    driver.destroy(instance=insts[1])
+    state = json.loads(open(state_path(conf), encoding="utf-8").read())
+    assert sorted(state["instances"]) == sorted([insts[0].uuid, insts[2].uuid])
+    assert state["host"] == "test-host" and state["version"] == 1 and state["images"] == {}

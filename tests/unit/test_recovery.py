@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+import sqlalchemy as sa
 
 from tests.recovery_helpers import iscsi_info, record_instances, recover
 from virt.driver import load_driver
 from virt.errors import InvalidRequest, NotFenced
 from virt.model import PowerState
 from virt.recovery import Outcome
-from virt.recovery_journal import RecoveryJournal
+from virt.recovery_journal import Claim, ClaimLost, ClaimState, Holder, RecoveryJournal
 from virt.recovery_source import StoreSource
 from virt.store import Store
 
@@ -150,3 +153,115 @@ def test_usage_errors(conf, store):
     with pytest.raises(InvalidRequest, match="not on host"):
         recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
                 instances=("00000000-0000-0000-0000-000000000001",))
+
+
+def test_stale_claim_of_another_recoverer_is_taken_over_and_journaled(conf, store):
+    (uuid,) = record_instances(store, "host-a", 1, volumes=1)
+    dead = RecoveryJournal(store, host="host-x")
+    old = dead.claim(uuid, "host-a")
+    dead.record(old, "volumes", "started")  # then it died: no heartbeat, no spawn
+    report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
+                     claim_lease=0.2)
+    (item,) = report.instances
+    assert item.outcome == Outcome.RECOVERED
+    assert any("took the claim over from host-x" in s for s in item.steps)
+    takeovers = [e for e in RecoveryJournal(store, host="x").entries(uuid)
+                 if e["step"] == "takeover"]
+    assert {e["claim_id"] for e in takeovers} == {old.claim_id, item_claim(store, uuid)}
+    assert all("from host-x" in e["detail"] and e["actor"].startswith("host-b/")
+               for e in takeovers)
+    assert fake_driver(conf, "host-b").list_instance_uuids() == [uuid]
+
+
+def item_claim(store, uuid):
+    from virt.recovery_journal import claims
+
+    with store.transaction() as conn:
+        return conn.execute(claims.select().where(claims.c.instance_uuid == uuid)).one().claim_id
+
+
+def test_takeover_after_a_spawn_needs_the_dead_recoverers_host_fenced(conf, store):
+    (uuid,) = record_instances(store, "host-a", 1)
+    dead = RecoveryJournal(store, host="host-x")
+    claim = dead.claim(uuid, "host-a")
+    dead.record(claim, "spawn", "started")
+    report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
+                     claim_lease=0.2)
+    (item,) = report.instances
+    assert item.outcome == Outcome.RELEASED and "host-x is not known to be fenced" in item.error
+    assert report.exit_code != 0
+    fenced = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
+                     claim_lease=0.2, fence_command="true")
+    assert [i.outcome for i in fenced.instances] == [Outcome.RECOVERED]
+
+
+def test_live_claim_is_waited_for_not_taken_over(conf, store):
+    (uuid,) = record_instances(store, "host-a", 1)
+    live = RecoveryJournal(store, host="host-x")
+    claim = live.claim(uuid, "host-a")
+    stop = threading.Event()
+
+    def owner() -> None:  # heartbeats, then finishes its claim
+        for _ in range(10):
+            if stop.wait(0.05):
+                return
+            live.heartbeat()
+        live.finish(claim, ClaimState.DONE)
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    try:
+        report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
+                         claim_lease=0.2)
+    finally:
+        stop.set()
+        thread.join()
+    (item,) = report.instances
+    assert item.outcome == Outcome.SKIPPED and "recovered by host-x" in item.error
+    assert not any(e["step"] == "takeover" for e in live.entries(uuid))
+    assert fake_driver(conf, "host-b").list_instance_uuids() == []
+
+
+def test_a_recoverer_whose_claim_was_taken_over_stops(conf, store):
+    (uuid,) = record_instances(store, "host-a", 1)
+    first = RecoveryJournal(store, host="host-x")
+    claim = first.claim(uuid, "host-a")
+    second = RecoveryJournal(store, host="host-y")
+    holder = Holder.of(second.holder(uuid))
+    assert isinstance(second.claim(uuid, "host-a", take_over=holder), Claim)
+    first.note(claim, "remove-stale", "done")
+    with pytest.raises(ClaimLost, match="host-y"):
+        first.record(claim, "spawn", "started")
+    # What it did is still journaled, under its own name; the spawn never was.
+    steps = [(e["step"], e["actor"][:6]) for e in first.entries(uuid)]
+    assert ("remove-stale", "host-x") in steps and ("spawn", "host-x") not in steps
+
+
+def test_journal_batches_entries_into_few_transactions(conf, store):
+    uuids = record_instances(store, "host-a", 1, volumes=2)
+    commits: list[str] = []
+    inserts: list[str] = []
+
+    def on_commit(_conn: object) -> None:
+        commits.append("commit")
+
+    def on_execute(_conn, _cursor, statement, *_args) -> None:
+        if statement.startswith("INSERT INTO recovery_journal"):
+            inserts.append(statement)
+
+    sa.event.listen(store.engine, "commit", on_commit)
+    sa.event.listen(store.engine, "before_cursor_execute", on_execute)
+    try:
+        report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True)
+    finally:
+        sa.event.remove(store.engine, "commit", on_commit)
+        sa.event.remove(store.engine, "before_cursor_execute", on_execute)
+    assert [i.outcome for i in report.instances] == [Outcome.RECOVERED]
+    entries = RecoveryJournal(store, host="x").entries(uuids[0])
+    assert [e["step"] for e in entries if e["status"] == "done"] == [
+        "volumes", "rehome", "remove-stale", "spawn", "attach:vdb", "attach:vdc", "power",
+        "recovered"]
+    # Journal writes: before the spawn, before each attach, at the end (15 entries in all).
+    assert len(inserts) == 4 and len(entries) == 15
+    # + the claim and two reads (candidates, unfinished claims)
+    assert len(commits) == 7

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,58 @@ def test_nova_wrong_chap_leaves_instance_unclaimed(tmp_path, pg_url, iscsi_targe
     with nova.begin() as conn:
         assert conn.execute(sa.text("SELECT host FROM instances")).scalar() == "nova-a"
     nova.dispose()
+
+
+@pytest.mark.slow
+def test_claims_of_a_killed_recoverer_are_taken_over_after_the_lease(tmp_path, pg_url):  # noqa: F811
+    config = write_conf(tmp_path, pg_url, spawn_latency_ms=50)
+    with config.open("a") as handle:  # the fence check says every host is off
+        handle.write("[recovery]\nclaim_lease_seconds = 2\nfence_check_command = true\n")
+    with Store(pg_url) as store:
+        uuids = record_instances(store, "host-a", 12, volumes=1)
+    base = [*RECOVER, "--config", str(config), "--format", "json", "--failed-host", "host-a",
+            "--volume-check", "none", "--parallel", "2"]
+    # host-b SIGKILLs itself once its first attach is journaled as started: it dies holding
+    # claims (one spawned, one maybe half-way), which no heartbeat renews any more.
+    dying = subprocess.Popen([*base, "--host", "host-b"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "VIRTKIT_RECOVER_CRASH_AT": "attach:vdb:started"})
+    with Store(pg_url) as store:  # host-c starts once host-b is at work
+        while not claims_of(store, "host-b") and dying.poll() is None:
+            time.sleep(0.05)
+    survivor = subprocess.Popen([*base, "--host", "host-c"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    dying.communicate(timeout=120)
+    assert dying.returncode == -signal.SIGKILL
+    out, err = survivor.communicate(timeout=180)
+    assert survivor.returncode == 0, err
+    report = {i["uuid"]: i for i in json.loads(out)["instances"]}
+    with Store(pg_url) as store:
+        rows = {r["instance_uuid"]: r for r in claims_of(store)}
+        journal = RecoveryJournal(store, host="x")
+        takeovers = {u: [e for e in journal.entries(u) if e["step"] == "takeover"]
+                     for u in uuids}
+    assert set(rows) == set(uuids) and {r["state"] for r in rows.values()} == {"done"}
+    taken = {u for u, entries in takeovers.items() if entries}
+    assert taken, "host-b died holding claims; host-c must have taken them over"
+    for uuid in taken:
+        assert report[uuid]["outcome"] == "recovered" and rows[uuid]["target_host"] == "host-c"
+        assert all(e["actor"].startswith("host-c/") and "host-b/" in e["detail"]
+                   for e in takeovers[uuid])
+    recovered_c = {u for u, i in report.items() if i["outcome"] == "recovered"}
+    done_by_b = {u for u, r in rows.items() if r["target_host"] == "host-b"}
+    assert recovered_c | done_by_b == set(uuids) and not recovered_c & done_by_b
+    conf = build_conf(str(config))
+    state = json.loads(Path(conf.instances_path, "fake-hypervisor-host-c.json").read_text())
+    assert set(state["instances"]) == recovered_c  # each spawned once here
+    assert all(list(state["instances"][u]["block_devices"]) == ["/dev/vdb"] for u in recovered_c)
+
+
+def claims_of(store: Store, host: str | None = None) -> list[dict]:
+    from virt.recovery_journal import claims
+
+    query = claims.select()
+    if host is not None:
+        query = query.where(claims.c.target_host == host)
+    with store.transaction() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
