@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.recovery_helpers import record_instances
 from virt.config import build_conf
@@ -34,8 +36,11 @@ SPAWN_MS, VOLUME_MS, VOLUMES = 50, 20, 2
 
 
 def run(workdir: Path, driver_name: str, count: int, parallel: int, *, volumes: int,
-        image: ImageRef | None = None, **driver_opts: object) -> float:
-    """Record `count` instances on host-a, recover them as host-b; return the wall time."""
+        image: ImageRef | None = None, **driver_opts: object) -> tuple[float, int]:
+    """Record `count` instances on host-a, recover them as host-b.
+
+    Returns the wall time and the number of store transactions the recovery committed.
+    """
     state = workdir / f"{driver_name}-p{parallel}"
     conf = build_conf(overrides={"state_path": str(state), "compute_driver": driver_name})
     register_opts(conf)
@@ -53,13 +58,15 @@ def run(workdir: Path, driver_name: str, count: int, parallel: int, *, volumes: 
             host="host-b", options=RecoveryOptions(
                 failed_host="host-a", confirm_fenced=True, parallel=parallel,
                 volume_check="none"))
+        commits: list[int] = []
+        sa.event.listen(store.engine, "commit", lambda _conn: commits.append(1))
         started = time.perf_counter()
         report = recoverer.run()
         wall = time.perf_counter() - started
     bad = [i for i in report.instances if i.outcome != "recovered"]
     if bad:
         raise SystemExit(f"{len(bad)} instance(s) not recovered: {bad[0].error}")
-    return wall
+    return wall, len(commits)
 
 
 def main() -> None:
@@ -70,8 +77,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="virtkit-bench-recover-"))
     try:
         waits = dict(fake__spawn_latency_ms=SPAWN_MS, fake__volume_latency_ms=VOLUME_MS)
-        serial = run(workdir, "fake", n, 1, volumes=VOLUMES, **waits)
-        parallel = run(workdir, "fake", n, 8, volumes=VOLUMES, **waits)
+        serial, commits = run(workdir, "fake", n, 1, volumes=VOLUMES, **waits)
+        parallel, _ = run(workdir, "fake", n, 8, volumes=VOLUMES, **waits)
         simulated = n * (SPAWN_MS + VOLUMES * VOLUME_MS) / 1000.0
         overhead_ms = (serial - simulated) / n * 1000.0
         print(f"fake, {n} instances x {VOLUMES} volumes, {SPAWN_MS} ms/spawn, "
@@ -79,13 +86,14 @@ def main() -> None:
         print(f"  --parallel 1: {serial:.2f} s (simulated waits {simulated:.2f} s)")
         print(f"  --parallel 8: {parallel:.2f} s")
         print(f"  virtkit overhead per instance: {overhead_ms:.2f} ms (goal <= 5 ms)")
+        print(f"  store transactions per instance: {commits / n:.1f}")
         disk = workdir / "base.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
         image = ImageRef(str(disk))
         uri = dict(libvirt__connection_uri="test:///default",
                    libvirt__images_path=str(workdir / "images"))
-        lv1 = run(workdir, "libvirt", n, 1, volumes=0, image=image, **uri)
-        lv8 = run(workdir, "libvirt", n, 8, volumes=0, image=image, **uri)
+        lv1, _ = run(workdir, "libvirt", n, 1, volumes=0, image=image, **uri)
+        lv8, _ = run(workdir, "libvirt", n, 8, volumes=0, image=image, **uri)
         print(f"libvirt test:///default, {n} instances: --parallel 1 {lv1:.2f} s "
               f"({lv1 / n * 1000:.2f} ms/instance), --parallel 8 {lv8:.2f} s")
         print(f"speed-up --parallel 8 vs 1 (fake, goal >= 5x): {serial / parallel:.2f}x")
