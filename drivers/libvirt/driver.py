@@ -21,6 +21,7 @@ from drivers.libvirt.volumes import IscsiNativeVolumes, PreparedVolume
 from virt.driver import Capability, ComputeDriver
 from virt.errors import (
     ConfigError,
+    HypervisorUnavailable,
     InstanceExists,
     InstanceNotFound,
     InstanceNotRunning,
@@ -129,7 +130,8 @@ class LibvirtDriver(ComputeDriver):
         self._opts = opts
         self._instances_path = conf.instances_path
         self._cache = images.ImageCache(opts.images_path)
-        self._dispatcher = lifecycle.EventDispatcher(self.emit_event, opts.stopped_event_delay)
+        self._dispatcher = lifecycle.EventDispatcher(self.emit_event, opts.stopped_event_delay,
+                                                     observe=self._observe_event)
         self._host = Host(
             opts.connection_uri,
             on_lifecycle=self._dispatcher.push,
@@ -144,6 +146,10 @@ class LibvirtDriver(ComputeDriver):
     @property
     def host(self) -> Host:
         return self._host
+
+    def _observe_event(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain,
+                       event: int) -> None:
+        self._host.observe(conn, uuid, dom, event)
 
     # -- host ------------------------------------------------------------------------------
 
@@ -239,17 +245,29 @@ class LibvirtDriver(ComputeDriver):
         return self._call(lambda c: [d.UUIDString() for d in c.listAllDomains(0)], "list domains")
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
-        def info(dom: libvirt.virDomain) -> InstanceInfo:
-            state, max_kb, mem_kb, ncpu, cpu_ns = dom.info()
-            saved = state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0) == 1
-            return InstanceInfo(state=lifecycle.power_state(state, saved),
-                                internal_id=str(dom.ID()), max_mem_kb=max_kb, mem_kb=mem_kb,
-                                num_cpu=ncpu, cpu_time_ns=cpu_ns)
+        """The instance's state; UNKNOWN (not an error) while libvirtd is unreachable."""
+        try:
+            return self._on_domain(instance, self._info, "read its state")
+        except HypervisorUnavailable as exc:
+            LOG.debug("state of %s unknown: %s", instance.uuid, exc.message)
+            return InstanceInfo(state=PowerState.UNKNOWN)
 
-        return self._on_domain(instance, info, "read its state")
+    def _info(self, dom: libvirt.virDomain) -> InstanceInfo:
+        state, max_kb, mem_kb, ncpu, cpu_ns = dom.info()
+        dom_id = dom.ID()
+        if (dom_id < 0) != (state == libvirt.VIR_DOMAIN_SHUTOFF) and \
+                state != libvirt.VIR_DOMAIN_CRASHED:
+            # A kept handle from before the domain was started or stopped elsewhere (its
+            # event not yet seen) carries an old ID: look the domain up again for it.
+            fresh = self._host.lookup(dom.connect(), dom.UUIDString(), fresh=True)
+            dom_id = fresh.ID() if fresh is not None else -1
+        saved = state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0) == 1
+        return InstanceInfo(state=lifecycle.power_state(state, saved), internal_id=str(dom_id),
+                            max_mem_kb=max_kb, mem_kb=mem_kb, num_cpu=ncpu, cpu_time_ns=cpu_ns)
 
     def instance_exists(self, *, instance: Instance) -> bool:
-        return self._call(lambda c: _lookup(c, instance.uuid) is not None, "look up a domain")
+        return self._call(lambda c: self._host.lookup(c, instance.uuid, fresh=True) is not None,
+                          "look up a domain")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -269,29 +287,30 @@ class LibvirtDriver(ComputeDriver):
         if self.instance_exists(instance=instance):
             raise InstanceExists(instance.uuid)
         virt_type = self._domain_type()
+        cache_mode = self._cache_mode()
         disks = images.create_instance_disks(self._cache, self._instances_path, instance.uuid,
                                              image, instance.flavor)
         prepared: list[PreparedVolume] = []
         defined = False
         try:
             for bdm in block_devices:
-                prepared.append(self._volumes.prepare(instance, bdm, cache=self._cache_mode()))
+                prepared.append(self._volumes.prepare(instance, bdm, cache=cache_mode))
             domain = designer.domain_for(
                 instance=instance, image=image, virt_type=virt_type, disks=disks,
-                volume_disks=[p.disk for p in prepared], vifs=vifs,
-                cache_mode=self._cache_mode())
+                volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode)
             domain_xml = domain.to_xml()
 
             def define(conn: libvirt.virConnect) -> None:
                 nonlocal defined
                 dom = conn.defineXML(domain_xml)
                 defined = True
+                self._host.remember(conn, instance.uuid, dom)
                 if power_on:
                     dom.createWithFlags(0)
 
             self._host.call(define, idempotent=False)
         except BaseException as exc:
-            self._rollback_spawn(instance, disks.directory, prepared, defined)
+            self._rollback_spawn(instance, disks, prepared, defined)
             if isinstance(exc, libvirt.libvirtError):
                 raise SpawnError(f"spawning {instance.name} ({instance.uuid}) failed: "
                                  f"{exc.get_error_message()}") from None
@@ -299,7 +318,7 @@ class LibvirtDriver(ComputeDriver):
         LOG.info("spawned %s (%s)%s", instance.name, instance.uuid,
                  "" if power_on else " without starting it")
 
-    def _rollback_spawn(self, instance: Instance, directory: str,
+    def _rollback_spawn(self, instance: Instance, disks: images.InstanceDisks,
                         prepared: list[PreparedVolume], defined: bool) -> None:
         if defined:
             try:
@@ -313,7 +332,7 @@ class LibvirtDriver(ComputeDriver):
                 except (libvirt.libvirtError, VirtError) as exc:
                     LOG.error("rollback of %s: cannot remove secret %s: %s", instance.uuid,
                               volume.secret_usage, exc)
-        images.remove_instance_dir(directory)
+        images.remove_created(disks)  # never disks that were there before this spawn
 
     def destroy(
         self,
@@ -332,16 +351,23 @@ class LibvirtDriver(ComputeDriver):
 
     def _remove_domain(self, conn: libvirt.virConnect, uuid: str) -> str | None:
         """Stop and undefine the domain; its last XML, or None if there was none."""
-        dom = _lookup(conn, uuid)
+        dom = self._host.lookup(conn, uuid)
         if dom is None:
             return None
-        definition: str = dom.XMLDesc(0)
         try:
-            dom.destroy()
+            definition: str = dom.XMLDesc(0)
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_OPERATION_INVALID:  # not running
+                    raise
+            self._undefine(dom)
         except libvirt.libvirtError as exc:
-            if _code(exc) != libvirt.VIR_ERR_OPERATION_INVALID:  # not running
+            if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
-        self._undefine(dom)
+            return None  # gone meanwhile (or a kept handle outlived it): nothing to remove
+        finally:
+            self._host.forget(uuid)
         return definition
 
     def _undefine(self, dom: libvirt.virDomain) -> None:
@@ -500,8 +526,9 @@ class LibvirtDriver(ComputeDriver):
         self._volumes.validate(block_device)
         definition = self._definition(instance)
         if any(d.target_dev == block_device.device_name for d in definition.disks):
-            raise InvalidRequest(f"instance {instance.uuid} already has a disk at "
-                                 f"{block_device.mountpoint}", hint="choose a free device name")
+            # The conformance contract: a second attach of a volume is a VolumeError.
+            raise VolumeError(f"instance {instance.uuid} already has a disk at "
+                              f"{block_device.mountpoint}", hint="choose a free device name")
         prepared = self._volumes.prepare(instance, block_device, cache=self._cache_mode())
         disk_xml = xml.Disk.to_element(prepared.disk)
 
@@ -594,28 +621,23 @@ class LibvirtDriver(ComputeDriver):
 
     def _on_domain(self, instance: Instance, fn: Callable[[libvirt.virDomain], T], what: str,
                    *, idempotent: bool = True) -> T:
-        """Look the domain up by UUID on the current connection and run `fn` on it."""
+        """Run `fn` on the instance's domain (its kept handle, or one lookup by UUID)."""
+        uuid = instance.uuid
+        host = self._host
+
         def run(conn: libvirt.virConnect) -> T:
-            dom = _lookup(conn, instance.uuid)
+            dom = host.lookup(conn, uuid)
             if dom is None:
-                raise InstanceNotFound(instance.uuid)
+                raise InstanceNotFound(uuid)
             return fn(dom)
 
         try:
-            return self._host.call(run, idempotent=idempotent)
+            return host.call(run, idempotent=idempotent)
         except libvirt.libvirtError as exc:
             if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
-                raise InstanceNotFound(instance.uuid) from None
-            raise _engine_error(exc, f"{what} ({instance.uuid})") from None
-
-
-def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
-    try:
-        return conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as exc:
-        if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
+                host.forget(uuid)
+                raise InstanceNotFound(uuid) from None
+            raise _engine_error(exc, f"{what} ({uuid})") from None
 
 
 def _engine_error(exc: libvirt.libvirtError, what: str) -> VirtError:

@@ -22,8 +22,9 @@ from virt.errors import HypervisorUnavailable
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: (domain uuid, libvirt event, libvirt detail) for each lifecycle event.
-LifecycleCallback = Callable[[str, int, int], None]
+#: (domain handle, libvirt event, libvirt detail, connection) for each lifecycle event.
+#: Called on libvirt's event thread, which it must not hold up.
+LifecycleCallback = Callable[[libvirt.virDomain, int, int, libvirt.virConnect], None]
 
 
 class _EventLoop:
@@ -99,6 +100,11 @@ class Host:
         self._lost = threading.Event()
         self._watcher: threading.Thread | None = None
         self.reconnects = 0
+        # Domain handles by UUID, valid for `_handles_conn` only (see `lookup`).
+        self._handles: dict[str, libvirt.virDomain] = {}
+        self._handles_conn: libvirt.virConnect | None = None
+        self._event_ids: dict[libvirt.virConnect, int] = {}
+        self._dead: list[libvirt.virConnect] = []  # lost connections not yet released
 
     # -- connection ------------------------------------------------------------------------
 
@@ -147,7 +153,7 @@ class Host:
         except libvirt.libvirtError as exc:
             LOG.debug("close callback not available on %s: %s", self.uri, exc)
         if self._on_lifecycle is not None:
-            conn.domainEventRegisterAny(
+            self._event_ids[conn] = conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None)
         self._lost.clear()
         self._ensure_watcher()
@@ -158,6 +164,8 @@ class Host:
         # Runs on the event-loop thread: no libvirt calls here, only hand over.
         if conn is self._conn or self._conn is None:
             self._conn = None
+            self._handles, self._handles_conn = {}, None
+            self._dead.append(conn)  # released by the watcher thread
             self._lost.set()
 
     def _drop(self, conn: libvirt.virConnect) -> None:
@@ -166,11 +174,25 @@ class Host:
             if not current:
                 return
             self._conn = None
+            self._handles, self._handles_conn = {}, None
             self._lost.set()
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+        self._release(conn)
+
+    def _release(self, conn: libvirt.virConnect) -> None:
+        """Deregister our callbacks from `conn` and close it.
+
+        Each callback holds a reference on the connection: without this, close() leaves it
+        open and its callbacks keep firing (and costing) for every later domain event.
+        """
+        event_id = self._event_ids.pop(conn, None)
+        steps: list[Callable[[], object]] = [conn.unregisterCloseCallback, conn.close]
+        if event_id is not None:
+            steps.insert(0, lambda: conn.domainEventDeregisterAny(event_id))
+        for step in steps:
+            try:
+                step()
+            except libvirt.libvirtError:
+                pass  # a dead connection refuses; closing it still frees it
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None or not self._watcher.is_alive():
@@ -184,6 +206,8 @@ class Host:
             self._lost.wait()
             if self._closed:
                 return
+            for dead in self._take_dead():
+                self._release(dead)
             with self._lock:
                 if self._conn is not None:
                     self._lost.clear()
@@ -197,25 +221,77 @@ class Host:
                     pass
             threading.Event().wait(self._reconnect_interval)
 
-    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+    def _lifecycle_cb(self, conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        # No libvirt call here (not even dom.UUIDString()): each one releases and re-takes
+        # the GIL on this thread, contending with the threads making the driver's calls.
         if self._on_lifecycle is not None:
-            self._on_lifecycle(dom.UUIDString(), event, detail)
+            self._on_lifecycle(dom, event, detail, conn)
+
+    def observe(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain,
+                event: int) -> None:
+        """Keep the handle cache in step with a lifecycle event (off the event thread)."""
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+            self._handles.pop(uuid, None)
+        elif conn is self._handles_conn and uuid in self._handles:
+            # The event's handle carries the domain's current ID: keep it instead of ours.
+            self._handles[uuid] = dom
 
     def close(self) -> None:
         """Close the connection and stop reconnecting; the Host may not be used afterwards."""
         with self._lock:
             self._closed = True
             conn, self._conn = self._conn, None
+            self._handles, self._handles_conn = {}, None
             self._lost.set()
+        for dead in self._take_dead():
+            self._release(dead)
         if conn is not None:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+            self._release(conn)
+
+    def _take_dead(self) -> list[libvirt.virConnect]:
+        dead, self._dead = self._dead, []
+        return dead
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    # -- domain handles --------------------------------------------------------------------
+
+    def lookup(self, conn: libvirt.virConnect, uuid: str, *, fresh: bool = False
+               ) -> libvirt.virDomain | None:
+        """The domain with this UUID on `conn`, or None if there is none.
+
+        Handles are kept: libvirt resolves every call on a handle by UUID on the server,
+        so a kept handle saves a lookup round trip per call. A call on the handle of a
+        domain that is gone fails with VIR_ERR_NO_DOMAIN; the caller then `forget`s it.
+        `fresh` asks libvirt even when a handle is kept (existence checks).
+        """
+        handles = self._handles_for(conn)
+        dom = None if fresh else handles.get(uuid)
+        if dom is None:
+            try:
+                dom = conn.lookupByUUIDString(uuid)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                handles.pop(uuid, None)
+                return None
+            handles[uuid] = dom
+        return dom
+
+    def remember(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain) -> None:
+        """Keep the handle libvirt returned when the domain was defined."""
+        self._handles_for(conn)[uuid] = dom
+
+    def _handles_for(self, conn: libvirt.virConnect) -> dict[str, libvirt.virDomain]:
+        if self._handles_conn is not conn:  # a new connection: the old handles are dead
+            self._handles, self._handles_conn = {}, conn
+        return self._handles
+
+    def forget(self, uuid: str) -> None:
+        """Drop the kept handle of a domain that was undefined or found gone."""
+        self._handles.pop(uuid, None)
 
     # -- calls -----------------------------------------------------------------------------
 

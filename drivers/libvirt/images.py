@@ -11,12 +11,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from drivers.libvirt import qcow2
 from virt.errors import ImageError, ImageNotFound, InvalidRequest
 from virt.model import Flavor, ImageRef
 
+LOG = logging.getLogger(__name__)
 GIB = 1024**3
 MIB = 1024**2
 #: Bound on every qemu-img/mkfs run: a hung tool must not hang the driver.
@@ -62,13 +65,21 @@ class ImageCache:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._known: dict[str, CachedImage] = {}
+        # (kind, path as given, device, inode, size, mtime) -> cached copy: a repeat spawn
+        # from the same unchanged file costs one stat, not a realpath walk and a hash.
+        self._by_stat: dict[tuple[str, str, int, int, int, int], CachedImage] = {}
 
     def fetch(self, source: str, declared_format: str | None = None) -> CachedImage:
         """The cached copy of the disk image `source`, copying it in on first use."""
         st = self._stat(source, "image")
+        ident = ("image", source, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._by_stat.get(ident)
+        if cached is not None:
+            return cached
         key = self._key(source, st)
         cached = self._known.get(key)
         if cached is not None:
+            self._by_stat[ident] = cached
             return cached
         with self._lock, self._file_lock():
             meta_path = self.root / f"{key}.json"
@@ -83,19 +94,24 @@ class ImageCache:
                     {"source": source, "format": cached.format,
                      "virtual_size": cached.virtual_size}))
             self._known[key] = cached
+            self._by_stat[ident] = cached
             return cached
 
     def fetch_file(self, source: str, what: str) -> str:
         """The cached copy of a kernel or ramdisk file."""
         st = self._stat(source, what)
+        ident = ("file", source, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._by_stat.get(ident)
+        if cached is not None:
+            return cached.path
         key = self._key(source, st)
         target = self.root / key
-        if str(target) in self._known:
-            return str(target)
-        with self._lock, self._file_lock():
-            if not target.exists():
-                self._copy_in(source, target)
-        self._known[str(target)] = CachedImage(str(target), "raw", st.st_size)
+        if str(target) not in self._known:
+            with self._lock, self._file_lock():
+                if not target.exists():
+                    self._copy_in(source, target)
+            self._known[str(target)] = CachedImage(str(target), "raw", st.st_size)
+        self._by_stat[ident] = self._known[str(target)]
         return str(target)
 
     @staticmethod
@@ -107,7 +123,7 @@ class ImageCache:
                                 hint="give the path of a local qcow2 or raw file") from None
         except OSError as exc:
             raise ImageError(f"{what} file {source} cannot be read: {exc.strerror}") from None
-        if not os.path.isfile(source):
+        if not stat.S_ISREG(st.st_mode):
             raise ImageError(f"{what} {source} is not a regular file")
         return st
 
@@ -166,6 +182,10 @@ class InstanceDisks:
     swap: str | None = None
     kernel: str | None = None
     ramdisk: str | None = None
+    #: Files this spawn made (a rollback removes these and nothing else).
+    created: tuple[str, ...] = ()
+    #: Whether this spawn made the directory itself (then a rollback removes all of it).
+    made_directory: bool = True
 
     @property
     def console_log(self) -> str:
@@ -181,48 +201,117 @@ def create_instance_disks(
 ) -> InstanceDisks:
     """Cache the image, then create the instance directory and its disks.
 
-    On failure whatever this created is removed before the error propagates.
+    Disks already in the directory (shared instance storage: an instance recovered on
+    another host) are reused when valid, never overwritten. On failure whatever this call
+    created is removed before the error propagates; what was there before stays.
     """
     base = cache.fetch(image.ref, image.disk_format)
     kernel = cache.fetch_file(image.kernel, "kernel") if image.kernel else None
     ramdisk = cache.fetch_file(image.ramdisk, "ramdisk") if image.ramdisk else None
-    size = base.virtual_size
-    if flavor.root_gb:
-        if flavor.root_gb * GIB < base.virtual_size:
-            raise InvalidRequest(
-                f"flavor {flavor.name} has root_gb={flavor.root_gb}, smaller than image "
-                f"{image.ref} ({base.virtual_size} bytes)",
-                hint="choose a flavor with a larger root disk",
-            )
-        size = flavor.root_gb * GIB
+    size = _root_size(base, flavor, image)
     directory = instance_dir(instances_path, uuid)
-    try:
-        os.makedirs(directory, mode=0o711)
-    except FileExistsError:
-        raise InvalidRequest(f"instance directory {directory} already exists",
-                             hint="destroy the old instance with this uuid first") from None
+    made_directory = _make_directory(instances_path, directory)
+    created: list[str] = []
     try:
         root = os.path.join(directory, "disk")
-        qcow2.write_overlay(root, backing_file=base.path, backing_format=base.format, size=size)
-        disks = InstanceDisks(
-            directory=directory,
-            root=root,
-            ephemeral=_blank_disk(directory, "disk.eph0", flavor.ephemeral_gb * GIB, "ext4")
-            if flavor.ephemeral_gb else None,
-            swap=_blank_disk(directory, "disk.swap", flavor.swap_mb * MIB, "swap")
-            if flavor.swap_mb else None,
-            kernel=_copy(kernel, directory, "kernel") if kernel else None,
-            ramdisk=_copy(ramdisk, directory, "ramdisk") if ramdisk else None,
-        )
+        if made_directory or not _reusable_root(uuid, root):
+            qcow2.write_overlay(root, backing_file=base.path, backing_format=base.format,
+                                size=size)
+            created.append(root)
+        ephemeral = swap = kernel_copy = ramdisk_copy = None
+        if flavor.ephemeral_gb:
+            ephemeral = _keep_or_make(created, os.path.join(directory, "disk.eph0"),
+                                      lambda p: _blank_disk(p, flavor.ephemeral_gb * GIB, "ext4"))
+        if flavor.swap_mb:
+            swap = _keep_or_make(created, os.path.join(directory, "disk.swap"),
+                                 lambda p: _blank_disk(p, flavor.swap_mb * MIB, "swap"))
+        if kernel:
+            kernel_copy = _keep_or_make(created, os.path.join(directory, "kernel"),
+                                        lambda p: shutil.copyfile(kernel, p))
+        if ramdisk:
+            ramdisk_copy = _keep_or_make(created, os.path.join(directory, "ramdisk"),
+                                         lambda p: shutil.copyfile(ramdisk, p))
     except BaseException:
-        remove_instance_dir(directory)
+        remove_created(InstanceDisks(directory, "", created=tuple(created),
+                                     made_directory=made_directory))
         raise
-    return disks
+    return InstanceDisks(directory=directory, root=root, ephemeral=ephemeral, swap=swap,
+                         kernel=kernel_copy, ramdisk=ramdisk_copy, created=tuple(created),
+                         made_directory=made_directory)
 
 
-def _blank_disk(directory: str, name: str, size: int, fs: str) -> str:
+def _root_size(base: CachedImage, flavor: Flavor, image: ImageRef) -> int:
+    if not flavor.root_gb:
+        return base.virtual_size
+    if flavor.root_gb * GIB < base.virtual_size:
+        raise InvalidRequest(
+            f"flavor {flavor.name} has root_gb={flavor.root_gb}, smaller than image "
+            f"{image.ref} ({base.virtual_size} bytes)",
+            hint="choose a flavor with a larger root disk",
+        )
+    return flavor.root_gb * GIB
+
+
+def _make_directory(instances_path: str, directory: str) -> bool:
+    """Create the instance directory; False if it was already there."""
+    try:
+        os.mkdir(directory, 0o711)
+        return True
+    except FileNotFoundError:
+        os.makedirs(instances_path, mode=0o711, exist_ok=True)
+        os.mkdir(directory, 0o711)
+        return True
+    except FileExistsError:
+        if not os.path.isdir(directory):
+            raise ImageError(f"{directory} exists and is not a directory") from None
+        return False
+
+
+def _reusable_root(uuid: str, root: str) -> bool:
+    """True if an earlier root disk is there and usable; ImageError if it is there but not.
+
+    A disk that cannot be used is reported, never replaced: it may hold the only copy of
+    the instance's data.
+    """
+    try:
+        header = qcow2.read_header(root)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ImageError(f"instance {uuid}: its existing root disk {root} cannot be read: "
+                         f"{exc.strerror}", hint="repair or remove it; virtkit leaves it as is"
+                         ) from None
+    if header.format != "qcow2":
+        raise ImageError(f"instance {uuid}: its existing root disk {root} is not qcow2",
+                         hint="repair or remove it; virtkit leaves it as is")
+    if header.backing_file:
+        backing = os.path.join(os.path.dirname(root), header.backing_file)
+        if not os.path.isfile(backing):
+            raise ImageError(
+                f"instance {uuid}: its existing root disk {root} is backed by "
+                f"{header.backing_file}, which is not reachable from this host",
+                hint="make the image cache reachable at that path (shared images_path) "
+                "or rebase the disk; virtkit leaves it as is")
+    LOG.info("instance %s: reusing its existing root disk %s (backing file %s)", uuid, root,
+             header.backing_file or "none")
+    return True
+
+
+def _keep_or_make(created: list[str], path: str, make: Callable[[str], object]) -> str:
+    """`path` if it already exists (reused), else made by `make` and recorded in `created`."""
+    if os.path.exists(path):
+        LOG.info("reusing the existing %s", path)
+        return path
+    try:
+        make(path)
+    finally:
+        if os.path.exists(path):
+            created.append(path)
+    return path
+
+
+def _blank_disk(path: str, size: int, fs: str) -> None:
     """A sparse raw file formatted as `fs` (ext4 for ephemeral, swap)."""
-    path = os.path.join(directory, name)
     with open(path, "wb") as f:
         f.truncate(size)
     if fs == "swap":
@@ -231,18 +320,41 @@ def _blank_disk(directory: str, name: str, size: int, fs: str) -> str:
         run_tool(["mkfs.ext4", "-q", "-F", "-L", "ephemeral0",
                   "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path],
                  what="formatting the ephemeral disk")
-    return path
 
 
-def _copy(source: str, directory: str, name: str) -> str:
-    target = os.path.join(directory, name)
-    shutil.copyfile(source, target)
-    return target
+def remove_created(disks: InstanceDisks) -> None:
+    """Undo `create_instance_disks`: only what it created, never disks that were there."""
+    if disks.made_directory:
+        remove_instance_dir(disks.directory)
+        return
+    for path in disks.created:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def remove_instance_dir(directory: str) -> None:
     """Remove an instance's directory and everything in it; a no-op if it is gone."""
-    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    # The directory holds plain files (disks, logs): unlink them directly instead of
+    # rmtree's descriptor walk, which costs several times as many system calls.
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def snapshot_disk(disk: str, images_path: str, name: str) -> ImageRef:

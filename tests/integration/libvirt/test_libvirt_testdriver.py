@@ -12,6 +12,8 @@ import pytest
 from drivers.libvirt.driver import LibvirtDriver
 from virt.config import build_conf
 from virt.errors import (
+    HypervisorUnavailable,
+    ImageError,
     ImageNotFound,
     InstanceExists,
     InstanceNotFound,
@@ -188,3 +190,99 @@ def test_destroy_keeps_disks_when_asked(driver, base, tmp_path):
     driver.spawn(instance=inst, image=base)
     driver.destroy(instance=inst, destroy_disks=False)
     assert (tmp_path / "state" / "instances" / inst.uuid / "disk").exists()
+
+
+def _disk_identity(path):
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def test_spawn_reuses_existing_disks_on_shared_storage(driver, base, tmp_path, caplog):
+    """A recovered instance's disks already exist under instances_path: spawn uses them."""
+    inst = _instance()
+    driver.spawn(instance=inst, image=base)
+    driver.destroy(instance=inst, destroy_disks=False)
+    disk = tmp_path / "state" / "instances" / inst.uuid / "disk"
+    before = _disk_identity(disk)
+    with caplog.at_level("INFO", logger="drivers.libvirt.images"):
+        driver.spawn(instance=inst, image=base)
+    assert driver.get_info(instance=inst).state is PowerState.RUNNING
+    assert _disk_identity(disk) == before, "the existing root disk was rewritten"
+    assert any("reusing its existing root disk" in r.getMessage() for r in caplog.records)
+    defined = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
+    assert str(disk) in defined
+
+
+def test_failed_spawn_leaves_existing_disks_intact(driver, base, tmp_path):
+    inst = _instance()
+    driver.spawn(instance=inst, image=base)
+    driver.destroy(instance=inst, destroy_disks=False)
+    directory = tmp_path / "state" / "instances" / inst.uuid
+    disk = directory / "disk"
+    before = _disk_identity(disk)
+    # Another domain now holds the name: libvirt refuses the define, spawn rolls back.
+    other = _instance(name=inst.name)
+    driver.spawn(instance=other, image=base)
+    with pytest.raises(SpawnError, match="already"):
+        driver.spawn(instance=inst, image=base)
+    assert not driver.instance_exists(instance=inst)
+    assert _disk_identity(disk) == before and directory.is_dir()
+    # A disk whose backing file is gone is reported, not replaced.
+    driver.destroy(instance=other)
+    broken = _instance()
+    broken_dir = tmp_path / "state" / "instances" / broken.uuid
+    broken_dir.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b",
+                    str(tmp_path / "gone.qcow2"), str(broken_dir / "disk"), "16M"],
+                   check=True, timeout=60)
+    broken_before = _disk_identity(broken_dir / "disk")
+    with pytest.raises(ImageError, match="not reachable"):
+        driver.spawn(instance=broken, image=base)
+    assert _disk_identity(broken_dir / "disk") == broken_before
+    assert not driver.instance_exists(instance=broken)
+
+
+def test_unreachable_libvirtd_state_is_unknown(tmp_path):
+    """No libvirtd behind the URI: get_info reads UNKNOWN, every other call raises."""
+    conf = build_conf(overrides={"state_path": str(tmp_path / "state")})
+    LibvirtDriver.register_opts(conf)
+    conf.set_override("connection_uri", f"qemu+unix:///system?socket={tmp_path}/none.sock",
+                      group="libvirt")
+    conf.set_override("virt_type", "qemu", group="libvirt")
+    drv = LibvirtDriver(conf)
+    try:
+        inst = _instance()
+        assert drv.get_info(instance=inst).state is PowerState.UNKNOWN
+        for call in (drv.list_instances, drv.list_instance_uuids):
+            with pytest.raises(HypervisorUnavailable):
+                call()
+        with pytest.raises(HypervisorUnavailable):
+            drv.instance_exists(instance=inst)
+        with pytest.raises(HypervisorUnavailable):
+            drv.power_on(instance=inst)
+    finally:
+        drv.cleanup_host(host="test-host")
+
+
+def test_kept_domain_handles_follow_changes_made_elsewhere(driver, base):
+    """get_info keeps domain handles; changes by another client still read correctly."""
+    inst = _instance()
+    driver.spawn(instance=inst, image=base)
+    assert driver.get_info(instance=inst).state is PowerState.RUNNING
+    other = libvirt.open("test:///default")
+    try:
+        dom = other.lookupByUUIDString(inst.uuid)
+        dom.destroy()
+        info = driver.get_info(instance=inst)
+        assert info.state is PowerState.SHUTDOWN and info.internal_id == "-1"
+        dom.create()
+        info = driver.get_info(instance=inst)
+        assert info.state is PowerState.RUNNING
+        assert info.internal_id == str(other.lookupByUUIDString(inst.uuid).ID())
+        dom.destroy()
+        dom.undefine()
+        with pytest.raises(InstanceNotFound):
+            driver.get_info(instance=inst)
+        assert not driver.instance_exists(instance=inst)
+    finally:
+        other.close()

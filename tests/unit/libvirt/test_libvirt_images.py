@@ -117,3 +117,26 @@ def test_snapshot_is_standalone(tmp_path, base):
         images.snapshot_disk(str(overlay), str(tmp_path / "images"), "snap-1")
     with pytest.raises(InvalidRequest, match="invalid"):
         images.snapshot_disk(str(overlay), str(tmp_path / "images"), "../x")
+
+
+def test_existing_disks_are_reused_and_never_rolled_back(tmp_path, base):
+    cache = images.ImageCache(str(tmp_path / "cache"))
+    flavor = Flavor("f", 1, 64, root_gb=1, swap_mb=16)
+    first = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
+                                         ImageRef(str(base)), flavor)
+    assert first.made_directory and set(first.created) == {first.root, first.swap}
+    root_ino = os.stat(first.root).st_ino
+    os.unlink(first.swap)  # the swap disk went missing: only it is made again
+    again = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
+                                         ImageRef(str(base)), flavor)
+    assert not again.made_directory and again.created == (again.swap,)
+    assert os.stat(again.root).st_ino == root_ino
+    images.remove_created(again)  # a rollback of the second spawn
+    assert os.path.exists(again.root) and not os.path.exists(again.swap)
+    # A root disk that is not qcow2 is reported and left alone.
+    with open(again.root, "wb") as f:
+        f.write(b"not a disk")
+    with pytest.raises(ImageError, match="not qcow2"):
+        images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
+                                     ImageRef(str(base)), flavor)
+    assert open(again.root, "rb").read() == b"not a disk"
