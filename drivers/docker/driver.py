@@ -10,6 +10,7 @@ import platform
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -20,6 +21,7 @@ from oslo_config import cfg
 from drivers.docker import guest, images, spec, states
 from drivers.docker.client import Engine, api_error_text
 from drivers.docker.events import EventWatcher
+from drivers.docker.forced import ForcedStops
 from drivers.docker.options import GROUP, OPTS
 from virt.driver import Capability, ComputeDriver
 from virt.errors import (
@@ -80,6 +82,14 @@ class DockerDriver(ComputeDriver):
         self._root_limit: bool | None = None
         self._watcher: EventWatcher | None = None
         self._lock = threading.Lock()
+        self._forced = ForcedStops(self._forced_path(self._host))
+
+    def _forced_path(self, host: str) -> Path | None:
+        state_path = getattr(self.conf, "state_path", None)
+        if not state_path:
+            return None
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in host)
+        return Path(state_path) / "docker" / f"forced-stops-{safe}.json"
 
     @property
     def _opts(self) -> Any:
@@ -98,6 +108,8 @@ class DockerDriver(ComputeDriver):
     # -- host ------------------------------------------------------------------------------
 
     def init_host(self, *, host: str) -> None:
+        if host != self._host:
+            self._forced = ForcedStops(self._forced_path(host))
         self._host = host
         self._engine.check()
         self._info(refresh=True)
@@ -184,10 +196,40 @@ class DockerDriver(ComputeDriver):
         return sorted((entry.get("Labels") or {})[spec.LABEL_UUID] for entry in self._list())
 
     def _states(self) -> dict[str, PowerState]:
-        return {
-            (entry.get("Labels") or {})[spec.LABEL_UUID]: states.from_list_entry(entry)
-            for entry in self._list()
-        }
+        """uuid -> PowerState of every container of this host (the watcher's resync).
+
+        Running, paused and created containers read from the list; an exited or dead one is
+        inspected, so that its state is the one get_info reports (OOMKilled, exit code,
+        the driver's own forced stops).
+        """
+        result: dict[str, PowerState] = {}
+        for entry in self._list():
+            uuid = (entry.get("Labels") or {})[spec.LABEL_UUID]
+            if not states.needs_inspect(str(entry.get("State", ""))):
+                result[uuid] = states.from_list_entry(entry)
+                continue
+            with self._engine.translate("inspect a stopped container"):
+                try:
+                    data = self._engine.api.inspect_container(entry["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed since the list call: it is gone
+            result[uuid] = self._state(data)
+        return result
+
+    def _exit_state(self, container_id: str, exit_code: int, oom: bool) -> PowerState:
+        """The state of a container after a `die` event (the event watcher asks).
+
+        Inspected, like get_info, while it stays stopped; a container already removed or
+        started again is read from the event (exit code, OOM event, forced-stop record).
+        """
+        with self._engine.translate("inspect a container that died"):
+            try:
+                data = self._engine.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                data = None
+        if data is not None and states.needs_inspect(str((data.get("State") or {}).get("Status"))):
+            return self._state(data)
+        return states.exit_state(exit_code, oom, forced=self._forced.has(container_id))
 
     def _is_ours(self, data: dict[str, Any] | None, instance: Instance) -> bool:
         labels = ((data or {}).get("Config") or {}).get("Labels") or {}
@@ -241,7 +283,7 @@ class DockerDriver(ComputeDriver):
         memory = int(host_config.get("Memory") or 0)
         nano_cpus = int(host_config.get("NanoCpus") or 0)
         return InstanceInfo(
-            state=states.from_inspect(data.get("State") or {}),
+            state=self._state(data),
             internal_id=str(data.get("Id")),
             max_mem_kb=memory // 1024 or None,
             num_cpu=math.ceil(nano_cpus / spec.NANO) or None,
@@ -368,12 +410,21 @@ class DockerDriver(ComputeDriver):
         return SpawnError(f"docker could not create the container of {_ident(instance)}: {text}")
 
     def _start_checked(self, instance: Instance, container_id: str) -> None:
-        """Start, then make sure the container did not exit at once (its output in the error)."""
+        """Start, then make sure the container did not exit at once (its output in the error).
+
+        An inspect right after start races with the exit: dockerd may not have noticed yet
+        that the process ended. So the driver asks dockerd to wait for the container to stop
+        (`wait condition=not-running`), bounded by `[docker] start_check_seconds`: if it
+        stops within that window the spawn fails; if the wait expires, a last inspect must
+        still read it running (this also tells an expired wait from a daemon gone away).
+        """
         api = self._engine.api
+        window = float(self._opts.start_check_seconds)
         with self._engine.translate(f"start the container of {_ident(instance)}"):
             api.start(container_id)
+            self._wait_stopped(container_id, window)
             state = api.inspect_container(container_id).get("State") or {}
-        if state.get("Running"):
+        if state.get("Running") and not state.get("Restarting"):
             return
         with self._engine.translate(f"read the log of {_ident(instance)}"):
             tail = api.logs(container_id, stdout=True, stderr=True, tail=_SPAWN_LOG_LINES)
@@ -413,20 +464,34 @@ class DockerDriver(ComputeDriver):
         data = self._find(instance)
         if data is None:
             return
+        cid = str(data["Id"])
+        running = self._state(data) in states.ON_STATES
+        if running:  # rm -f SIGKILLs it: a stop, not a crash, in the die event it causes
+            self._record_forced(data, persist=False)
         with self._engine.translate(f"remove the container of {_ident(instance)}"):
             try:
-                self._engine.api.remove_container(data["Id"], force=True, v=True)
+                self._engine.api.remove_container(cid, force=True, v=True)
             except docker.errors.NotFound:
-                return
+                pass
             except docker.errors.APIError as exc:
                 if exc.status_code != 409 or "in progress" not in api_error_text(exc):
                     raise
+        if not running or self._watcher is None:
+            self._forced.forget(cid)  # else the watcher forgets it at the destroy event
         LOG.info("docker: destroyed %s", _ident(instance))
 
     # -- power -----------------------------------------------------------------------------
 
     def _state(self, data: dict[str, Any]) -> PowerState:
-        return states.from_inspect(data.get("State") or {})
+        """PowerState from `docker inspect`, with the record of the driver's forced stops."""
+        state = data.get("State") or {}
+        forced = self._forced.matches(str(data.get("Id")), str(state.get("StartedAt") or ""))
+        return states.from_inspect(state, forced=forced)
+
+    def _record_forced(self, data: dict[str, Any], *, persist: bool = True) -> None:
+        """Before the driver SIGKILLs (or may SIGKILL) the current run of a container."""
+        started_at = str((data.get("State") or {}).get("StartedAt") or "")
+        self._forced.record(str(data["Id"]), started_at, persist=persist)
 
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
         data = self._require(instance)
@@ -435,6 +500,7 @@ class DockerDriver(ComputeDriver):
         with self._engine.translate(f"reboot {_ident(instance)}", instance=_ident(instance)):
             if self._state(data) is PowerState.PAUSED:
                 api.unpause(data["Id"])
+            self._record_forced(data)  # restart SIGKILLs after the grace
             api.restart(data["Id"], timeout=grace)
 
     def power_off(
@@ -458,8 +524,12 @@ class DockerDriver(ComputeDriver):
                 wait = min(max(retry_interval, 0.1), deadline - time.monotonic())
                 if self._wait_stopped(cid, wait):
                     return self._off_result(started, forced=False)
+            self._record_forced(data)
             if self._signal(cid, "SIGKILL"):
                 self._wait_stopped(cid, self._engine.timeout)
+            else:  # it stopped by itself meanwhile: its exit code is its own
+                self._forced.forget(cid)
+                return self._off_result(started, forced=False)
         LOG.info("docker: %s ignored %s for %gs and was killed", ident, signal, timeout)
         return self._off_result(started, forced=True)
 
@@ -621,6 +691,8 @@ class DockerDriver(ComputeDriver):
                     emit=self.emit_event,
                     window=self._opts.event_window,
                     resync_interval=self._opts.resync_interval,
+                    exit_state=self._exit_state,
+                    removed=lambda cid: self._forced.forget(cid),
                 )
                 self._watcher.start()
 

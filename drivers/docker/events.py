@@ -27,6 +27,12 @@ MAX_BACKOFF = 5.0
 
 StateLister = Callable[[], dict[str, PowerState]]
 Emit = Callable[[LifecycleEvent], None]
+#: (container id, exit code, OOM event seen) -> the PowerState of a container that died.
+ExitStater = Callable[[str, int, bool], PowerState]
+
+
+def _exit_state_from_event(_container_id: str, exit_code: int, oom: bool) -> PowerState:
+    return states.exit_state(exit_code, oom)
 
 
 class EventWatcher:
@@ -41,12 +47,16 @@ class EventWatcher:
         emit: Emit,
         window: float = 5.0,
         resync_interval: float = 60.0,
+        exit_state: ExitStater = _exit_state_from_event,
+        removed: Callable[[str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._filters = {"type": ["container"], "label": spec.host_filters(host),
                          "event": list(ACTIONS)}
         self._list_states = list_states
         self._emit = emit
+        self._exit_state = exit_state
+        self._removed = removed
         self._window = window
         self._resync_interval = resync_interval
         self._stop = threading.Event()
@@ -168,7 +178,7 @@ class EventWatcher:
         if action == "oom":
             self._oom.add(uuid)
             return
-        new = self._state_after(uuid, action, attributes)
+        new = self._state_after(uuid, str(actor.get("ID", "")), action, attributes)
         old = self._known.get(uuid)
         if new is None:
             self._known.pop(uuid, None)
@@ -182,7 +192,7 @@ class EventWatcher:
         self._emit(LifecycleEvent(uuid, change, timestamp=stamp))
 
     def _state_after(
-        self, uuid: str, action: str, attributes: Mapping[str, Any]
+        self, uuid: str, container_id: str, action: str, attributes: Mapping[str, Any]
     ) -> PowerState | None:
         if action in ("start", "unpause"):
             self._oom.discard(uuid)
@@ -194,8 +204,14 @@ class EventWatcher:
                 code = int(attributes.get("exitCode", 0))
             except ValueError:
                 code = -1
-            return states.exit_state(code, uuid in self._oom)
-        return None  # destroy
+            try:
+                return self._exit_state(container_id, code, uuid in self._oom)
+            except Exception as exc:  # the daemon went away meanwhile: read the event alone
+                LOG.debug("docker event watcher: exit state of %s: %s", container_id, exc)
+                return states.exit_state(code, uuid in self._oom)
+        if self._removed is not None:  # destroy
+            self._removed(container_id)
+        return None
 
 
 def _close_quietly(stream: Any) -> None:

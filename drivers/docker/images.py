@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import docker.auth
 import docker.errors
 
 from drivers.docker.client import Engine, api_error_text
@@ -102,19 +104,29 @@ def ensure_image(
 def _pull_bounded(
     engine: Engine, ref: str, *, pull_timeout: float, progress: Progress | None
 ) -> None:
-    """Pull in a worker thread: docker-py reads pull streams without a socket timeout."""
+    """Pull in a worker thread, bounded by `pull_timeout`; on timeout, cancel the pull.
+
+    docker-py's own pull() reads its stream without any socket timeout, so a stalled
+    registry would hold the thread (and dockerd's pull) forever. Here the request carries a
+    socket timeout of `pull_timeout` (it bounds the wait for dockerd's first answer), and
+    when the deadline passes the caller shuts the response's socket down: the worker's
+    blocked read ends at once, and dockerd, seeing its client gone, cancels the pull.
+    """
     repo, tag = split_reference(ref)
     deadline = time.monotonic() + pull_timeout
     outcome: list[BaseException | None] = []
+    live = _LivePull()
 
     def work() -> None:
         try:
             with engine.translate(f"pull image {ref!r}"):
                 try:
-                    stream = engine.api.pull(repo, tag=tag, stream=True, decode=True)
+                    stream = _pull_stream(engine, repo, tag, pull_timeout, live)
                     drain_pull_stream(ref, stream, deadline=deadline, progress=progress)
                 except docker.errors.APIError as exc:
                     raise pull_error(ref, api_error_text(exc)) from None
+                finally:
+                    live.close()
             outcome.append(None)
         except BaseException as exc:  # handed to the caller's thread
             outcome.append(exc)
@@ -122,10 +134,97 @@ def _pull_bounded(
     worker = threading.Thread(target=work, name=f"docker-pull-{ref}", daemon=True)
     worker.start()
     worker.join(pull_timeout)
-    if not outcome:
+    if not outcome or live.cancelled:
+        live.cancel()
+        worker.join(min(engine.timeout, 10.0))
+        if worker.is_alive():
+            LOG.warning("docker: the pull of %s did not stop after its cancellation", ref)
         raise ImageError(
-            f"pulling image {ref!r} did not finish within {pull_timeout:g}s",
+            f"pulling image {ref!r} did not finish within {pull_timeout:g}s (pull cancelled)",
             hint="raise [docker] pull_timeout or pre-load the image with 'docker load'",
         )
     if outcome[0] is not None:
         raise outcome[0]
+
+
+class _LivePull:
+    """The HTTP response of a running pull, so that another thread can cut it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._response: Any = None
+        self.cancelled = False
+
+    def attach(self, response: Any) -> None:
+        with self._lock:
+            self._response = response
+            cancelled = self.cancelled
+        if cancelled:
+            _cut(response)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            response = self._response
+        if response is not None:
+            _cut(response)
+
+    def close(self) -> None:
+        with self._lock:
+            response, self._response = self._response, None
+        if response is not None:
+            response.close()
+
+
+def _pull_stream(
+    engine: Engine, repo: str, tag: str | None, timeout: float, live: _LivePull
+) -> Iterable[Mapping[str, Any]]:
+    """POST /images/create like docker-py's pull(), but with a socket timeout and the
+    response handed to `live` (docker-py's pull() offers neither)."""
+    api = engine.api
+    params: dict[str, Any] = {"fromImage": repo}
+    if tag is not None:
+        params["tag"] = tag
+    headers: dict[str, str] = {}
+    registry, _ = docker.auth.resolve_repository_name(repo)
+    header = docker.auth.get_config_header(api, registry)
+    if header:
+        headers["X-Registry-Auth"] = header
+    # docker-py's private helpers, as its pull() uses them: pull() hides the response.
+    # The socket timeout outlasts the caller's deadline a little, so that the caller
+    # cancels; before dockerd's first answer it is what ends the request.
+    response = api._post(
+        api._url("/images/create"), params=params, headers=headers, stream=True,
+        timeout=timeout + 1.0,
+    )
+    live.attach(response)
+    api._raise_for_status(response)
+    stream: Iterable[Mapping[str, Any]] = api._stream_helper(response, decode=True)
+    return stream
+
+
+def _cut(response: Any) -> None:
+    """Shut the socket under `response` down (this wakes a read blocked in another thread,
+    where close() would not), then close the response."""
+    sock = _response_socket(response)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    try:
+        response.close()
+    except Exception:  # closing a cut stream may fail in many ways; it is cut either way
+        LOG.debug("closing a cancelled pull stream failed", exc_info=True)
+
+
+def _response_socket(response: Any) -> socket.socket | None:
+    """The socket a `requests` streaming response reads from (urllib3 1.x and 2.x)."""
+    raw = getattr(response, "raw", None)
+    connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        return sock
+    fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(fp, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None

@@ -36,6 +36,15 @@ OPTS: list[cfg.Opt] = [
         help="Upper bound in seconds on every call to dockerd (operations that wait for the "
         "container, such as stop, add their own grace period).",
     ),
+    cfg.FloatOpt(
+        "start_check_seconds",
+        default=0.5,
+        min=0.0,
+        help="After starting a container, spawn waits up to this many seconds (docker's "
+        "own 'wait', returning as soon as the container stops) for it to exit; a container "
+        "that stops within it fails the spawn with its exit code and output. Raise it on a "
+        "loaded host; 0 checks with one inspect only, which races with an immediate exit.",
+    ),
     cfg.BoolOpt(
         "pull_missing",
         default=True,

@@ -50,9 +50,11 @@ def exec_actions(name: str, *, since: float) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
-def make_driver(tmp_path_factory: pytest.TempPathFactory, host: str, **docker_opts: object):
-    """A docker driver on the test bed's dockerd, with `[docker]` options overridden."""
-    state = tmp_path_factory.mktemp("docker-state")
+def make_driver(tmp_path_factory: pytest.TempPathFactory, host: str, *, state=None,
+                **docker_opts: object):
+    """A docker driver on the test bed's dockerd, with `[docker]` options overridden
+    (`state`: its state_path, default a new temporary directory)."""
+    state = state or tmp_path_factory.mktemp("docker-state")
     conf = build_conf(overrides={"state_path": str(state), "host": host})
     load_driver_class("docker").register_opts(conf)
     for name, value in docker_opts.items():

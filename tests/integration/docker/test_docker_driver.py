@@ -7,7 +7,13 @@ import time
 import uuid
 
 import pytest
-from dockertb import container_inspect, containers_with_label, docker_cli, exec_actions
+from dockertb import (
+    container_inspect,
+    containers_with_label,
+    docker_cli,
+    exec_actions,
+    make_driver,
+)
 
 from drivers.docker import spec
 from virt.errors import (
@@ -164,11 +170,47 @@ def test_flavor_docker_cannot_express(driver, docker_image, flavor, message):
     assert nothing_left(instance)
 
 
-def test_container_that_exits_at_once_fails_spawn_with_its_output(driver, docker_image):
-    instance = new_instance(docker_image, command="sh -c 'echo boot-failed-marker; exit 3'")
+@pytest.fixture(scope="module")
+def patient_driver(docker_image, docker_host, tmp_path_factory):
+    """A driver whose post-start check waits long: an early exit is always caught."""
+    drv = make_driver(tmp_path_factory, docker_host, start_check_seconds=20.0)
+    yield drv
+    drv.cleanup_host(host=docker_host)
+
+
+@pytest.mark.parametrize("command", [
+    "sh -c 'echo boot-failed-marker; exit 3'",
+    # Still "Running" for a single inspect right after start, however idle the host:
+    "sh -c 'echo boot-failed-marker; sleep 0.5; exit 3'",
+])
+def test_container_that_exits_at_once_fails_spawn_with_its_output(patient_driver, docker_image,
+                                                                  command):
+    instance = new_instance(docker_image, command=command)
+    started = time.monotonic()
     with pytest.raises(SpawnError, match=r"code 3.*boot-failed-marker"):
-        driver.spawn(instance=instance, image=instance.image)
+        patient_driver.spawn(instance=instance, image=instance.image)
+    # docker's wait returned at the exit: the 20 s window is an upper bound, not a delay.
+    assert time.monotonic() - started < 10
     assert nothing_left(instance)
+
+
+def test_spawn_waits_for_the_container_to_stay_up(driver, docker_image, tmp_path_factory,
+                                                  docker_host):
+    quick = make_driver(tmp_path_factory, docker_host, start_check_seconds=1.5)
+    instance = new_instance(docker_image, command=SLEEPER)
+    try:
+        started = time.monotonic()
+        quick.spawn(instance=instance, image=instance.image)
+        assert time.monotonic() - started >= 1.5  # it watched the container for the window
+        assert quick.get_info(instance=instance).state is PowerState.RUNNING
+        # An exit after the window is no spawn failure: it reads CRASHED afterwards.
+        late = new_instance(docker_image, command="sh -c 'sleep 3; exit 5'")
+        quick.spawn(instance=late, image=late.image)
+        assert wait_for(lambda: quick.get_info(instance=late).state is PowerState.CRASHED, 10)
+        quick.destroy(instance=late)
+    finally:
+        quick.destroy(instance=instance)
+        quick.cleanup_host(host=docker_host)
 
 
 def test_spawn_twice_is_refused_and_keeps_the_first(driver, spawn):
@@ -225,6 +267,47 @@ def test_crash_and_oom_kill_read_crashed(driver, spawn):
             lambda i=instance: driver.get_info(instance=i).state is PowerState.CRASHED, 20
         ), container_inspect(instance.name)["State"]
     assert container_inspect(hog.name)["State"]["OOMKilled"] is True
+
+
+def test_sigkill_not_sent_by_the_driver_reads_crashed(driver, spawn, docker_host,
+                                                      tmp_path_factory):
+    events = []
+    driver.register_event_listener(events.append)
+    try:
+        assert driver.event_watcher.synced.wait(15)
+        killed = spawn(command=SLEEPER)
+        stubborn = spawn(command="sh -c 'trap \"\" TERM; while :; do sleep 1; done'")
+        docker_cli("kill", killed.name)  # SIGKILL from someone else: exit code 137
+        assert container_inspect(killed.name)["State"]["ExitCode"] == 137
+        assert driver.get_info(instance=killed).state is PowerState.CRASHED
+        result = driver.power_off(instance=stubborn, timeout=1, retry_interval=0.5)
+        assert result.forced  # the driver's own SIGKILL: exit code 137 too, but a stop
+        assert container_inspect(stubborn.name)["State"]["ExitCode"] == 137
+        assert driver.get_info(instance=stubborn).state is PowerState.SHUTDOWN
+
+        def last(instance):
+            return [e.transition for e in events if e.instance_uuid == instance.uuid][-1:]
+
+        assert wait_for(lambda: last(killed) == [Transition.CRASHED]), events
+        assert wait_for(lambda: last(stubborn) == [Transition.STOPPED]), events
+        # The resync reads the same truth as get_info (it inspects stopped containers).
+        resynced = driver._states()
+        assert resynced[killed.uuid] is PowerState.CRASHED
+        assert resynced[stubborn.uuid] is PowerState.SHUTDOWN
+        # A restarted compute service (new driver, same state_path) still knows its stop.
+        again = make_driver(tmp_path_factory, docker_host, state=driver.conf.state_path)
+        try:
+            assert again.get_info(instance=stubborn).state is PowerState.SHUTDOWN
+            assert again.get_info(instance=killed).state is PowerState.CRASHED
+        finally:
+            again.cleanup_host(host=docker_host)
+        # Started again and killed from outside: that run is a crash.
+        driver.power_on(instance=stubborn)
+        docker_cli("kill", stubborn.name)
+        assert driver.get_info(instance=stubborn).state is PowerState.CRASHED
+        assert wait_for(lambda: last(stubborn) == [Transition.CRASHED]), events
+    finally:
+        driver.unregister_event_listener(events.append)
 
 
 def test_unknown_instance(driver, docker_image):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.docker import spec, states
+from drivers.docker.forced import ForcedStops
 from virt.errors import InvalidRequest
 from virt.events import Transition
 from virt.model import Flavor, ImageRef, PowerState, Vif
@@ -110,7 +111,9 @@ def test_root_disk_limit_by_storage_driver():
         ({"Status": "paused", "Running": True, "Paused": True}, PowerState.PAUSED),
         ({"Status": "created"}, PowerState.SHUTDOWN),
         ({"Status": "exited", "ExitCode": 0}, PowerState.SHUTDOWN),
-        ({"Status": "exited", "ExitCode": 137}, PowerState.SHUTDOWN),
+        ({"Status": "exited", "ExitCode": 143}, PowerState.SHUTDOWN),
+        # SIGKILL: a crash unless the driver forced the stop itself (see below).
+        ({"Status": "exited", "ExitCode": 137}, PowerState.CRASHED),
         ({"Status": "exited", "ExitCode": 137, "OOMKilled": True}, PowerState.CRASHED),
         ({"Status": "exited", "ExitCode": 3}, PowerState.CRASHED),
         ({"Status": "exited", "ExitCode": 0, "Error": "oci runtime"}, PowerState.CRASHED),
@@ -121,11 +124,36 @@ def test_inspect_state_to_power_state(state, expected):
     assert states.from_inspect(state) is expected
 
 
+def test_sigkill_is_a_stop_only_when_the_driver_forced_it():
+    killed = {"Status": "exited", "ExitCode": 137, "StartedAt": "t1"}
+    assert states.from_inspect(killed, forced=True) is PowerState.SHUTDOWN
+    assert states.from_inspect({**killed, "OOMKilled": True}, forced=True) is PowerState.CRASHED
+    assert states.from_inspect({**killed, "ExitCode": 3}, forced=True) is PowerState.CRASHED
+    assert states.needs_inspect("exited") and states.needs_inspect("dead")
+    assert not states.needs_inspect("running") and not states.needs_inspect("created")
+
+
+def test_forced_stop_record_is_per_run_and_persisted(tmp_path):
+    path = tmp_path / "docker" / "forced.json"
+    record = ForcedStops(path)
+    record.record("c1", "t1")
+    record.record("c2", "t9", persist=False)
+    assert record.matches("c1", "t1") and not record.matches("c1", "t2")
+    assert record.has("c2") and not record.has("c3")
+    other = ForcedStops(path)  # a restarted service: only what outlives the container
+    assert other.matches("c1", "t1") and not other.has("c2")
+    other.forget("c1")
+    assert not record.has("c1")  # the change on disk is seen by the first one
+    assert ForcedStops(None).has("c1") is False
+
+
 def test_list_entry_state_reads_the_exit_code():
     assert states.from_list_entry({"State": "exited", "Status": "Exited (139) 2 seconds ago"}) \
         is PowerState.CRASHED
     assert states.from_list_entry({"State": "exited", "Status": "Exited (143) 1 hour ago"}) \
         is PowerState.SHUTDOWN
+    assert states.from_list_entry({"State": "exited", "Status": "Exited (137) 1 hour ago"}) \
+        is PowerState.CRASHED
     assert states.from_list_entry({"State": "running", "Status": "Up 3 s"}) is PowerState.RUNNING
 
 

@@ -127,3 +127,23 @@ def test_events_map_to_transitions_and_duplicates_are_dropped():
         Transition.STARTED, Transition.PAUSED, Transition.RESUMED, Transition.CRASHED,
         Transition.STARTED, Transition.STOPPED,
     ]
+
+
+def test_die_event_asks_the_driver_for_the_exit_state():
+    emitted, asked, removed = [], [], []
+
+    def exit_state(cid, code, oom):
+        asked.append((cid, code, oom))
+        return PowerState.SHUTDOWN if cid == "mine" else PowerState.CRASHED
+
+    watcher = EventWatcher(FakeEngine(), host="h", list_states=dict, emit=emitted.append,
+                           exit_state=exit_state, removed=removed.append)
+    for n, (cid, action) in enumerate([("mine", "start"), ("mine", "die"), ("theirs", "start"),
+                                       ("theirs", "die"), ("mine", "destroy")]):
+        watcher.handle({"Action": action, "timeNano": n,
+                        "Actor": {"ID": cid, "Attributes": {spec.LABEL_UUID: cid,
+                                                            "exitCode": "137"}}})
+    assert asked == [("mine", 137, False), ("theirs", 137, False)]
+    assert [e.transition for e in emitted] == [
+        Transition.STARTED, Transition.STOPPED, Transition.STARTED, Transition.CRASHED]
+    assert removed == ["mine"]
