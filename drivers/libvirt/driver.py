@@ -142,6 +142,12 @@ class LibvirtDriver(ComputeDriver):
         self._volumes = IscsiNativeVolumes(self._host, probe_timeout=opts.volume_probe_timeout)
         self._undefine_flags = _UNDEFINE_FLAGS
         self._virt_type: str | None = None
+        self._iscsi_mode = opts.iscsi_attach  # options are read once (each read costs ~4 us)
+        self._disk_cachemode = opts.disk_cachemode
+        # Domains this driver defined without a CHAP secret and attached no volume to since:
+        # their destroy need not read the definition back to find secrets to remove. Any
+        # other domain (e.g. after a restart of this process) has its definition read.
+        self._secret_free: set[str] = set()
 
     @property
     def host(self) -> Host:
@@ -149,6 +155,8 @@ class LibvirtDriver(ComputeDriver):
 
     def _observe_event(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain,
                        event: int) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:  # whoever undefined it: forget it
+            self._secret_free.discard(uuid)
         self._host.observe(conn, uuid, dom, event)
 
     # -- host ------------------------------------------------------------------------------
@@ -165,7 +173,7 @@ class LibvirtDriver(ComputeDriver):
         self._dispatcher.stop()
 
     def _check_iscsi_mode(self) -> None:
-        if self._opts.iscsi_attach != "host":
+        if self._iscsi_mode != "host":
             return
         try:
             import os_brick  # noqa: F401
@@ -284,6 +292,8 @@ class LibvirtDriver(ComputeDriver):
         self._check_iscsi_mode()
         for bdm in block_devices:  # bad connection_info fails before anything is made
             self._volumes.validate(bdm)
+        # Needed: defineXML of a domain with the same uuid and name redefines it instead of
+        # failing, and the check comes before any file is made for the instance.
         if self.instance_exists(instance=instance):
             raise InstanceExists(instance.uuid)
         virt_type = self._domain_type()
@@ -295,15 +305,17 @@ class LibvirtDriver(ComputeDriver):
         try:
             for bdm in block_devices:
                 prepared.append(self._volumes.prepare(instance, bdm, cache=cache_mode))
-            domain = designer.domain_for(
+            domain_xml = designer.domain_xml(
                 instance=instance, image=image, virt_type=virt_type, disks=disks,
                 volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode)
-            domain_xml = domain.to_xml()
+            secret_free = not any(p.secret_usage for p in prepared)
 
             def define(conn: libvirt.virConnect) -> None:
                 nonlocal defined
                 dom = conn.defineXML(domain_xml)
                 defined = True
+                if secret_free:
+                    self._secret_free.add(instance.uuid)
                 self._host.remember(conn, instance.uuid, dom)
                 if power_on:
                     dom.createWithFlags(0)
@@ -341,21 +353,27 @@ class LibvirtDriver(ComputeDriver):
         block_devices: Sequence[BlockDevice] = (),
         destroy_disks: bool = True,
     ) -> None:
-        removed = self._call(lambda c: self._remove_domain(c, instance.uuid), "destroy it")
-        if removed is not None and "<secret" in removed:  # parse only when there is one
+        uuid = instance.uuid
+        read = uuid not in self._secret_free
+        removed = self._call(lambda c: self._remove_domain(c, uuid, read_definition=read),
+                             "destroy it")
+        if removed and "<secret" in removed:  # parse only when there is one
             self._volumes.release(xml.Domain.from_xml(removed).disks)
         if block_devices:
             self._volumes.remove_instance_secrets(instance.uuid)
         if destroy_disks:
             images.remove_instance_dir(images.instance_dir(self._instances_path, instance.uuid))
 
-    def _remove_domain(self, conn: libvirt.virConnect, uuid: str) -> str | None:
-        """Stop and undefine the domain; its last XML, or None if there was none."""
+    def _remove_domain(self, conn: libvirt.virConnect, uuid: str, *,
+                       read_definition: bool = True) -> str | None:
+        """Stop and undefine the domain; its last XML ("" unless `read_definition`), or
+        None if there was none."""
         dom = self._host.lookup(conn, uuid)
         if dom is None:
+            self._secret_free.discard(uuid)
             return None
         try:
-            definition: str = dom.XMLDesc(0)
+            definition: str = dom.XMLDesc(0) if read_definition else ""
             try:
                 dom.destroy()
             except libvirt.libvirtError as exc:
@@ -365,9 +383,11 @@ class LibvirtDriver(ComputeDriver):
         except libvirt.libvirtError as exc:
             if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
+            self._secret_free.discard(uuid)
             return None  # gone meanwhile (or a kept handle outlived it): nothing to remove
         finally:
             self._host.forget(uuid)
+        self._secret_free.discard(uuid)
         return definition
 
     def _undefine(self, dom: libvirt.virDomain) -> None:
@@ -529,6 +549,8 @@ class LibvirtDriver(ComputeDriver):
             # The conformance contract: a second attach of a volume is a VolumeError.
             raise VolumeError(f"instance {instance.uuid} already has a disk at "
                               f"{block_device.mountpoint}", hint="choose a free device name")
+        # From here on its destroy reads the definition back to find the volume's secret.
+        self._secret_free.discard(instance.uuid)
         prepared = self._volumes.prepare(instance, block_device, cache=self._cache_mode())
         disk_xml = xml.Disk.to_element(prepared.disk)
 
@@ -605,7 +627,7 @@ class LibvirtDriver(ComputeDriver):
     # -- helpers ---------------------------------------------------------------------------
 
     def _cache_mode(self) -> str | None:
-        return None if self._domain_type() == "test" else self._opts.disk_cachemode
+        return None if self._domain_type() == "test" else self._disk_cachemode
 
     def _definition(self, instance: Instance, inactive: bool = False) -> xml.Domain:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0

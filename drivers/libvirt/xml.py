@@ -8,6 +8,8 @@ Every string goes through lxml, which escapes it, so user input can never inject
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -276,9 +278,14 @@ class InstanceMetadata:
         )
         if self.image is not None:
             _sub(root, _Q_IMAGE, self.image)
-        for key, value in sorted(self.properties.items()):
-            _sub(root, _Q_PROPERTY, value, key=key)
+        self.add_properties(root, self.properties)
         return root
+
+    @staticmethod
+    def add_properties(root: etree._Element, properties: Mapping[str, str]) -> None:
+        """Append `properties` (sorted by key) to an instance element built by `to_element`."""
+        for key, value in sorted(properties.items()):
+            _sub(root, _Q_PROPERTY, value, key=key)
 
     @classmethod
     def from_element(cls, root: etree._Element) -> InstanceMetadata:
@@ -398,6 +405,83 @@ class Domain:
             metadata=InstanceMetadata.from_element(meta) if meta is not None else None,
             memballoon=not any(m.get("model") == "none" for m in devs.findall("memballoon")),
         )
+
+
+_Path = tuple[int, ...]
+
+
+def _path_of(root: etree._Element, element: etree._Element) -> _Path:
+    path: list[int] = []
+    while element is not root:
+        parent = element.getparent()
+        if parent is None:
+            raise ValueError("element is not under the template's root")
+        path.append(parent.index(element))
+        element = parent
+    return tuple(reversed(path))
+
+
+def _at(root: etree._Element, path: _Path) -> etree._Element:
+    for index in path:
+        root = root[index]
+    return root
+
+
+class Template:
+    """An element tree built once with placeholder tokens, filled in per use.
+
+    `render` copies the tree (one C-level deep copy) and sets only the texts and attributes
+    that held a token, through lxml (escaped; control characters refused as ValueError),
+    never by splicing text. Tokens are substituted in one pass, so a value that happens to
+    contain a token is not substituted again. Which fields are placeholders is the caller's
+    business; `anchors` name elements the caller wants back in each copy (to append to).
+    """
+
+    def __init__(self, root: etree._Element, tokens: Sequence[str],
+                 anchors: Mapping[str, etree._Element] | None = None) -> None:
+        self._root = root
+        self._token_re = re.compile("|".join(re.escape(t) for t in tokens))
+        # (path, attribute name or None for the text, the text split at tokens: odd = token)
+        self._slots: list[tuple[_Path, str | None, list[str]]] = []
+        for element in root.iter():
+            path = _path_of(root, element)
+            if element.text and self._token_re.search(element.text):
+                self._slots.append((path, None, self._split(element.text)))
+            for name, value in element.attrib.items():
+                if self._token_re.search(value):
+                    self._slots.append((path, str(name), self._split(value)))
+        self._anchors = {name: _path_of(root, el) for name, el in (anchors or {}).items()}
+
+    def _split(self, text: str) -> list[str]:
+        parts: list[str] = []
+        last = 0
+        for match in self._token_re.finditer(text):
+            parts += [text[last:match.start()], match.group(0)]
+            last = match.end()
+        parts.append(text[last:])
+        return parts
+
+    def render(self, values: Mapping[str, str]
+               ) -> tuple[etree._Element, dict[str, etree._Element]]:
+        """A filled-in copy and its anchors; KeyError if a token has no value."""
+        root = copy.deepcopy(self._root)
+        for path, attr, parts in self._slots:
+            text = "".join([values[p] if i % 2 else p for i, p in enumerate(parts)])
+            element = _at(root, path)
+            if attr is None:
+                element.text = text
+            else:
+                element.set(attr, text)
+        return root, {name: _at(root, path) for name, path in self._anchors.items()}
+
+
+def to_text(element: etree._Element, what: str) -> str:
+    """`element` as XML text; InvalidRequest if a value cannot be represented in XML."""
+    try:
+        return etree.tostring(element, encoding="unicode")
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"{what}: a value cannot be stored in XML ({exc})",
+                             hint="remove control characters from names and metadata") from None
 
 
 @dataclass

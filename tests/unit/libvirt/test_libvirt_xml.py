@@ -132,3 +132,47 @@ def test_volume_at_vda_is_refused():
 def test_entities_in_parsed_xml_are_not_resolved():
     evil = '<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><domain><name>&x;</name></domain>'
     assert "root:" not in (xml.Domain.from_xml(evil).name or "")
+
+
+def _template_case(flavor: Flavor, *, kernel: bool, nics: list[Vif], metadata: dict[str, str],
+                   uuid: str = UUID, name: str = "vm-1", virt_type: str = "qemu",
+                   image: ImageRef | None = None) -> tuple[str, str]:
+    """(templated XML, fully built XML) of the same instance."""
+    instance = Instance(uuid=uuid, name=name, flavor=flavor, metadata=metadata)
+    d = f"/var/lib/virtkit/instances/{uuid}"
+    disks = InstanceDisks(
+        directory=d, root=f"{d}/disk",
+        ephemeral=f"{d}/disk.eph0" if flavor.ephemeral_gb else None,
+        swap=f"{d}/disk.swap" if flavor.swap_mb else None,
+        kernel=f"{d}/kernel" if kernel else None, ramdisk=f"{d}/ramdisk" if kernel else None)
+    args = dict(instance=instance, image=image or ImageRef("/img/base.qcow2"),
+                virt_type=virt_type, disks=disks, volume_disks=[], vifs=nics, cache_mode="none")
+    return designer.domain_xml(**args), designer.domain_for(**args).to_xml()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("flavor", "kernel", "nics", "virt_type"),
+    list(itertools.product(FLAVORS, [False, True], NICS, ["qemu", "kvm", "test"])),
+)
+def test_template_gives_the_same_xml_as_a_full_build(flavor, kernel, nics, virt_type):
+    # The same key twice (second from the cache) and with other per-instance values.
+    for uuid, name, meta in ((UUID, "vm-1", {}), ("7c1d1f52-0e0f-4f0e-8f43-2b5a7c3e9d01",
+                                                   "other.vm_2", {"b": "2", "a": HOSTILE})):
+        templated, full = _template_case(flavor, kernel=kernel, nics=nics, metadata=meta,
+                                         uuid=uuid, name=name, virt_type=virt_type)
+        assert templated == full
+
+
+def test_template_values_are_data_and_tokens_are_not_reexpanded(tmp_path):
+    # A value holding another field's token stays as given (one-pass substitution).
+    meta = {"x": designer._DIR, HOSTILE: "]]><evil/>"}
+    templated, full = _template_case(FLAVORS[1], kernel=True, nics=NICS[2], metadata=meta,
+                                     image=ImageRef(HOSTILE))
+    assert templated == full
+    assert xml.parse(templated).find(".//evil") is None
+    _validate(tmp_path, templated)
+
+
+def test_template_refuses_control_characters_like_a_full_build():
+    with pytest.raises(InvalidRequest, match="control characters"):
+        _template_case(FLAVORS[0], kernel=False, nics=[], metadata={"note": "bell\x07"})
