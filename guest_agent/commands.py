@@ -24,7 +24,7 @@ from typing import Any
 from guest_agent import __version__, network
 from guest_agent import protocol as p
 from guest_agent.config import AgentConfig
-from guest_agent.files import atomic_write, confined_path
+from guest_agent.files import atomic_write, confined_path, confined_write
 from guest_agent.passwords import PasswordSetter, SetterError
 
 LOG = logging.getLogger(__name__)
@@ -235,13 +235,10 @@ class CommandHandler:
             path = raw_path.decode("utf-8")
         except UnicodeDecodeError:
             raise p.ProtocolError(p.ErrorKind.BAD_REQUEST, "the file path is not UTF-8") from None
-        target = confined_path(path, self.config.inject_allowed_paths)
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        try:
-            mode = os.stat(target).st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o600
-        atomic_write(target, contents, mode=mode)
+        confined_path(path, self.config.inject_allowed_paths)  # early, specific refusals
+        # The write itself never follows a symlink below the allowed directory, so a link
+        # swapped in after the check above cannot lead it outside.
+        confined_write(path, contents, self.config.inject_allowed_paths)
         return self._ok(request)
 
     def _resetnetwork(self, request: p.Request, vm_data: VmDataSource | None) -> p.Reply:

@@ -60,7 +60,7 @@ RC_KEYINIT_OK = "D0"
 MAX_VALUE_BYTES = 2048
 
 _UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
 
@@ -109,7 +109,7 @@ class DecryptionError(ProtocolError):
 
 def is_request_id(text: str) -> bool:
     """True for a canonical 8-4-4-4-12 hex UUID (old Windows agents drop anything else)."""
-    return bool(_UUID_RE.match(text))
+    return _UUID_RE.fullmatch(text) is not None
 
 
 # -- messages --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import abc
 import base64
 import json
 import logging
+import queue
 import socket
 import threading
 import time
@@ -102,14 +103,37 @@ class Channel(abc.ABC):
         """Remove whatever is left of this request and its reply."""
 
 
+#: How long the host keeps sweeping the late reply of a request it gave up on, and how many
+#: such request ids it remembers per domain (legacy agents answer whenever they are done).
+ABANDONED_TTL = 3600.0
+ABANDONED_MAX = 1024
+
+_abandoned_lock = threading.Lock()
+#: (xenstore path, domid) -> request id -> monotonic expiry; shared by every channel of this
+#: process, so a new channel object for the same domain sweeps what an earlier one abandoned.
+_abandoned: dict[tuple[str, int], dict[str, float]] = {}
+
+
 class XenstoreChannel(Channel):
-    """`/local/domain/<domid>/data/host/<id>` → `.../data/guest/<id>`; watch plus polling."""
+    """`/local/domain/<domid>/data/host/<id>` → `.../data/guest/<id>`; watch plus polling.
+
+    Each wait registers its watches under a token of its own and takes their events from a
+    private queue of the (possibly shared) client, then unwatches: no event is left behind on
+    the client and none can wake another request's wait.
+
+    Late replies: when a request ends without its reply (timeout, reboot, error), `finish`
+    removes both nodes, but a guest still working may write `data/guest/<id>` afterwards
+    (deployed legacy agents never check). Such ids are remembered (for `ABANDONED_TTL`), and
+    every later `send` to the domain removes the replies that have appeared for them.
+    """
 
     def __init__(self, client: XenstoreClient, domid: int, *, poll_interval: float = 0.5) -> None:
         self.client = client
         self.domid = domid
         self.base = f"/local/domain/{domid}"
         self.poll_interval = poll_interval
+        self._sent: set[str] = set()
+        self._answered: set[str] = set()
 
     def _guest_present(self) -> bool:
         return self.client.exists(f"{self.base}/name")
@@ -120,42 +144,113 @@ class XenstoreChannel(Channel):
             hint="look up the guest's new domain id and retry",
         )
 
+    @property
+    def _domain_key(self) -> tuple[str, int]:
+        return (self.client.path, self.domid)
+
+    def abandoned(self) -> list[str]:
+        """Request ids given up on whose late reply is still swept (for tests and debugging)."""
+        now = time.monotonic()
+        with _abandoned_lock:
+            ids = _abandoned.get(self._domain_key)
+            if ids is None:
+                return []
+            for rid in [rid for rid, expiry in ids.items() if expiry <= now]:
+                del ids[rid]
+            if not ids:
+                del _abandoned[self._domain_key]
+            return list(ids)
+
+    def _abandon(self, request_id: str) -> None:
+        with _abandoned_lock:
+            ids = _abandoned.setdefault(self._domain_key, {})
+            ids.pop(request_id, None)
+            ids[request_id] = time.monotonic() + ABANDONED_TTL
+            while len(ids) > ABANDONED_MAX:
+                del ids[next(iter(ids))]
+
+    def sweep_late_replies(self) -> int:
+        """Remove `data/guest/<id>` for the request ids this process abandoned; returns how many."""
+        pending = set(self.abandoned())
+        if not pending:
+            return 0
+        try:
+            present = set(self.client.directory(f"{self.base}/data/guest")) & pending
+        except XenstoreError:
+            return 0
+        swept = 0
+        for request_id in sorted(present):
+            try:
+                self.client.rm(f"{self.base}/data/guest/{request_id}")
+            except XenstoreError as exc:
+                LOG.warning(
+                    "could not remove the late reply %s of domain %d: %s",
+                    request_id,
+                    self.domid,
+                    exc.name,
+                )
+                continue
+            swept += 1
+            LOG.info("removed the late agent reply %s of domain %d", request_id, self.domid)
+            with _abandoned_lock:
+                _abandoned.get(self._domain_key, {}).pop(request_id, None)
+        return swept
+
     def send(self, request_id: str, request: str) -> None:
         try:
             if not self._guest_present():
                 raise self._rebooted()
+            self.sweep_late_replies()
+            self._sent.add(request_id)
             self.client.write(f"{self.base}/data/host/{request_id}", request)
         except XenstoreError as exc:
             raise AgentError(f"cannot write the agent request to xenstore: {exc}") from None
 
     def receive(self, request_id: str, timeout: float) -> str | None:
         reply_path = f"{self.base}/data/guest/{request_id}"
-        token = f"virtkit-{request_id}"
+        name_path = f"{self.base}/name"
+        token = f"virtkit-host/{request_id}"
         deadline = time.monotonic() + timeout
+        events = self.client.subscribe(token)
+        watched: list[str] = []
         try:
-            self.client.watch(reply_path, token)
-            self.client.watch(f"{self.base}/name", token)
-            try:
-                while True:
-                    text = self.client.read_text(reply_path)
-                    if text is not None:
-                        return text
-                    if not self._guest_present():
-                        raise self._rebooted()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    self.client.wait_event(min(self.poll_interval, remaining))
-            finally:
-                for path in (reply_path, f"{self.base}/name"):
+            for path in (reply_path, name_path):
+                self.client.watch(path, token)
+                watched.append(path)
+            while True:
+                while True:  # what fired before this read is answered by it
                     try:
-                        self.client.unwatch(path, token)
-                    except XenstoreError:
-                        pass
+                        events.get_nowait()
+                    except queue.Empty:
+                        break
+                text = self.client.read_text(reply_path)
+                if text is not None:
+                    self._answered.add(request_id)
+                    return text
+                if not self._guest_present():
+                    raise self._rebooted()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    events.get(timeout=min(self.poll_interval, remaining))
+                except queue.Empty:
+                    pass
         except XenstoreError as exc:
             raise AgentError(f"xenstore failed while waiting for the agent: {exc}") from None
+        finally:
+            for path in watched:
+                try:
+                    self.client.unwatch(path, token)
+                except XenstoreError:
+                    pass
+            self.client.unsubscribe(token)  # events still in flight for the token are dropped
 
     def finish(self, request_id: str) -> None:
+        if request_id in self._sent and request_id not in self._answered:
+            self._abandon(request_id)  # the guest may still answer: swept on a later send
+        self._sent.discard(request_id)
+        self._answered.discard(request_id)
         for kind in ("host", "guest"):
             try:
                 self.client.rm(f"{self.base}/data/{kind}/{request_id}")
@@ -313,6 +408,24 @@ class AgentClient:
         success: Sequence[str] = (p.RC_OK,),
     ) -> p.Reply:
         """Send one command and return its successful reply; failures raise AgentError kinds."""
+        reply = self.exchange(name, value, version=version, timeout=timeout, request_id=request_id)
+        if reply.error is None and reply.returncode in success:
+            return reply
+        raise self._failure(name, reply)
+
+    def exchange(
+        self,
+        name: str,
+        value: Any = "",
+        *,
+        version: int = 1,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> p.Reply:
+        """Send one command and return the agent's well-formed reply, whatever its code.
+
+        AgentNotReady when no reply came in time, AgentError when the reply is malformed.
+        """
         request_id = request_id or str(uuid.uuid4())
         text = p.Request(request_id, name, value, version).to_json()
         if len(text.encode()) > self.channel.max_request_bytes:
@@ -339,9 +452,7 @@ class AgentClient:
                 f"the guest agent's reply to '{name}' is malformed: {exc.message}"
             ) from None
         LOG.debug("agent request %s: %s -> %s", request_id, name, reply.returncode)
-        if reply.error is None and reply.returncode in success:
-            return reply
-        raise self._failure(name, reply)
+        return reply
 
     @staticmethod
     def _failure(name: str, reply: p.Reply) -> AgentError:
@@ -370,7 +481,12 @@ class AgentClient:
     # -- operations --------------------------------------------------------------------------
 
     def wait_ready(self, budget: float | None = None) -> str:
-        """Probe with 'version' until it answers; AgentAbsent after `budget` seconds."""
+        """Probe with 'version' until the agent answers; AgentAbsent after `budget` seconds.
+
+        Any well-formed reply means an agent is there, whatever its code: agents without a
+        `version` command (Mirantis answers "1") are present too. Returns the version, or ""
+        when the agent answered without one.
+        """
         budget = self.version_timeout if budget is None else budget
         deadline = time.monotonic() + budget
         while True:
@@ -381,9 +497,15 @@ class AgentClient:
                     hint="install and start virtkit-agent (or a compatible agent) in the guest",
                 )
             try:
-                return self.version(timeout=min(self.timeout, remaining))
+                reply = self.exchange(p.VERSION, "agent", timeout=min(self.timeout, remaining))
             except AgentNotReady:
                 continue
+            if not reply.ok:
+                LOG.info(
+                    "the guest agent answered 'version' with code %s: present, version unknown",
+                    reply.returncode,
+                )
+            return reply.message if reply.ok else ""
 
     def version(self, *, timeout: float | None = None) -> str:
         return self.call(p.VERSION, "agent", timeout=timeout).message

@@ -79,6 +79,8 @@ class VirtioSerialTransport:
             self._fd = None
 
     def serve(self, handler: CommandHandler, stop: threading.Event) -> None:
+        """Answer requests until `stop` is set. Nothing a peer sends can end this loop: bad
+        lines get a typed error reply, and an unexpected failure re-opens the port."""
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -88,7 +90,17 @@ class VirtioSerialTransport:
                 self._pump(handler, stop)
             except OSError as exc:
                 LOG.warning(
-                    "virtio-serial port unavailable (%s); retrying in %.1fs", exc.strerror, backoff
+                    "virtio-serial port unavailable (%s); retrying in %.1fs",
+                    exc.strerror or type(exc).__name__,
+                    backoff,
+                )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception as exc:  # a bug must not stop the agent: log, re-open, go on
+                LOG.error(
+                    "virtio-serial loop failed (%s); re-opening in %.1fs",
+                    type(exc).__name__,
+                    backoff,
                 )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -108,35 +120,51 @@ class VirtioSerialTransport:
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                if discarding:
+                if discarding:  # the tail of a line already refused as too long
                     discarding = False
                     continue
                 if line.strip():
                     self._send(self.answer(handler, line))
             if len(buffer) > MAX_LINE:
                 LOG.warning("request line longer than %d bytes discarded", MAX_LINE)
-                self._send(
-                    {"id": None, **_failure("the request line is too long", ErrorKind.TOO_LARGE)}
-                )
+                self._send(_failure_line(None, "the request line is too long", ErrorKind.TOO_LARGE))
                 buffer, discarding = b"", True
 
     @staticmethod
     def answer(handler: CommandHandler, line: bytes) -> dict[str, object]:
-        """The reply object (with its id) for one request line."""
+        """The reply object (with its id) for one request line. Never raises: a line that
+        cannot be parsed or handled gets a typed error reply."""
+        if len(line) > MAX_LINE:
+            return _failure_line(None, "the request line is too long", ErrorKind.TOO_LARGE)
+        request_id: str | None = None
         try:
             body = json.loads(line)
-        except ValueError:
-            return {"id": None, **_failure("the request is not JSON", ErrorKind.BAD_REQUEST)}
-        request_id = body.get("id") if isinstance(body, dict) else None
-        if not isinstance(request_id, str):
-            return {"id": None, **_failure("the request has no id", ErrorKind.BAD_REQUEST)}
-        request = {k: v for k, v in body.items() if k != "id"}
-        reply = json.loads(
-            handler.handle(
+            request_id = body.get("id") if isinstance(body, dict) else None
+            if not isinstance(request_id, str):
+                return _failure_line(None, "the request has no id", ErrorKind.BAD_REQUEST)
+            request = {k: v for k, v in body.items() if k != "id"}
+            text = handler.handle(
                 request_id, json.dumps(request, separators=(",", ":")), max_bytes=MAX_LINE
             )
-        )
-        return {"id": request_id, **reply}
+            reply = json.loads(text)
+            if not isinstance(reply, dict):
+                raise TypeError("the handler's reply is not an object")
+            return {"id": request_id, **reply}
+        except RecursionError:
+            return _failure_line(
+                request_id, "the request is nested too deeply", ErrorKind.BAD_REQUEST
+            )
+        except ValueError:  # not JSON, not UTF-8
+            return _failure_line(request_id, "the request is not JSON", ErrorKind.BAD_REQUEST)
+        except Exception as exc:  # the loop must survive anything a line can trigger
+            LOG.error("virtio-serial request could not be handled (%s)", type(exc).__name__)
+            return _failure_line(
+                request_id, "the request could not be handled: internal error", ErrorKind.OS_ERROR
+            )
+
+
+def _failure_line(request_id: str | None, message: str, kind: ErrorKind) -> dict[str, object]:
+    return {"id": request_id, **_failure(message, kind)}
 
 
 def _failure(message: str, kind: ErrorKind) -> dict[str, object]:

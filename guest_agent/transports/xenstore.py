@@ -19,10 +19,15 @@ import socket
 import stat
 import struct
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 HEADER = struct.Struct("<IIII")
 PAYLOAD_MAX = 4096
+#: Watch events are hints (the reader re-reads state); a queue nobody drains drops the oldest.
+EVENT_QUEUE_MAX = 1024
+ROUTE_QUEUE_MAX = 64
+RETIRED_TOKENS = 4096
 XENBUS_DEVICE = "/dev/xen/xenbus"
 
 
@@ -100,7 +105,9 @@ class XenstoreClient:
     def __init__(self, path: str | None = None, *, timeout: float = 10.0) -> None:
         self.path = path or os.environ.get("XENSTORED_PATH") or XENBUS_DEVICE
         self.timeout = timeout
-        self.events: queue.Queue[WatchEvent] = queue.Queue()
+        self.events: queue.Queue[WatchEvent] = queue.Queue(EVENT_QUEUE_MAX)
+        self._routes: dict[str, queue.Queue[WatchEvent]] = {}
+        self._retired: OrderedDict[str, None] = OrderedDict()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
@@ -192,7 +199,7 @@ class XenstoreClient:
                 if kind == XsType.WATCH_EVENT:
                     parts = payload.split(b"\0")
                     if len(parts) >= 2:
-                        self.events.put(WatchEvent(_text(parts[0]), _text(parts[1])))
+                        self._route(WatchEvent(_text(parts[0]), _text(parts[1])))
                     continue
                 with self._lock:
                     item = self._pending.pop(req_id, None)
@@ -204,6 +211,23 @@ class XenstoreClient:
         finally:
             self._closed.set()
             self._fail_pending()
+
+    def _route(self, event: WatchEvent) -> None:
+        """Deliver an event to its token's subscriber, else to `events`; never blocks."""
+        with self._lock:
+            target = self._routes.get(event.token)
+            if target is None and event.token in self._retired:
+                return  # a straggler for a finished subscription: nobody waits for it
+        target = self.events if target is None else target
+        while True:
+            try:
+                target.put_nowait(event)
+                return
+            except queue.Full:
+                try:
+                    target.get_nowait()  # drop the oldest hint
+                except queue.Empty:
+                    pass
 
     def request(
         self, kind: XsType, payload: bytes, *, tx: int = 0, timeout: float | None = None
@@ -295,6 +319,25 @@ class XenstoreClient:
 
     def unwatch(self, path: str, token: str) -> None:
         self.request(XsType.UNWATCH, _arg(path) + _arg(token))
+
+    def subscribe(self, token: str) -> queue.Queue[WatchEvent]:
+        """A private queue for the events of `token` (they no longer reach `events`).
+
+        Use a token unique to the subscription; after `unsubscribe` late events carrying it
+        are dropped, so they can never wake anybody else's wait.
+        """
+        routed: queue.Queue[WatchEvent] = queue.Queue(ROUTE_QUEUE_MAX)
+        with self._lock:
+            self._routes[token] = routed
+            self._retired.pop(token, None)
+        return routed
+
+    def unsubscribe(self, token: str) -> None:
+        with self._lock:
+            self._routes.pop(token, None)
+            self._retired[token] = None
+            while len(self._retired) > RETIRED_TOKENS:
+                self._retired.popitem(last=False)
 
     def wait_event(self, timeout: float) -> WatchEvent | None:
         try:

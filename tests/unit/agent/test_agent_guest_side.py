@@ -188,3 +188,73 @@ def test_password_with_newline_refused():
         )
     )
     assert bad.error is p.ErrorKind.BAD_REQUEST and setter.calls == []
+
+
+class _NoSetter:
+    def set_password(self, user: str, password: str) -> None:
+        raise AssertionError("not called")
+
+
+def _inject(tmp_path, monkeypatch, relative: str, swap) -> dict:
+    """injectfile through the real handler, with `swap` run between the path check and the
+    write (what a guest user racing the agent could do)."""
+    import base64
+    import json
+    import uuid
+
+    import guest_agent.commands as commands
+
+    allowed = tmp_path / "root" / ".ssh"
+    (allowed / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    real_check = commands.confined_path
+
+    def check_then_swap(path, roots):
+        result = real_check(path, roots)
+        swap(allowed, tmp_path / "outside")
+        return result
+
+    monkeypatch.setattr(commands, "confined_path", check_then_swap)
+    handler = CommandHandler(AgentConfig(inject_allowed_paths=(str(allowed),)), _NoSetter())
+    value = {"path": str(allowed / relative), "b64": base64.b64encode(b"ssh-ed25519 X").decode()}
+    request = json.dumps({"name": "injectfile", "value": value, "v": 2})
+    return json.loads(handler.handle(str(uuid.uuid4()), request))
+
+
+def test_injectfile_directory_swapped_for_a_symlink_after_the_check(tmp_path, monkeypatch):
+    def swap(allowed, outside):
+        os.rmdir(allowed / "sub")
+        os.symlink(outside, allowed / "sub")
+
+    reply = _inject(tmp_path, monkeypatch, "sub/authorized_keys", swap)
+    assert reply["error"] == "forbidden"
+    assert os.listdir(tmp_path / "outside") == []
+
+
+def test_injectfile_new_directory_swapped_for_a_symlink(tmp_path, monkeypatch):
+    def swap(allowed, outside):  # a directory the write would create appears as a link
+        os.symlink(outside, allowed / "new")
+
+    reply = _inject(tmp_path, monkeypatch, "new/deeper/authorized_keys", swap)
+    assert reply["error"] == "forbidden"
+    assert os.listdir(tmp_path / "outside") == []
+
+
+def test_injectfile_file_swapped_for_a_symlink(tmp_path, monkeypatch):
+    def swap(allowed, outside):
+        (outside / "shadow").write_text("untouched")
+        os.symlink(outside / "shadow", allowed / "sub" / "authorized_keys")
+
+    reply = _inject(tmp_path, monkeypatch, "sub/authorized_keys", swap)
+    assert reply["error"] == "forbidden"
+    assert (tmp_path / "outside" / "shadow").read_text() == "untouched"
+
+
+def test_injectfile_writes_under_the_allowed_directory(tmp_path, monkeypatch):
+    reply = _inject(tmp_path, monkeypatch, "sub/a/b/authorized_keys", lambda *_: None)
+    assert reply["returncode"] == "0"
+    target = tmp_path / "root" / ".ssh" / "sub" / "a" / "b" / "authorized_keys"
+    assert target.read_bytes() == b"ssh-ed25519 X"
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert oct((target.parent).stat().st_mode & 0o777) == "0o700"
+    assert [n for n in os.listdir(target.parent) if n.startswith(".virtkit")] == []

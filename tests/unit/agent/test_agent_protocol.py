@@ -281,3 +281,21 @@ def test_openssl_wrapped_output_accepted():
     os.close(read_fd)
     assert result.stdout.count(b"\n") > 1
     assert p.legacy_decrypt_password(secret, result.stdout.decode()) == "y" * 120
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12345678-1234-1234-1234-123456789abc\n",  # `$` matched before a trailing newline
+        "12345678-1234-1234-1234-123456789abc ",
+        " 12345678-1234-1234-1234-123456789abc",
+        "12345678-1234-1234-1234-123456789abcd",
+        "",
+    ],
+)
+def test_request_id_must_be_exactly_a_uuid(text):
+    assert not p.is_request_id(text)
+    with pytest.raises(p.ProtocolError) as err:
+        p.Request.parse(text, '{"name": "version", "value": ""}')
+    assert err.value.kind is p.ErrorKind.BAD_REQUEST
+    assert p.is_request_id("12345678-1234-1234-1234-123456789ABC")
