@@ -1,7 +1,8 @@
 """The fake driver: an in-process hypervisor with the reference semantics of the interface.
 
-It declares every capability. Its "hypervisor" is a JSON file under `instances_path`, so
-successive CLI processes (and several processes on one host) see the same instances. The
+It declares every capability. Its "hypervisor" is a directory of small JSON files under
+`instances_path` (see `drivers.fake.state`), so successive CLI processes (and several
+processes on one host) see the same instances. The
 `[fake]` latency options stand for the engine's and the SAN's waits in benchmarks.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 
 from oslo_config import cfg
 
-from drivers.fake.state import StateFile
+from drivers.fake.state import Change, HostState
 from virt.driver import Capability, ComputeDriver
 from virt.errors import (
     ImageNotFound,
@@ -147,7 +148,7 @@ def _check_instance(instance: Any) -> Instance:
 
 
 class FakeDriver(ComputeDriver):
-    """Reference driver: every capability, real state machine, state in a JSON file."""
+    """Reference driver: every capability, real state machine, state in JSON files."""
 
     name: ClassVar[str] = "fake"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
@@ -157,16 +158,17 @@ class FakeDriver(ComputeDriver):
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__(conf)
         self._host: str = conf.host
-        self._state: StateFile | None = None
+        self._state: HostState | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
     @property
-    def _state_file(self) -> StateFile:
-        """The hypervisor's state file, opened on first use."""
+    def _hypervisor(self) -> HostState:
+        """The hypervisor's state, opened on first use."""
         if self._state is None:
-            path = Path(self.conf.instances_path) / f"fake-hypervisor-{self._host}.json"
-            self._state = StateFile(path, self._host)
+            base = Path(self.conf.instances_path)
+            self._state = HostState(base / f"fake-hypervisor-{self._host}", self._host,
+                                    legacy=base / f"fake-hypervisor-{self._host}.json")
         return self._state
 
     def _sleep(self, option: str) -> None:
@@ -181,27 +183,27 @@ class FakeDriver(ComputeDriver):
     def _mutate(
         self,
         instance: Instance,
-        change: Callable[[dict[str, Any], dict[str, Any]], list[Transition] | None],
+        change: Callable[[dict[str, Any], Change], list[Transition] | None],
         *,
         missing: Callable[[str], Exception] | None = None,
     ) -> None:
-        """Apply `change(record, state)` to one instance atomically, then emit its events."""
+        """Apply `change(record, txn)` to one instance atomically, then emit its events."""
         _check_instance(instance)
-        with self._state_file.transaction(instance.uuid) as state:
-            record = state["instances"].get(instance.uuid)
+        with self._hypervisor.transaction(instance.uuid) as txn:
+            record = txn.record
             if record is None:
                 raise (missing or InstanceNotFound)(instance.uuid)
-            events = change(record, state) or []
+            events = change(record, txn) or []
         self._emit(instance.uuid, events)
 
     def _record(self, instance: Instance) -> dict[str, Any]:
         _check_instance(instance)
-        record = self._state_file.instance(instance.uuid)
+        record = self._hypervisor.record(instance.uuid)
         if record is None:
             raise InstanceNotFound(instance.uuid)
         return record
 
-    def _check_image(self, image: ImageRef, state: dict[str, Any]) -> None:
+    def _check_image(self, image: ImageRef, txn: Change) -> None:
         if not isinstance(image, ImageRef):
             raise InvalidRequest(f"image must be a virt.model.ImageRef, got {type(image).__name__}")
         paths = [image.ref] + [p for p in (image.kernel, image.ramdisk) if p]
@@ -210,7 +212,7 @@ class FakeDriver(ComputeDriver):
                 raise ImageNotFound(
                     f"image file {path} does not exist", hint="give an existing image path"
                 )
-        if image.ref.startswith(SNAPSHOT_SCHEME) and image.ref not in state["images"]:
+        if image.ref.startswith(SNAPSHOT_SCHEME) and image.ref not in txn.images:
             raise ImageNotFound(
                 f"snapshot image {image.ref} does not exist on fake host {self._host}"
             )
@@ -222,14 +224,14 @@ class FakeDriver(ComputeDriver):
             raise InvalidRequest("init_host needs a host name")
         if host != self._host:
             self._host, self._state = host, None
-        self._state_file.view()  # fail now, not on the first operation, if the path is unusable
+        self._hypervisor.check()  # fail now, not on the first operation, if the path is unusable
 
     def cleanup_host(self, *, host: str) -> None:
         self._state = None
 
     def get_available_resource(self) -> HostResources:
         fake = self.conf.fake
-        records = self._state_file.view()["instances"].values()
+        records = self._hypervisor.records()
         vcpus_used = sum(r["flavor"]["vcpus"] for r in records)
         memory_used = sum(r["flavor"]["memory_mb"] for r in records)
         disk_used = sum(r["flavor"]["root_gb"] + r["flavor"]["ephemeral_gb"] for r in records)
@@ -260,10 +262,10 @@ class FakeDriver(ComputeDriver):
     # -- state -----------------------------------------------------------------------------
 
     def list_instances(self) -> list[str]:
-        return sorted(r["name"] for r in self._state_file.view()["instances"].values())
+        return sorted(r["name"] for r in self._hypervisor.records())
 
     def list_instance_uuids(self) -> list[str]:
-        return sorted(self._state_file.view()["instances"])
+        return sorted(self._hypervisor.uuids())
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
         record = self._record(instance)
@@ -282,7 +284,7 @@ class FakeDriver(ComputeDriver):
 
     def instance_exists(self, *, instance: Instance) -> bool:
         _check_instance(instance)
-        return instance.uuid in self._state_file.view()["instances"]
+        return self._hypervisor.exists(instance.uuid)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -305,10 +307,10 @@ class FakeDriver(ComputeDriver):
         # The engine's work happens outside the lock, so spawns on one host overlap.
         self._sleep("spawn_latency_ms")
         prefix = self.conf.fake.fail_spawn_on_name_prefix
-        with self._state_file.transaction(instance.uuid) as state:
-            if instance.uuid in state["instances"]:
+        with self._hypervisor.transaction(instance.uuid) as txn:
+            if txn.record is not None:
                 raise InstanceExists(instance.uuid)
-            self._check_image(image, state)
+            self._check_image(image, txn)
             if prefix and instance.name.startswith(prefix):
                 raise SpawnError(
                     f"spawn of instance {instance.uuid} failed: fault injected by "
@@ -324,7 +326,7 @@ class FakeDriver(ComputeDriver):
             _console(record, f"virtkit-fake: defined {instance.name} ({instance.uuid})")
             if power_on:
                 _start(record)
-            state["instances"][instance.uuid] = record
+            txn.record = record
         LOG.info("fake: spawned %s (%s)", instance.name, instance.uuid)
         if power_on:
             self._emit(instance.uuid, [Transition.STARTED])
@@ -338,8 +340,8 @@ class FakeDriver(ComputeDriver):
     ) -> None:
         _check_instance(instance)
         self._sleep("operation_latency_ms")
-        with self._state_file.transaction(instance.uuid) as state:
-            record = state["instances"].pop(instance.uuid, None)
+        with self._hypervisor.transaction(instance.uuid) as txn:
+            record, txn.record = txn.record, None
             if record is None:
                 LOG.debug("fake: destroy of unknown instance %s is a no-op", instance.uuid)
                 return
@@ -349,7 +351,7 @@ class FakeDriver(ComputeDriver):
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not hard:
                 if record["state"] != PowerState.RUNNING.value:
                     raise InvalidState(
@@ -377,7 +379,7 @@ class FakeDriver(ComputeDriver):
         forced = timeout == 0
         already: list[bool] = []
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if record["state"] == PowerState.SHUTDOWN.value:
                 already.append(True)
                 return []
@@ -393,7 +395,7 @@ class FakeDriver(ComputeDriver):
     def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             current = record["state"]
             if current == PowerState.RUNNING.value:
                 return []
@@ -410,7 +412,7 @@ class FakeDriver(ComputeDriver):
     def pause(self, *, instance: Instance) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             self._require_state(instance, record, "pause", PowerState.RUNNING)
             record["state"] = PowerState.PAUSED.value
             return [Transition.PAUSED]
@@ -420,7 +422,7 @@ class FakeDriver(ComputeDriver):
     def unpause(self, *, instance: Instance) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if record["state"] == PowerState.RUNNING.value:
                 return []
             self._require_state(instance, record, "unpause", PowerState.PAUSED)
@@ -432,7 +434,7 @@ class FakeDriver(ComputeDriver):
     def suspend(self, *, instance: Instance) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             self._require_state(instance, record, "suspend", PowerState.RUNNING, PowerState.PAUSED)
             record["state"] = PowerState.SUSPENDED.value
             _console(record, "PM: suspend entry (deep)")
@@ -443,7 +445,7 @@ class FakeDriver(ComputeDriver):
     def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if record["state"] == PowerState.RUNNING.value:
                 return []
             self._require_state(instance, record, "resume", PowerState.SUSPENDED)
@@ -460,7 +462,7 @@ class FakeDriver(ComputeDriver):
         ref = f"{SNAPSHOT_SCHEME}{uuidlib.uuid4()}"
         taken: list[ImageRef] = []
 
-        def change(record: dict[str, Any], state: dict[str, Any]) -> None:
+        def change(record: dict[str, Any], txn: Change) -> None:
             source = record["image"]
             image = ImageRef(
                 ref=ref,
@@ -470,7 +472,7 @@ class FakeDriver(ComputeDriver):
                 kernel_cmdline=source["kernel_cmdline"],
                 properties={"name": name, "source_instance": instance.uuid},
             )
-            state["images"][ref] = {**_image_record(image), "name": name,
+            txn.images[ref] = {**_image_record(image), "name": name,
                                     "source_instance": instance.uuid, "created_at": time.time()}
             _console(record, f"virtkit-fake: snapshot {name!r} taken as {ref}")
             taken.append(image)
@@ -484,13 +486,13 @@ class FakeDriver(ComputeDriver):
     ) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], txn: Change) -> list[Transition]:
             if record["rescued"]:
                 raise InvalidState(f"instance {instance.uuid} is already in rescue mode",
                                    hint="unrescue it first")
             self._require_state(instance, record, "rescue", PowerState.RUNNING,
                                 PowerState.SHUTDOWN)
-            self._check_image(image, state)
+            self._check_image(image, txn)
             events = [Transition.STOPPED] if record["state"] in _ALIVE else []
             record["rescued"] = True
             record["rescue_image"] = image.ref
@@ -503,7 +505,7 @@ class FakeDriver(ComputeDriver):
     def unrescue(self, *, instance: Instance) -> None:
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> list[Transition]:
+        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not record["rescued"]:
                 return []
             record["rescued"] = False
@@ -547,7 +549,7 @@ class FakeDriver(ComputeDriver):
         self._check_block_device(block_device)
         self._sleep("volume_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+        def change(record: dict[str, Any], _txn: Change) -> None:
             attached = record["block_devices"]
             if block_device.mountpoint in attached:
                 raise VolumeError(
@@ -567,7 +569,7 @@ class FakeDriver(ComputeDriver):
         _check_instance(instance)
         self._sleep("volume_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+        def change(record: dict[str, Any], _txn: Change) -> None:
             attached = record["block_devices"]
             found = [m for m, b in attached.items()
                      if (block_device.volume_id and b["volume_id"] == block_device.volume_id)
@@ -596,7 +598,7 @@ class FakeDriver(ComputeDriver):
             raise InvalidRequest("the new admin password must not be empty")
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+        def change(record: dict[str, Any], _txn: Change) -> None:
             if record["state"] != PowerState.RUNNING.value:
                 raise InstanceNotRunning(instance.uuid, "set_admin_password")
             # Only the fact and the time are kept: the password itself never touches the file.
@@ -612,7 +614,7 @@ class FakeDriver(ComputeDriver):
             raise InvalidRequest("inject_file contents must be bytes")
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _state: dict[str, Any]) -> None:
+        def change(record: dict[str, Any], _txn: Change) -> None:
             record["files"][path] = {"size": len(contents),
                                      "sha256": hashlib.sha256(contents).hexdigest()}
             _console(record, f"virtkit-fake: injected {path} ({len(contents)} bytes)")

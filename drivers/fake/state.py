@@ -1,207 +1,280 @@
-"""The fake hypervisor's state: one JSON file per host, shared safely between processes.
+"""The fake hypervisor's state: one small JSON file per instance, shared safely between processes.
 
-Every change is a transaction: a thread lock and an exclusive `fcntl` lock on a side file,
-mutate, write a temp file and rename it over the old one (a killed process leaves the old
-file or the new one, never half of one). Readers take a shared lock.
+Layout, under `<instances_path>/fake-hypervisor-<host>/`:
 
-The parsed state is cached between calls. It is reused only when the side file still holds
-the random token this process last saw *and* the state file's inode/mtime/size are the same:
-every writer puts a fresh token in the side file (before it renames, so a writer killed in
-between only costs the others a re-read), and the stat check catches anyone who edits the
-file by hand. A transaction on one instance re-serialises only that instance's record and
-skips the write when nothing changed, so an operation costs O(1) encoding, not O(instances).
+    <uuid>.json     one instance's record (uuids are canonical, so safe file names)
+    _host.json      {"version": 2, "host": ..., "images": {...}}: the snapshots this host took
+    .lock           fcntl lock: exclusive for a change, shared for a read of several files
+
+A change is a transaction on one instance (and, if it touches them, the images): the
+exclusive lock, read that one record, mutate it, write a temp file and rename it over the old
+one (a killed process leaves the old file or the new one, never half of one), skip the write
+when nothing changed. So an operation costs O(1) whatever the number of instances, and
+listing is one directory scan. Nothing is cached: every read sees the files as they are now,
+hand edits included. The old single-file format (`fake-hypervisor-<host>.json`, version 1)
+is migrated on first use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from virt.errors import HypervisorUnavailable
 
-FORMAT_VERSION = 1
-_TOKEN_BYTES = 32
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1
+HOST_FILE = "_host.json"
+LOCK_FILE = ".lock"
+_SUFFIX = ".json"
 
 
-def empty_state(host: str) -> dict[str, Any]:
-    return {"version": FORMAT_VERSION, "host": host, "instances": {}, "images": {}}
+def _encode(value: Any) -> bytes:
+    return (json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def _encode(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def _unusable(path: Path, exc: OSError) -> HypervisorUnavailable:
+    return HypervisorUnavailable(
+        f"fake hypervisor state {path} is not usable: {exc.strerror or exc}",
+        hint="check [DEFAULT] instances_path and its permissions")
 
 
-@dataclass
-class _Snapshot:
-    """The state as last read or written, and what proves it is still current."""
+class Change:
+    """What a transaction works on: one instance's record (None: absent) and the images.
 
-    token: str
-    stat: tuple[int, int, int] | None
-    state: dict[str, Any]
-    head: str | None = None  # everything but "instances", encoded
-    parts: dict[str, str] = field(default_factory=dict)  # uuid -> encoded record
-    encoded: bool = False  # head/parts are filled in
+    Set `record` to create, replace or (None) remove the instance. `images` is read on
+    first use only (most operations never look at it).
+    """
+
+    def __init__(self, state: HostState, record: dict[str, Any] | None) -> None:
+        self.record = record
+        self._state = state
+        self._images: dict[str, Any] | None = None
+        self._images_text: bytes | None = None
+
+    @property
+    def images(self) -> dict[str, Any]:
+        if self._images is None:
+            host = self._state.read_host()
+            self._images_text = _encode(host["images"])
+            self._images = host["images"]
+        return self._images
+
+    def images_changed(self) -> bool:
+        return self._images is not None and _encode(self._images) != self._images_text
 
 
-class StateFile:
-    """JSON state of one fake host at `path`, with cross-process locking."""
+class HostState:
+    """The state of one fake host in `directory`, with cross-process locking."""
 
-    def __init__(self, path: Path, host: str) -> None:
-        self.path = path
+    def __init__(self, directory: Path, host: str, *, legacy: Path | None = None) -> None:
+        self.directory = directory
         self.host = host
-        self._lock_path = path.with_name(path.name + ".lock")
-        self._thread_lock = threading.RLock()
-        self._cache: _Snapshot | None = None
+        self.legacy = legacy
+        self._lock_path = directory / LOCK_FILE
+        self._host_path = directory / HOST_FILE
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    # -- locking and set-up -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _flock(self, mode: int) -> Iterator[int]:
+    def _flock(self, mode: int) -> Iterator[None]:
+        """The host lock. A descriptor of its own per call, so threads exclude each other
+        too (flock locks belong to the open file description)."""
+        self._prepare()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise HypervisorUnavailable(
-                f"fake hypervisor state directory {self.path.parent} is not usable: "
-                f"{exc.strerror}",
-                hint="check [DEFAULT] instances_path and its permissions",
-            ) from None
+            raise _unusable(self.directory, exc) from None
         try:
             fcntl.flock(fd, mode)
-            yield fd
+            yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise HypervisorUnavailable(
-                f"fake hypervisor state {self.path} is unreadable: {exc.strerror}") from None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _prepare(self) -> None:
+        """Create the directory and the host file, migrating the old format, once."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise _unusable(self.directory, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self.legacy is not None and self.legacy.exists():
+                    self._migrate(self.legacy)
+                elif not self._host_path.exists():
+                    self._write(self._host_path, self._host_record({}))
+            finally:
+                os.close(fd)
+            self._ready = True
 
-    def _current(self, fd: int) -> _Snapshot:
-        """The state under the held lock: the cache if still valid, else the file."""
-        token = os.pread(fd, _TOKEN_BYTES, 0).decode("ascii", "replace")
-        stat = self._stat()
-        cache = self._cache
-        if cache is not None and token and cache.token == token and cache.stat == stat:
-            return cache
-        self._cache = _Snapshot(token, stat, self._parse())
-        return self._cache
+    def check(self) -> None:
+        """Fail now (HypervisorUnavailable) if the state is not usable."""
+        self.read_host()
 
-    def _parse(self) -> dict[str, Any]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return empty_state(self.host)
-        except OSError as exc:
-            raise HypervisorUnavailable(
-                f"fake hypervisor state {self.path} is unreadable: {exc.strerror}") from None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise HypervisorUnavailable(
-                f"fake hypervisor state {self.path} is unreadable: {exc}",
-                hint="remove the file to start from an empty host",
-            ) from None
-        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
-            raise HypervisorUnavailable(
-                f"fake hypervisor state {self.path} has an unknown format",
-                hint="remove the file to start from an empty host",
-            )
-        return data
+    def _host_record(self, images: dict[str, Any]) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, "host": self.host, "images": images}
 
-    def view(self) -> dict[str, Any]:
-        """The current state, shared: callers must not modify it (use `read` for a copy)."""
-        with self._thread_lock, self._flock(fcntl.LOCK_SH) as fd:
-            return self._current(fd).state
+    def _migrate(self, legacy: Path) -> None:
+        """Split a version-1 single file into per-instance files, then remove it.
 
-    def read(self) -> dict[str, Any]:
-        """The current state (a fresh copy the caller may keep)."""
-        return copy.deepcopy(self.view())
-
-    def instance(self, uuid: str) -> dict[str, Any] | None:
-        """One instance's record (a copy), or None."""
-        record = self.view()["instances"].get(uuid)
-        return None if record is None else copy.deepcopy(record)
-
-    @contextlib.contextmanager
-    def transaction(self, instance: str | None = None) -> Iterator[dict[str, Any]]:
-        """Yield the state for changes; write it atomically unless the block raises.
-
-        With `instance`, the block promises to change at most that instance's record and the
-        non-instance keys (images): only those are copied and re-encoded.
+        Runs under the exclusive lock before anything else reads the new layout; the old
+        file goes last, so a migration killed half-way is simply done again.
         """
-        with self._thread_lock, self._flock(fcntl.LOCK_EX) as fd:
-            current = self._current(fd)
-            work = self._working_copy(current.state, instance)
-            yield work
-            self._commit(fd, current, work, instance)
+        data = self._parse(legacy, "remove the file to start from an empty host")
+        if not isinstance(data, dict) or data.get("version") != LEGACY_VERSION:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {legacy} has an unknown format",
+                hint="remove the file to start from an empty host")
+        for uuid, record in data.get("instances", {}).items():
+            self._write(self._instance_path(uuid), record)
+        self._write(self._host_path, self._host_record(data.get("images", {})))
+        legacy.unlink()
+        with contextlib.suppress(OSError):
+            legacy.with_name(legacy.name + ".lock").unlink()
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _instance_path(self, uuid: str) -> Path:
+        return self.directory / f"{uuid}{_SUFFIX}"
 
     @staticmethod
-    def _working_copy(state: dict[str, Any], instance: str | None) -> dict[str, Any]:
-        if instance is None:
-            return copy.deepcopy(state)
-        work = {k: copy.deepcopy(v) for k, v in state.items() if k != "instances"}
-        work["instances"] = dict(state["instances"])
-        if instance in work["instances"]:
-            work["instances"][instance] = copy.deepcopy(work["instances"][instance])
-        return work
-
-    def _commit(self, fd: int, current: _Snapshot, work: dict[str, Any],
-                instance: str | None) -> None:
-        """Encode what changed; write the file only if something did."""
-        old_keys, new_keys = current.state["instances"].keys(), work["instances"].keys()
-        if instance is None or (old_keys ^ new_keys) - {instance}:
-            self._write(fd, work, _encode_all(work))
-            return
-        if not current.encoded:
-            current.head, current.parts, current.encoded = _encode_all(current.state)
-        head = _encode({k: v for k, v in work.items() if k != "instances"})
-        parts = current.parts
-        record = work["instances"].get(instance)
-        part = None if record is None else _encode(record)
-        if head == current.head and part == parts.get(instance):
-            return  # nothing changed: no write, the cache stays valid
-        parts = dict(parts)
-        if part is None:
-            parts.pop(instance, None)
-        else:
-            parts[instance] = part
-        self._write(fd, work, (head, parts, True))
-
-    def _write(self, fd: int, state: dict[str, Any],
-               encoded: tuple[str, dict[str, str], bool]) -> None:
-        head, parts, _ = encoded
-        self._cache = None  # until the new file is in place
-        # Fixed length, overwritten in place: truncating would make ext4 flush the file.
-        token = os.urandom(_TOKEN_BYTES // 2).hex()
-        os.pwrite(fd, token.encode("ascii"), 0)
-        body = ",\n".join(f"{json.dumps(uuid)}:{part}" for uuid, part in sorted(parts.items()))
-        rest = "," + head[1:] if head != "{}" else "}"
-        text = '{"instances":{\n' + body + "\n}" + rest + "\n"
-        tmp_fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+    def _load(path: Path, hint: str) -> tuple[Any, bytes | None]:
+        """The JSON in `path` and its bytes; (None, None) if it does not exist."""
         try:
-            with os.fdopen(tmp_fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, self.path)
-        except BaseException:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {path} is unreadable: {exc.strerror}") from None
+        try:
+            return json.loads(data), data
+        except ValueError as exc:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {path} is unreadable: {exc}", hint=hint) from None
+
+    def _parse(self, path: Path, hint: str) -> Any:
+        return self._load(path, hint)[0]
+
+    def _read_record(self, uuid: str) -> tuple[dict[str, Any] | None, bytes | None]:
+        """One instance's record and the bytes it was read from."""
+        path = self._instance_path(uuid)
+        record, data = self._load(path, "remove the file to forget that instance")
+        if record is not None and not (isinstance(record, dict) and record.get("uuid") == uuid):
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {path} is not the record of instance {uuid}",
+                hint="remove the file to forget that instance")
+        return record, data
+
+    def _write(self, path: Path, value: Any) -> None:
+        """Write atomically: a temp file renamed over the old one. The exclusive lock is
+        held, so one fixed temp name per file is enough."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        data = value if isinstance(value, bytes) else _encode(value)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)  # a few kB: one write
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._cache = _Snapshot(token, self._stat(), state, head, parts, True)
+                tmp.unlink()
+            raise _unusable(path, exc) from None
 
+    def _remove(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _unusable(path, exc) from None
 
-def _encode_all(state: dict[str, Any]) -> tuple[str, dict[str, str], bool]:
-    head = _encode({k: v for k, v in state.items() if k != "instances"})
-    return head, {uuid: _encode(r) for uuid, r in state["instances"].items()}, True
+    # -- reading ----------------------------------------------------------------------------
+
+    def read_host(self) -> dict[str, Any]:
+        """The host file: format version, host name, images."""
+        self._prepare()
+        data = self._parse(self._host_path, "remove the directory to start from an empty host")
+        if data is None:
+            return self._host_record({})  # removed by hand: no images
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            raise HypervisorUnavailable(
+                f"fake hypervisor state {self._host_path} has an unknown format",
+                hint="remove the directory to start from an empty host")
+        data.setdefault("images", {})
+        return data
+
+    def record(self, uuid: str) -> dict[str, Any] | None:
+        """One instance's record (a fresh copy), or None. One small file, read whole: its
+        rename-based writes make a lock unnecessary."""
+        self._prepare()
+        return self._read_record(uuid)[0]
+
+    def exists(self, uuid: str) -> bool:
+        self._prepare()
+        try:
+            os.stat(self._instance_path(uuid))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
+        return True
+
+    def uuids(self) -> list[str]:
+        """Every instance's uuid: one directory scan."""
+        with self._flock(fcntl.LOCK_SH):
+            return self._scan()
+
+    def _scan(self) -> list[str]:
+        try:
+            names = os.listdir(self.directory)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
+        # Skip the host file, the lock and temp files (a killed writer may leave one).
+        return [n[: -len(_SUFFIX)] for n in names
+                if n.endswith(_SUFFIX) and not n.startswith((".", "_"))]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every instance's record, as one consistent view (under the shared lock)."""
+        with self._flock(fcntl.LOCK_SH):
+            found = (self._read_record(uuid)[0] for uuid in self._scan())
+            return [r for r in found if r is not None]
+
+    # -- changing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, uuid: str) -> Iterator[Change]:
+        """Yield instance `uuid`'s record for changes; write what changed unless the block
+        raises."""
+        with self._flock(fcntl.LOCK_EX):
+            before, before_data = self._read_record(uuid)
+            change = Change(self, before)
+            yield change
+            if change.record is None:
+                if before is not None:
+                    self._remove(self._instance_path(uuid))
+            else:
+                # Compared with the bytes read: files are written in this same encoding, so
+                # an unchanged record is not rewritten (a hand-edited one may be, once).
+                data = _encode(change.record)
+                if data != before_data:
+                    self._write(self._instance_path(uuid), data)
+            if change.images_changed():
+                self._write(self._host_path, self._host_record(change.images))

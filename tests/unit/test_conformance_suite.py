@@ -169,10 +169,11 @@ def test_fake_driver_passes_the_whole_suite(fake_run):
 def test_suite_destroys_everything_it_created(fake_run):
     proc, _, _ = fake_run
     config = Path(proc.args[proc.args.index("--virtkit-config") + 1])
-    state_files = list((config.parent / "state").glob("instances/fake-hypervisor-*.json"))
-    assert state_files, "the fake run left no state file at all"
-    for path in state_files:
-        assert json.loads(path.read_text())["instances"] == {}
+    # The fake keeps one file per instance (and _host.json) in fake-hypervisor-<host>/.
+    hosts = list((config.parent / "state").glob("instances/fake-hypervisor-*/_host.json"))
+    assert hosts, "the fake run left no state at all"
+    for path in hosts:
+        assert [p.name for p in path.parent.glob("[!_.]*.json")] == []
 
 
 def test_broken_driver_fails_exactly_where_it_is_broken(broken_run):

@@ -72,8 +72,17 @@ def driver(conf):
     return drv
 
 
-def state_path(conf) -> str:
-    return os.path.join(conf.instances_path, "fake-hypervisor-test-host.json")
+def state_dir(conf) -> str:
+    return os.path.join(conf.instances_path, "fake-hypervisor-test-host")
+
+
+def state_path(conf, inst: Instance) -> str:
+    """The file holding one instance's record."""
+    return os.path.join(state_dir(conf), f"{inst.uuid}.json")
+
+
+def instance_files(conf) -> list[str]:
+    return sorted(n for n in os.listdir(state_dir(conf)) if not n.startswith((".", "_")))
 
 
 def test_declares_every_capability():
@@ -134,18 +143,24 @@ def test_secrets_never_reach_the_state_file(conf, driver):
                  block_devices=[chap_volume("/dev/vdc", "vol-0")])
     driver.attach_volume(instance=inst, block_device=chap_volume())
     driver.set_admin_password(instance=inst, password="N3w-Pw")
-    text = open(state_path(conf), encoding="utf-8").read()
-    for secret in (SECRET, "Adm1n-Pw", "N3w-Pw"):
-        assert secret not in text
-    state = json.loads(text)
-    bdm = state["instances"][inst.uuid]["block_devices"]["/dev/vdb"]
+    snap = driver.snapshot(instance=inst, name="s")
+    for name in os.listdir(state_dir(conf)):
+        text = open(os.path.join(state_dir(conf), name), encoding="utf-8").read()
+        for secret in (SECRET, "Adm1n-Pw", "N3w-Pw"):
+            assert secret not in text
+    assert snap.ref in open(os.path.join(state_dir(conf), "_host.json")).read()
+    record = json.loads(open(state_path(conf, inst), encoding="utf-8").read())
+    bdm = record["block_devices"]["/dev/vdb"]
     assert bdm["connection_info"]["data"]["auth_password"] == "***"
     assert bdm["connection_info"]["data"]["auth_username"] == "user"
 
 
 def test_state_file_is_private(conf, driver):
-    driver.spawn(instance=make_instance(), image=IMAGE)
-    assert os.stat(state_path(conf)).st_mode & 0o077 == 0
+    inst = make_instance()
+    driver.spawn(instance=inst, image=IMAGE)
+    for path in (state_dir(conf), state_path(conf, inst),
+                 os.path.join(state_dir(conf), "_host.json")):
+        assert os.stat(path).st_mode & 0o077 == 0, path
 
 
 def test_fault_injection_fails_spawn_and_leaves_nothing(conf, driver):
@@ -290,21 +305,23 @@ def test_resources_account_for_instances(driver):
 
 
 def test_corrupt_state_file_is_a_clear_error(conf, driver):
-    os.makedirs(conf.instances_path, exist_ok=True)
-    with open(state_path(conf), "w") as handle:
+    inst = make_instance()
+    driver.spawn(instance=inst, image=IMAGE)
+    with open(state_path(conf, inst), "w") as handle:
         handle.write("{not json")
     from virt.errors import HypervisorUnavailable
 
-    with pytest.raises(HypervisorUnavailable, match="unreadable"):
+    with pytest.raises(HypervisorUnavailable, match=f"{inst.uuid}.json is unreadable"):
         driver.list_instances()
+    with pytest.raises(HypervisorUnavailable, match="unreadable"):
+        driver.get_info(instance=inst)
 
 
 def test_two_drivers_on_one_host_see_each_others_changes(conf, driver):
-    """Each driver caches the parsed state; a change by the other must invalidate it."""
     other = load_driver("fake", conf)
     other.init_host(host="test-host")
     inst = make_instance()
-    assert not other.instance_exists(instance=inst)  # cached now
+    assert not other.instance_exists(instance=inst)
     driver.spawn(instance=inst, image=IMAGE)
     assert other.instance_exists(instance=inst)
     other.attach_volume(instance=inst, block_device=chap_volume())
@@ -316,26 +333,82 @@ def test_two_drivers_on_one_host_see_each_others_changes(conf, driver):
 def test_state_file_edited_by_hand_is_noticed(conf, driver):
     inst = make_instance()
     driver.spawn(instance=inst, image=IMAGE)
-    state = json.loads(open(state_path(conf), encoding="utf-8").read())
-    state["instances"][inst.uuid]["name"] = "renamed-by-hand"
-    with open(state_path(conf), "w", encoding="utf-8") as handle:
-        json.dump(state, handle, indent=1)
+    record = json.loads(open(state_path(conf, inst), encoding="utf-8").read())
+    record["name"] = "renamed-by-hand"
+    with open(state_path(conf, inst), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1)
     assert driver.list_instances() == ["renamed-by-hand"]
 
 
 def test_unchanged_transaction_does_not_rewrite_the_file(conf, driver):
-    driver.spawn(instance=make_instance(), image=IMAGE)
-    before = os.stat(state_path(conf))
+    inst = make_instance()
+    driver.spawn(instance=inst, image=IMAGE)
+    before = os.stat(state_path(conf, inst)), os.stat(state_dir(conf))
     driver.destroy(instance=make_instance())  # unknown: a no-op
-    after = os.stat(state_path(conf))
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    driver.power_on(instance=inst)  # already running: a no-op
+    after = os.stat(state_path(conf, inst)), os.stat(state_dir(conf))
+    assert [(s.st_ino, s.st_mtime_ns) for s in before] == [
+        (s.st_ino, s.st_mtime_ns) for s in after]
 
 
-def test_state_file_stays_one_json_document(conf, driver):
-    insts = [make_instance() for _ in range(3)]
+def test_one_small_file_per_instance_and_others_untouched(conf, driver):
+    insts = [make_instance(f"vm{i}") for i in range(3)]
     for inst in insts:
         driver.spawn(instance=inst, image=IMAGE)
+    others = [os.stat(state_path(conf, i)) for i in (insts[0], insts[2])]
+    driver.pause(instance=insts[1])
     driver.destroy(instance=insts[1])
-    state = json.loads(open(state_path(conf), encoding="utf-8").read())
-    assert sorted(state["instances"]) == sorted([insts[0].uuid, insts[2].uuid])
-    assert state["host"] == "test-host" and state["version"] == 1 and state["images"] == {}
+    # An operation on one instance rewrites only that instance's file.
+    assert [(s.st_ino, s.st_mtime_ns) for s in others] == [
+        (s.st_ino, s.st_mtime_ns) for s in (os.stat(state_path(conf, i))
+                                             for i in (insts[0], insts[2]))]
+    assert instance_files(conf) == sorted(f"{i.uuid}.json" for i in (insts[0], insts[2]))
+    record = json.loads(open(state_path(conf, insts[0]), encoding="utf-8").read())
+    assert record["uuid"] == insts[0].uuid and record["name"] == "vm0"
+    host = json.loads(open(os.path.join(state_dir(conf), "_host.json")).read())
+    assert host == {"host": "test-host", "version": 2, "images": {}}
+    assert driver.list_instances() == ["vm0", "vm2"]
+
+
+def test_old_single_file_state_is_migrated(conf):
+    """A host written by the previous version (one JSON file) keeps its instances."""
+    uuid = new_uuid()
+    snap = "fake-snapshot:11111111-2222-3333-4444-555555555555"
+    record = {"uuid": uuid, "name": "old-vm", "host": "test-host", "state": "paused",
+              "flavor": {"name": "t", "vcpus": 1, "memory_mb": 64, "root_gb": 1,
+                         "ephemeral_gb": 0, "swap_mb": 0},
+              "image": {"ref": "cirros", "disk_format": None, "kernel": None,
+                        "ramdisk": None, "kernel_cmdline": None},
+              "created_at": 1.0, "cpu_time_ns": 0, "running_since": None,
+              "block_devices": {}, "vifs": [], "files": {}, "rescued": False,
+              "admin_password_changed_at": None, "console": []}
+    images = {snap: {"ref": snap, "name": "s", "disk_format": None, "kernel": None,
+                     "ramdisk": None, "kernel_cmdline": None}}
+    os.makedirs(conf.instances_path, exist_ok=True)
+    legacy = os.path.join(conf.instances_path, "fake-hypervisor-test-host.json")
+    with open(legacy, "w", encoding="utf-8") as handle:
+        json.dump({"version": 1, "host": "test-host", "instances": {uuid: record},
+                   "images": images}, handle)
+    open(legacy + ".lock", "w").close()
+    drv = load_driver("fake", conf)
+    drv.init_host(host="test-host")
+    assert drv.list_instances() == ["old-vm"]
+    inst = Instance(uuid=uuid, name="old-vm", flavor=FLAVOR)
+    assert drv.get_info(instance=inst).state is PowerState.PAUSED
+    assert not os.path.exists(legacy) and not os.path.exists(legacy + ".lock")
+    again = make_instance("from-snap")
+    drv.spawn(instance=again, image=ImageRef(snap))  # the snapshot came along
+    assert load_driver("fake", conf).list_instances() == ["from-snap", "old-vm"]
+
+
+def test_unknown_old_format_is_a_clear_error(conf):
+    os.makedirs(conf.instances_path, exist_ok=True)
+    legacy = os.path.join(conf.instances_path, "fake-hypervisor-test-host.json")
+    with open(legacy, "w", encoding="utf-8") as handle:
+        json.dump({"version": 99}, handle)
+    from virt.errors import HypervisorUnavailable
+
+    drv = load_driver("fake", conf)
+    with pytest.raises(HypervisorUnavailable, match="unknown format"):
+        drv.init_host(host="test-host")
+    assert os.path.exists(legacy)  # left for the operator

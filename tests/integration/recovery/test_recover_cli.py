@@ -48,6 +48,12 @@ def fake_domains(config: Path, host: str) -> list[str]:
     return driver.list_instance_uuids()
 
 
+def fake_record(conf, host: str, uuid: str) -> dict:
+    """One instance's record in the fake hypervisor's state (one file per instance)."""
+    return json.loads(Path(conf.instances_path, f"fake-hypervisor-{host}", f"{uuid}.json")
+                      .read_text())
+
+
 @pytest.mark.slow
 def test_two_recoverers_on_postgres_recover_each_instance_once(tmp_path, pg_url):  # noqa: F811
     config = write_conf(tmp_path, pg_url, spawn_latency_ms=20)
@@ -94,8 +100,7 @@ def test_crash_between_spawn_and_attach_resumes(tmp_path):
     driver = load_driver("fake", conf)
     driver.init_host(host="host-b")
     assert driver.list_instance_uuids() == [uuid]
-    state = json.loads(Path(conf.instances_path, "fake-hypervisor-host-b.json").read_text())
-    assert sorted(state["instances"][uuid]["block_devices"]) == ["/dev/vdb", "/dev/vdc"]
+    assert sorted(fake_record(conf, "host-b", uuid)["block_devices"]) == ["/dev/vdb", "/dev/vdc"]
     with Store(url) as store:
         entries = RecoveryJournal(store, host="x").entries(uuid)
         spawns = [e for e in entries if e["step"] == "spawn" and e["status"] == "started"]
@@ -114,8 +119,7 @@ def test_crash_during_attach_undoes_and_reattaches(tmp_path):
     assert crashed.returncode == -signal.SIGKILL
     assert run_recover(config, *args).returncode == 0
     conf = build_conf(str(config))
-    state = json.loads(Path(conf.instances_path, "fake-hypervisor-host-b.json").read_text())
-    assert list(state["instances"][uuid]["block_devices"]) == ["/dev/vdb"]
+    assert list(fake_record(conf, "host-b", uuid)["block_devices"]) == ["/dev/vdb"]
 
 
 def test_usage_and_fencing_exit_codes(tmp_path):
@@ -256,9 +260,9 @@ def test_claims_of_a_killed_recoverer_are_taken_over_after_the_lease(tmp_path, p
     done_by_b = {u for u, r in rows.items() if r["target_host"] == "host-b"}
     assert recovered_c | done_by_b == set(uuids) and not recovered_c & done_by_b
     conf = build_conf(str(config))
-    state = json.loads(Path(conf.instances_path, "fake-hypervisor-host-c.json").read_text())
-    assert set(state["instances"]) == recovered_c  # each spawned once here
-    assert all(list(state["instances"][u]["block_devices"]) == ["/dev/vdb"] for u in recovered_c)
+    assert set(fake_domains(config, "host-c")) == recovered_c  # each spawned once here
+    assert all(list(fake_record(conf, "host-c", u)["block_devices"]) == ["/dev/vdb"]
+               for u in recovered_c)
 
 
 def claims_of(store: Store, host: str | None = None) -> list[dict]:
