@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from virt.errors import VirtError
 from virt.store import Store
@@ -78,6 +79,28 @@ class ClaimState(enum.StrEnum):
     CLAIMED = "claimed"
     DONE = "done"
     FAILED = "failed"
+
+
+# Statements run for every instance, built once: building a Core statement (and its cache
+# key) costs about as much as running it on SQLite. Bind names must differ from columns'.
+_OURS = (claims.c.claim_id == sa.bindparam("b_claim"), claims.c.run_id == sa.bindparam("b_run"),
+         claims.c.state == ClaimState.CLAIMED)
+#: Renew the lease if the claim is still this run's (the compare-and-swap of every flush).
+_RENEW_OWNED = claims.update().where(*_OURS).values(
+    updated_at=sa.bindparam("b_now", type_=claims.c.updated_at.type))
+#: The same, ending the claim in the same statement.
+_END_OWNED = claims.update().where(*_OURS).values(
+    updated_at=sa.bindparam("b_now", type_=claims.c.updated_at.type),
+    state=sa.bindparam("b_state", type_=claims.c.state.type),
+    reason=sa.bindparam("b_reason", type_=claims.c.reason.type))
+_CLAIM_ROW = sa.select(claims).where(claims.c.instance_uuid == sa.bindparam("b_uuid"))
+_LOCK_CLAIM_ROW = _CLAIM_ROW.with_for_update(skip_locked=True)
+_INSERT_ENTRIES = journal.insert()
+_INSERT_CLAIM_UNLESS_ANY: dict[str, sa.Insert] = {
+    "sqlite": sqlite.insert(claims).on_conflict_do_nothing(index_elements=["instance_uuid"]),
+    "postgresql": postgresql.insert(claims).on_conflict_do_nothing(
+        index_elements=["instance_uuid"]),
+}
 
 
 @dataclass(frozen=True)
@@ -160,10 +183,7 @@ class RecoveryJournal:
         is still exactly as the caller saw it go stale.
         """
         with self.store.transaction() as conn:
-            row = conn.execute(
-                sa.select(claims).where(claims.c.instance_uuid == instance_uuid)
-                .with_for_update(skip_locked=True)
-            ).mappings().first()
+            row = conn.execute(_LOCK_CLAIM_ROW, {"b_uuid": instance_uuid}).mappings().first()
             if row is None and _exists(conn, instance_uuid):
                 return ClaimRefused("another recoverer is claiming it right now", busy=True)
             if row is not None and take_over is not None:
@@ -196,10 +216,7 @@ class RecoveryJournal:
                       state=ClaimState.CLAIMED, run_id=self.run_id, actor=self.actor,
                       reason=None, claimed_at=now, updated_at=now)
         if not replace:
-            try:
-                with conn.begin_nested():
-                    conn.execute(claims.insert().values(instance_uuid=instance_uuid, **values))
-            except sa.exc.IntegrityError:
+            if not _insert_claim(conn, dict(instance_uuid=instance_uuid, **values)):
                 return ClaimRefused("another recoverer claimed it at the same moment", busy=True)
         else:
             conn.execute(claims.update().where(claims.c.instance_uuid == instance_uuid)
@@ -251,9 +268,7 @@ class RecoveryJournal:
 
     def finish(self, claim: Claim, state: ClaimState, reason: str | None = None) -> None:
         """End the claim, with everything still buffered, in one transaction."""
-        self.flush(claim, lambda conn: conn.execute(
-            claims.update().where(claims.c.claim_id == claim.claim_id)
-            .values(state=state, reason=reason, updated_at=utcnow())))
+        self._flush(claim, None, end=(state, reason))
 
     # -- entries ----------------------------------------------------------------------------
 
@@ -277,23 +292,27 @@ class RecoveryJournal:
         """
         self._flush(claim, effect)
 
-    def _flush(self, claim: Claim, effect: Effect | None, *, intent: str | None = None) -> None:
+    def _flush(self, claim: Claim, effect: Effect | None, *, intent: str | None = None,
+               end: tuple[ClaimState, str | None] | None = None) -> None:
+        """The one transaction: check the claim is ours (and end it if `end`), insert the
+        entries, run their store writes and `effect`."""
         with self._lock:
             pending = self._pending.pop(claim.claim_id, _Pending())
         rows = [row for row, _ in pending.items]
         writes = [w for _, w in pending.items if w is not None]
+        ours = {"b_claim": claim.claim_id, "b_run": self.run_id, "b_now": utcnow()}
         try:
             with self.store.transaction() as conn:
-                owned = conn.execute(
-                    claims.update().where(claims.c.claim_id == claim.claim_id,
-                                          claims.c.run_id == self.run_id,
-                                          claims.c.state == ClaimState.CLAIMED)
-                    .values(updated_at=utcnow())).rowcount
+                if end is None:
+                    owned = conn.execute(_RENEW_OWNED, ours).rowcount
+                else:
+                    owned = conn.execute(
+                        _END_OWNED, {**ours, "b_state": end[0], "b_reason": end[1]}).rowcount
                 if not owned:
                     raise ClaimLost(f"the claim on {claim.instance_uuid} is no longer this "
                                     f"run's: {_holder_text(conn, claim.instance_uuid)}")
                 if rows:
-                    conn.execute(journal.insert(), rows)
+                    conn.execute(_INSERT_ENTRIES, rows)
                 for write in [*writes, *([effect] if effect else [])]:
                     write(conn)
         except ClaimLost:
@@ -376,9 +395,25 @@ def _steps(conn: sa.Connection, claim_id: str) -> dict[str, str]:
     return {step: status for step, status in rows}
 
 
+def _insert_claim(conn: sa.Connection, values: dict[str, Any]) -> bool:
+    """Insert a claim row; False if another recoverer inserted one first.
+
+    SQLite and PostgreSQL say so with ON CONFLICT DO NOTHING (no savepoint round trips);
+    other databases through a savepoint and the IntegrityError.
+    """
+    insert = _INSERT_CLAIM_UNLESS_ANY.get(conn.dialect.name)
+    if insert is not None:
+        return bool(conn.execute(insert, values).rowcount)
+    try:
+        with conn.begin_nested():
+            conn.execute(claims.insert(), values)
+    except sa.exc.IntegrityError:
+        return False
+    return True
+
+
 def _holder_text(conn: sa.Connection, instance_uuid: str) -> str:
-    row = conn.execute(sa.select(claims).where(claims.c.instance_uuid == instance_uuid)
-                       ).mappings().first()
+    row = conn.execute(_CLAIM_ROW, {"b_uuid": instance_uuid}).mappings().first()
     if row is None:
         return "it was released"
     return f"now held by {row['actor']} (run {row['run_id']}, {row['state']})"

@@ -12,7 +12,14 @@ import sqlalchemy as sa
 
 from virt.errors import ConfigError, InstanceNotFound, StoreError
 from virt.model import Flavor, ImageRef, Instance, PowerState
-from virt.store import InstanceRecord, Store, VmState
+from virt.store import (
+    BlockDeviceRecord,
+    InstanceRecord,
+    Store,
+    VmState,
+    block_devices,
+    instances,
+)
 
 ROOT_DEVICES = frozenset({"vda", "sda", "xvda", "hda"})
 
@@ -81,10 +88,13 @@ class StoreSource:
         self.store = store
         self.description = f"virtkit store {store.where}"
 
-    def _candidate(self, record: InstanceRecord, conn: sa.Connection) -> Candidate:
+    def _candidate(self, record: InstanceRecord, conn: sa.Connection,
+                   devices: Sequence[BlockDeviceRecord] | None = None) -> Candidate:
+        if devices is None:
+            devices = self.store.list_block_devices(record.uuid, conn=conn)
         volumes = tuple(
             VolumeRef(b.id, b.volume_id, b.mountpoint, dict(b.connection_info), b.disk_bus)
-            for b in self.store.list_block_devices(record.uuid, conn=conn)
+            for b in devices
         )
         return Candidate(
             uuid=record.uuid, name=record.name, host=record.host, vm_state=record.vm_state,
@@ -96,7 +106,9 @@ class StoreSource:
         wanted = set(uuids)
         with self.store.transaction() as conn:
             records = self.store.list_instances(host=host, conn=conn)
-            return [self._candidate(r, conn) for r in records if not wanted or r.uuid in wanted]
+            devices = _devices_of_host(conn, host)  # one query, not one per instance
+            return [self._candidate(r, conn, devices.get(r.uuid, ())) for r in records
+                    if not wanted or r.uuid in wanted]
 
     def get(self, uuid: str) -> Candidate:
         with self.store.transaction() as conn:
@@ -125,6 +137,19 @@ class StoreSource:
         if power_state is not None:
             values["power_state"] = power_state
         self.store.update_instance(uuid, conn=conn, **values)
+
+
+def _devices_of_host(conn: sa.Connection, host: str) -> dict[str, list[BlockDeviceRecord]]:
+    """The block devices of every live instance of `host`, by instance, by mountpoint (as
+    `Store.list_block_devices` orders them)."""
+    query = (sa.select(block_devices)
+             .join(instances, instances.c.uuid == block_devices.c.instance_uuid)
+             .where(instances.c.host == host, instances.c.deleted_at.is_(None))
+             .order_by(block_devices.c.instance_uuid, block_devices.c.mountpoint))
+    found: dict[str, list[BlockDeviceRecord]] = {}
+    for row in conn.execute(query).mappings():
+        found.setdefault(row["instance_uuid"], []).append(BlockDeviceRecord.from_row(row))
+    return found
 
 
 # Nova's power_state integers (nova/compute/power_state.py).

@@ -12,8 +12,10 @@ class does not offer (e.g. `SELECT ... FOR UPDATE SKIP LOCKED` claims).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -140,7 +142,7 @@ def _make_engine(url: str) -> sa.Engine:
         if database in ("", ":memory:"):
             options["poolclass"] = StaticPool
         else:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            store_migrate.private_sqlite_file(Path(database).expanduser())
     else:
         options["pool_pre_ping"] = True
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
@@ -159,7 +161,16 @@ def _make_engine(url: str) -> sa.Engine:
 
 
 def _setup_sqlite(engine: sa.Engine) -> None:
-    """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE so writers queue, not fail."""
+    """WAL with synchronous=NORMAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE so
+    writers queue, not fail.
+
+    synchronous=NORMAL is the standard setting for WAL: a commit is not fsynced (the WAL is,
+    at each checkpoint). A killed process loses nothing committed; an OS crash or power cut
+    may lose the last transactions (a suffix, never one in the middle) but never corrupts
+    the database. What runs on top must tolerate that: the recovery engine does, because
+    every step with an effect outside the store is redone or undone idempotently when its
+    journal entry is missing (see "Power cuts" in docs/recovery.md).
+    """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -167,6 +178,7 @@ def _setup_sqlite(engine: sa.Engine) -> None:
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # per connection: not persistent
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         finally:
@@ -174,25 +186,39 @@ def _setup_sqlite(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: through exec_driver_sql it costs as much as a real
+        # statement, and every transaction pays it.
+        driver_conn = conn.connection.driver_connection
+        assert driver_conn is not None
+        try:
+            driver_conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:  # e.g. "database is locked" after the busy timeout
+            raise exc.OperationalError("BEGIN IMMEDIATE", None, error) from None
 
 
 class Store:
     """Typed access to the state store."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, check_schema: bool = True) -> None:
+        """Open the store; `migrate` upgrades its schema, else `check_schema` refuses an
+        outdated one (StoreError: run `virtkit db upgrade`)."""
         self.url = url
         self.engine = _make_engine(url)
         self.where = self.engine.url.render_as_string(hide_password=True)
         self.metadata = metadata
-        if migrate:
+        if migrate or check_schema:
             with self._errors():
-                store_migrate.upgrade(self.engine, self.where)
+                if migrate:
+                    store_migrate.upgrade(self.engine, self.where)
+                else:
+                    store_migrate.require_current(self.engine, self.where)
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts) -> Store:
-        """The store named by `[DEFAULT] state_connection`."""
-        return cls(conf.state_connection)
+    def from_conf(cls, conf: cfg.ConfigOpts, *, migrate: bool | None = None) -> Store:
+        """The store named by `[DEFAULT] state_connection`, its schema upgraded on open
+        unless `[DEFAULT] db_auto_upgrade` (or `migrate`) is False."""
+        return cls(conf.state_connection,
+                   migrate=conf.db_auto_upgrade if migrate is None else migrate)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -358,23 +384,27 @@ class Store:
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise InvalidRequest(f"cannot update instance fields {sorted(unknown)}")
-        row_values = {key: _column_value(key, value) for key, value in values.items()}
-        row_values["updated_at"] = utcnow()
-        query = instances.update().where(
-            instances.c.uuid == uuid, instances.c.deleted_at.is_(None)
-        )
-        query = _expect(query, instances.c.task_state, expected_task_state)
-        query = _expect(query, instances.c.vm_state, expected_vm_state)
+        params = {f"b_{key}": _column_value(key, value) for key, value in values.items()}
+        params.update(b_updated_at=utcnow(), b_uuid=uuid)
         with self._use(conn) as c:
-            if c.execute(query.values(**row_values)).rowcount == 0:
-                current = self.get_instance(uuid, conn=c)  # InstanceNotFound if gone
-                raise InvalidState(
-                    f"instance {current.name} is {current.vm_state}"
-                    + (f" and busy ({current.task_state})" if current.task_state else ""),
-                    hint="wait for the running operation to finish, then retry; if the "
-                    "process running it died, clear it with `virtkit reset-state`",
-                )
-            return self.get_instance(uuid, conn=c)
+            returning = c.dialect.update_returning  # SQLite >= 3.35, PostgreSQL
+            query = _update_statement(tuple(sorted(values)), returning)
+            if expected_task_state is not ANY or expected_vm_state is not ANY:
+                query = _expect(query, instances.c.task_state, expected_task_state)
+                query = _expect(query, instances.c.vm_state, expected_vm_state)
+            if returning:  # the new record in the same round trip
+                row = c.execute(query, params).mappings().first()
+                if row is not None:
+                    return InstanceRecord.from_row(row)
+            elif c.execute(query, params).rowcount:
+                return self.get_instance(uuid, conn=c)
+            current = self.get_instance(uuid, conn=c)  # InstanceNotFound if gone
+            raise InvalidState(
+                f"instance {current.name} is {current.vm_state}"
+                + (f" and busy ({current.task_state})" if current.task_state else ""),
+                hint="wait for the running operation to finish, then retry; if the "
+                "process running it died, clear it with `virtkit reset-state`",
+            )
 
     def delete_instance(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
         """Soft-delete: keep the row (and its events) with vm_state DELETED; drop its devices."""
@@ -599,6 +629,21 @@ class Store:
         )
         with self._use(conn) as c:
             return [EventRecord.from_row(row) for row in c.execute(query).mappings()]
+
+
+@functools.lru_cache(maxsize=128)
+def _update_statement(keys: tuple[str, ...], returning: bool) -> sa.Update:
+    """UPDATE of a live instance's `keys` (and updated_at), bound as b_<key> and b_uuid.
+
+    Built once per set of keys: building a statement costs more than running it on SQLite.
+    """
+    columns = (*keys, "updated_at")
+    query = (
+        instances.update()
+        .where(instances.c.uuid == sa.bindparam("b_uuid"), instances.c.deleted_at.is_(None))
+        .values({key: sa.bindparam(f"b_{key}", type_=instances.c[key].type) for key in columns})
+    )
+    return query.returning(instances) if returning else query
 
 
 def _expect(query: sa.Update, column: sa.Column[Any], expected: Any) -> sa.Update:
