@@ -424,6 +424,7 @@ class Recoverer:
             item.power_state = PowerState.RUNNING.value
             return
         devices: list[BlockDevice] = []
+        spawned_here = False  # the domain here is this run's: no earlier attach is on it
         for step in self._steps(candidate, instance, devices, item):
             status = done.get(step.name)
             if self.options.dry_run:
@@ -435,7 +436,12 @@ class Recoverer:
             if status == "done" and not step.always:
                 item.steps.append(f"{step.describe} (done in an earlier run)")
                 continue
-            if status in ("started", "failed") and step.undo:
+            if step.undo and (status in ("started", "failed") or (
+                    status is None and claim.resumed and not spawned_here)):
+                # A step with no entry in a resumed claim may still have happened: on SQLite
+                # with synchronous=NORMAL a power cut can lose the last committed
+                # transactions, write-ahead entries included (see docs/recovery.md, "Power
+                # cuts"). Undoing is harmless when it did not happen.
                 step.undo()
             if step.undo:  # write-ahead: a crash from here on leaves something to undo
                 self.journal.record(claim, step.name, "started")
@@ -450,6 +456,7 @@ class Recoverer:
                 raise
             self.journal.note(claim, step.name, "done", effect=effect)
             item.steps.append(step.describe)
+            spawned_here = spawned_here or step.name == "spawn"
 
     def _steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
                item: InstanceReport) -> list[_Step]:

@@ -122,6 +122,48 @@ def test_crash_during_attach_undoes_and_reattaches(tmp_path):
     assert list(fake_record(conf, "host-b", uuid)["block_devices"]) == ["/dev/vdb"]
 
 
+def lose_last_transactions(store: Store, uuid: str, count: int) -> None:
+    """What a power cut does to a SQLite store with synchronous=NORMAL: the last `count`
+    journal transactions of `uuid` are gone (each ends with a write-ahead `started` of
+    spawn or an attach; the re-homing commits with the first one)."""
+    from virt.recovery_journal import journal
+
+    entries = RecoveryJournal(store, host="x").entries(uuid)
+    ends = [i for i, e in enumerate(entries) if e["status"] == "started"
+            and (e["step"] == "spawn" or e["step"].startswith("attach:"))]
+    assert len(ends) >= count
+    keep = entries[:ends[-count - 1] + 1] if count < len(ends) else []
+    with store.transaction() as conn:
+        conn.execute(journal.delete().where(journal.c.instance_uuid == uuid,
+                                            journal.c.id > (keep[-1]["id"] if keep else 0)))
+    if not keep:
+        store.update_instance(uuid, host="host-a", node=None)
+
+
+@pytest.mark.parametrize("lost", [1, 2, 3])
+def test_power_cut_losing_committed_entries_still_resumes_cleanly(tmp_path, lost):
+    """Killed after both attaches happened; then the last `lost` committed transactions
+    vanish, as a power cut may do with synchronous=NORMAL. Steps that happened but have no
+    entry must be undone, not repeated on top of themselves."""
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    config = write_conf(tmp_path, url)
+    with Store(url) as store:
+        (uuid,) = record_instances(store, "host-a", 1, volumes=2)
+    args = ("--failed-host", "host-a", "--confirm-fenced", "--volume-check", "none",
+            "--host", "host-b")
+    crashed = run_recover(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "power:started"})
+    assert crashed.returncode == -signal.SIGKILL
+    with Store(url) as store:
+        lose_last_transactions(store, uuid, lost)
+    finished = run_recover(config, *args)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    conf = build_conf(str(config))
+    assert fake_domains(config, "host-b") == [uuid]
+    assert sorted(fake_record(conf, "host-b", uuid)["block_devices"]) == ["/dev/vdb", "/dev/vdc"]
+    with Store(url) as store:
+        assert store.get_instance(uuid).host == "host-b"
+
+
 def test_usage_and_fencing_exit_codes(tmp_path):
     config = write_conf(tmp_path, f"sqlite:///{tmp_path / 's.sqlite'}")
     done = run_recover(config, "--failed-host", "host-a", "--host", "host-b")
