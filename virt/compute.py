@@ -10,15 +10,17 @@ instance's fault and raised unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from oslo_config import cfg
 
-from virt.config import build_conf, configured_flavors
+from virt.config import build_conf, configured_flavors, make_state_dir
 from virt.driver import Capability, ComputeDriver, load_driver
 from virt.errors import (
     HypervisorUnavailable,
@@ -48,6 +50,8 @@ from virt.store import (
     Store,
     TaskState,
     VmState,
+    block_devices,
+    instances,
 )
 from virt.store_records import utcnow
 
@@ -93,6 +97,8 @@ class ComputeService:
     ) -> None:
         self.conf = conf
         self.host: str = conf.host
+        if store is None:
+            make_state_dir(conf)
         self.store = store or Store.from_conf(conf)
         try:
             self.driver = driver or load_driver(conf.compute_driver, conf)
@@ -156,11 +162,35 @@ class ComputeService:
     # -- queries -----------------------------------------------------------------------------
 
     def get(self, ref: str) -> InstanceRecord:
-        """The live instance named `ref` (or with uuid `ref`)."""
+        """The live instance named `ref` (or with uuid `ref`), on any host."""
         return self.store.find_instance(ref)
 
-    def list_instances(self) -> list[InstanceRecord]:
-        return self.store.list_instances()
+    def get_owned(self, ref: str, operation: str) -> InstanceRecord:
+        """The live instance `ref`, which must be on this host for `operation`.
+
+        Another host's instance is refused (InvalidState): this host's driver does not
+        have its guest, so acting on it would corrupt its record (or delete the record of
+        a guest that keeps running elsewhere).
+        """
+        return self._require_here(self.get(ref), operation)
+
+    def is_here(self, record: InstanceRecord) -> bool:
+        """Whether `record` belongs to this host (a record without a host counts as ours)."""
+        return not record.host or record.host == self.host
+
+    def _require_here(self, record: InstanceRecord, operation: str) -> InstanceRecord:
+        if not self.is_here(record):
+            raise InvalidState(
+                f"cannot {operation} instance {record.name}: it is on host '{record.host}', "
+                f"not this host '{self.host}'",
+                hint=f"run the command on {record.host}; if {record.host} is dead, move its "
+                "instances here with virtkit-recover",
+            )
+        return record
+
+    def list_instances(self, *, all_hosts: bool = False) -> list[InstanceRecord]:
+        """This host's instances, or every host's with `all_hosts`."""
+        return self.store.list_instances(host=None if all_hosts else self.host)
 
     def block_devices(self, ref: str) -> list[BlockDeviceRecord]:
         return self.store.list_block_devices(self.get(ref).uuid)
@@ -175,6 +205,8 @@ class ComputeService:
         reached; the stored state is then left as it was).
         """
         record = self.get(ref)
+        if not self.is_here(record):  # only its own host's driver can read its guest
+            return record, PowerState.UNKNOWN
         power = self._power_state(record.to_instance())
         if power is not PowerState.UNKNOWN and power is not record.power_state:
             values: dict[str, Any] = {"power_state": power}
@@ -191,7 +223,7 @@ class ComputeService:
         The vm_state follows the engine's power state unless `vm_state` forces one (Nova's
         `reset-state --active`). Recorded as an event with what was cleared.
         """
-        record = self.get(ref)
+        record = self.get_owned(ref, "reset-state")
         if vm_state is not None and vm_state not in {str(s) for s in VmState}:
             raise InvalidRequest(
                 f"unknown vm_state {vm_state!r}",
@@ -246,12 +278,23 @@ class ComputeService:
             uuid=new_uuid(), name=name, flavor=flavor, image=image, host=self.host,
             metadata=metadata or {},
         )
+        # Refusals before anything is recorded: no ERROR record for a request never tried.
+        for bdm in block_devices:
+            self._require_volume_support(bdm.connection)
+        volume_ids = [b.volume_id for b in block_devices if b.volume_id]
+        for volume_id in {v for v in volume_ids if volume_ids.count(v) > 1}:
+            raise InvalidRequest(f"volume {volume_id} is given twice")
+        mountpoints = [b.mountpoint for b in block_devices]
+        for mountpoint in {m for m in mountpoints if mountpoints.count(m) > 1}:
+            raise InvalidRequest(f"two volumes at {mountpoint}")
         with self.store.transaction() as conn:
             if self.store.list_instances(name=name, conn=conn):
                 raise InvalidRequest(
                     f"an instance named {name!r} already exists",
                     hint="choose another name or delete the existing instance",
                 )
+            for bdm in block_devices:
+                self._refuse_attached_elsewhere(bdm, instance.uuid, conn=conn)
             self.store.create_instance(
                 instance, task_state=TaskState.SPAWNING, node=self.host, conn=conn
             )
@@ -270,7 +313,7 @@ class ComputeService:
                 admin_password=admin_password,
                 power_on=power_on,
             )
-        except Exception as exc:
+        except BaseException as exc:  # also Ctrl-C: never leave the record in spawning
             self._fail_spawn(instance, block_devices, exc)
             raise
         power = self._power_state(instance)
@@ -293,14 +336,14 @@ class ComputeService:
     def _fail_spawn(
         self, instance: Instance, block_devices: Sequence[BlockDevice], exc: BaseException
     ) -> None:
-        reason = _reason(exc)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
         # The caller gets the exception; a warning here would say the same thing twice.
         LOG.info("spawn of %s (%s) failed: %s", instance.name, instance.uuid, reason)
         try:
             self.driver.destroy(instance=instance, block_devices=block_devices)
             if self.driver.instance_exists(instance=instance):
                 reason += "; the guest is still on the hypervisor after cleanup"
-        except Exception as cleanup_exc:
+        except BaseException as cleanup_exc:  # a second Ctrl-C must not skip the record
             reason += f"; cleanup failed: {_reason(cleanup_exc)}"
         try:
             self.store.update_instance(
@@ -320,7 +363,7 @@ class ComputeService:
         Allowed in any state and with any task in progress (a crashed operation must not
         make an instance undeletable).
         """
-        record = self.get(ref)
+        record = self.get_owned(ref, "delete")
         self.store.update_instance(record.uuid, task_state=TaskState.DELETING)
         instance = record.to_instance()
         bdms = [b.to_block_device() for b in self.store.list_block_devices(record.uuid)]
@@ -410,7 +453,7 @@ class ComputeService:
         """The tail of the guest's console log."""
         if not self.driver.supports(Capability.CONSOLE_OUTPUT):
             raise UnsupportedOperation(self.driver.name, "console output")
-        record = self.get(ref)
+        record = self.get_owned(ref, "read the console of")
         return self.driver.get_console_output(instance=record.to_instance(), max_bytes=max_bytes)
 
     def set_password(self, ref: str, password: str) -> InstanceRecord:
@@ -444,7 +487,7 @@ class ComputeService:
             disk_bus=disk_bus,
             delete_on_termination=delete_on_termination,
         )
-        record = self.get(ref)
+        record = self.get_owned(ref, "volume attach")
         taken = {b.mountpoint: b for b in self.store.list_block_devices(record.uuid)}
         if bdm.mountpoint in taken:
             raise InvalidRequest(
@@ -453,12 +496,15 @@ class ComputeService:
             )
         if bdm.volume_id and any(b.volume_id == bdm.volume_id for b in taken.values()):
             raise InvalidRequest(f"volume {bdm.volume_id} is already attached to {record.name}")
+        self._refuse_attached_elsewhere(bdm, record.uuid)
 
         def call(instance: Instance, _record: InstanceRecord) -> BlockDeviceRecord:
             self.driver.attach_volume(instance=instance, block_device=bdm)
             try:
-                return self.store.add_block_device(instance.uuid, bdm)
-            except Exception:
+                with self.store.transaction() as conn:  # checked again, with the insert
+                    self._refuse_attached_elsewhere(bdm, instance.uuid, conn=conn)
+                    return self.store.add_block_device(instance.uuid, bdm, conn=conn)
+            except BaseException:
                 # Not recorded means not attached: undo on the hypervisor.
                 self.driver.detach_volume(instance=instance, block_device=bdm)
                 raise
@@ -474,7 +520,7 @@ class ComputeService:
         """Detach the volume at mountpoint `volume` (or with volume id `volume`)."""
         if not self.driver.supports(Capability.VOLUME_ATTACH):
             raise UnsupportedOperation(self.driver.name, "volume detach")
-        record = self.get(ref)
+        record = self.get_owned(ref, "volume detach")
         bdm_record = self.store.find_block_device(record.uuid, volume)
 
         def call(instance: Instance, _record: InstanceRecord) -> BlockDeviceRecord:
@@ -493,6 +539,36 @@ class ComputeService:
             (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.ERROR), call,
             detail=lambda b: f"{b.volume_id or '-'} at {b.mountpoint}",
         )[1]
+
+    def _refuse_attached_elsewhere(
+        self, bdm: BlockDevice, uuid: str, *, conn: sa.Connection | None = None
+    ) -> None:
+        """A volume is attached to one live instance only, unless both its new and every
+        existing attachment's connection_info say `multiattach: true`."""
+        if not bdm.volume_id:
+            return
+        query = (
+            sa.select(instances.c.name, instances.c.host, block_devices.c.connection_info)
+            .join(instances, instances.c.uuid == block_devices.c.instance_uuid)
+            .where(block_devices.c.volume_id == bdm.volume_id,
+                   instances.c.deleted_at.is_(None), instances.c.uuid != uuid)
+        )
+        scope = contextlib.nullcontext(conn) if conn is not None else self.store.transaction()
+        with scope as c:
+            rows = c.execute(query).all()
+        if not rows:
+            return
+        if bdm.connection.multiattach and all(
+            VolumeConnection.from_connection_info(row.connection_info).multiattach
+            for row in rows
+        ):
+            return
+        where = ", ".join(f"{row.name} (host {row.host})" for row in rows)
+        raise InvalidRequest(
+            f"volume {bdm.volume_id} is already attached to {where}",
+            hint="detach it there first; only a volume whose connection_info says "
+            "\"multiattach\": true may be attached to several instances",
+        )
 
     def _require_volume_support(self, connection: VolumeConnection) -> None:
         if not self.driver.supports(Capability.VOLUME_ATTACH):
@@ -517,7 +593,7 @@ class ComputeService:
         """Claim the instance with `task_state`, run `call`, record the outcome."""
         if capability is not None and not self.driver.supports(capability):
             raise UnsupportedOperation(self.driver.name, operation)
-        record = self.get(ref)
+        record = self.get_owned(ref, operation)
         if record.vm_state not in allowed:
             raise InvalidState(
                 f"cannot {operation} instance {record.name}: it is {record.vm_state}",

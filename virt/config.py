@@ -5,7 +5,10 @@ Nothing here keeps global state: callers build a ConfigOpts with `build_conf()` 
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +17,8 @@ from oslo_config import cfg
 
 from virt.errors import ConfigError, InvalidRequest
 from virt.model import Flavor
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_STATE_PATH = os.path.join(os.path.expanduser("~"), ".local", "state", "virtkit")
 
@@ -55,6 +60,14 @@ COMMON_OPTS: list[cfg.Opt] = [
         sample_default="<hostname>",
         help="Name of this compute host, as recorded in the state store.",
     ),
+    cfg.BoolOpt(
+        "db_auto_upgrade",
+        default=True,
+        help="Upgrade the state store's schema automatically when a command opens it. "
+        "Convenient for a SQLite store of one host; on a store shared by several hosts "
+        "(PostgreSQL) set it to False and run `virtkit db upgrade` once, when every host "
+        "runs the new virtkit: an outdated schema is then an error, never a silent upgrade.",
+    ),
     cfg.MultiStrOpt(
         "flavors",
         default=DEFAULT_FLAVORS,
@@ -91,17 +104,126 @@ def build_conf(
     try:
         conf(args=[], project="virtkit", default_config_files=files, default_config_dirs=[])
     except cfg.Error as exc:
-        raise ConfigError(f"cannot read configuration: {exc}") from None
+        raise ConfigError(f"cannot read configuration: {describe_cfg_error(exc)}") from None
+    if files:
+        check_options(conf, None)
+        _warn_unknown_groups(conf)
     for key, value in (overrides or {}).items():
         group, _, name = key.rpartition(".")
         conf.set_override(name, value, group=group or None)
     return conf
 
 
+# Groups virtkit itself owns besides the drivers' (registered only by the code that uses them).
+OWN_GROUPS = frozenset({"agent", "recovery", "conformance"})
+
+
+def _file_sections(conf: cfg.ConfigOpts) -> list[tuple[str, dict[str, dict[str, list[str]]]]]:
+    """(file, {section: {key: values}}) for every config file `conf` read."""
+    parsed = []
+    for path in conf.config_file or ():
+        sections: dict[str, dict[str, list[str]]] = {}
+        try:
+            cfg.ConfigParser(path, sections).parse()
+        except (OSError, cfg.ParseError):
+            continue  # oslo.config already reported what it could not read
+        parsed.append((path, sections))
+    return parsed
+
+
+def _known_keys(conf: cfg.ConfigOpts, group: str | None) -> set[str]:
+    """The keys a file may set in `group` ([DEFAULT] for None): names and deprecated names."""
+    names = list(conf) if group is None else list(conf[group])
+    section = group or "DEFAULT"
+    known: set[str] = set()
+    for name in names:
+        try:
+            opt = conf._get_opt_info(name, group)["opt"]
+        except (cfg.NoSuchOptError, KeyError):
+            continue  # a group name when listing [DEFAULT]
+        known.update({opt.dest, opt.name, opt.name.replace("-", "_")})
+        for old in opt.deprecated_opts or ():
+            if (old.group or section) == section and old.name:
+                known.update({old.name, old.name.replace("-", "_")})
+    return known
+
+
+def check_options(conf: cfg.ConfigOpts, group: str | None) -> None:
+    """Refuse options the config files set in `group` ([DEFAULT] for None) that nobody
+    registered (a typo must not be ignored), and values that do not parse.
+
+    Call once every option of the group is registered; ConfigError (exit 2) names the
+    option, the file and the closest known option.
+    """
+    section = group or "DEFAULT"
+    known: set[str] | None = None
+    for path, sections in _file_sections(conf):
+        keys: dict[str, list[str]] = sections.get(section, {})
+        if not keys:
+            continue
+        if known is None:
+            known = _known_keys(conf, group)
+        for key in keys:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                raise ConfigError(
+                    f"unknown option '{key}' in [{section}] of {path}",
+                    hint=f"did you mean '{close[0]}'?" if close
+                    else "`virtkit config sample` lists every option",
+                )
+        for key in keys:
+            try:
+                _ = conf[key] if group is None else conf[group][key]
+            except cfg.NoSuchOptError:
+                continue  # a deprecated name: oslo.config reads it under the new one
+            except cfg.Error as exc:
+                reason = describe_cfg_error(exc).rpartition(" is not valid: ")[2]
+                raise ConfigError(
+                    f"invalid value for option '{key}' in [{section}] of {path}: {reason}"
+                ) from None
+
+
+def _warn_unknown_groups(conf: cfg.ConfigOpts) -> None:
+    """An unknown group is only a warning: a third-party plugin may own it."""
+    groups = {section for _path, sections in _file_sections(conf) for section in sections}
+    unknown = groups - {"DEFAULT"} - OWN_GROUPS - set(conf)
+    if not unknown:
+        return
+    from importlib.metadata import entry_points
+
+    unknown -= {ep.name for ep in entry_points(group="virtkit.compute_drivers")}
+    for group in sorted(unknown):
+        LOG.warning("config group [%s] is not virtkit's nor an installed driver's; its options "
+                    "are ignored unless a plugin reads them", group)
+
+
+def describe_cfg_error(exc: BaseException) -> str:
+    """oslo.config's message without its LocationInfo(...) reprs, on one line."""
+    text = str(getattr(exc, "msg", None) or exc)
+    text = re.sub(r" from LocationInfo\(location=<[^>]*>, detail='([^']*)'\)", r" in \1", text)
+    return " ".join(text.split())
+
+
 def register_group_opts(conf: cfg.ConfigOpts, group: str, opts: Sequence[cfg.Opt]) -> None:
-    """Register a driver's option group; safe to call more than once."""
+    """Register an option group; safe to call more than once.
+
+    Then the group's options in the config files are checked: an unknown one (a typo) or
+    a value that does not parse is a ConfigError. Register every option of a group in one
+    call (or check_options() after the last).
+    """
     conf.register_group(cfg.OptGroup(group))
     conf.register_opts(list(opts), group=group)
+    check_options(conf, group)
+
+
+def make_state_dir(conf: cfg.ConfigOpts) -> None:
+    """Create `state_path` readable only by its owner (0700): it holds volume secrets.
+
+    An existing directory is left as the operator made it.
+    """
+    path = Path(conf.state_path).expanduser()
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def parse_flavor(spec: str) -> Flavor:

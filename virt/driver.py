@@ -10,12 +10,13 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from oslo_config import cfg
 
+from virt.config import register_group_opts
 from virt.errors import DriverLoadError, UnsupportedOperation
 from virt.events import EventEmitter, LifecycleEvent, Listener
 from virt.model import (
@@ -106,8 +107,8 @@ class ComputeDriver(abc.ABC):
     @classmethod
     def register_opts(cls, conf: cfg.ConfigOpts) -> None:
         if cls.config_group and cls.config_opts:
-            conf.register_group(cfg.OptGroup(cls.config_group))
-            conf.register_opts(list(cls.config_opts), group=cls.config_group)
+            # Also refuses unknown options and bad values in the driver's group.
+            register_group_opts(conf, cls.config_group, cls.config_opts)
 
     @classmethod
     def supports(cls, capability: Capability) -> bool:
@@ -281,30 +282,66 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=NAMESPACE)}
 
 
-def resolve_driver_name(name: str, installed: Sequence[str]) -> str:
-    """Map a Nova-style name ('libvirt.LibvirtDriver', 'fake.FakeDriver') to its entry point."""
+def resolve_driver_name(
+    name: str, installed: Sequence[str], classes: Mapping[str, str] | None = None
+) -> str:
+    """Map a driver name as written in config to its entry-point name.
+
+    Accepted: the entry-point name (any case), and the Nova-style names of its class,
+    `<ep>.<Class>`, `<ep>.driver.<Class>`, `nova.virt.<ep>.<Class>` and
+    `nova.virt.<ep>.driver.<Class>`, where `<Class>` must be the name of the class the
+    entry point names (`libvirt.LibvirtDriver`, never `libvirt.XenDriver`). Anything else
+    is returned unchanged, for the unknown-driver error. `classes` maps entry-point names
+    to their class names (read from the installed entry points when not given).
+    """
     if name in installed:
         return name
-    candidate = name.split(".", 1)[0].lower()
-    if "." in name and candidate in installed:
-        return candidate
     if name.lower() in installed:
         return name.lower()
+    if classes is None:
+        classes = {ep: _class_name(target) for ep, target in _entry_point_targets().items()}
+    parts = name.split(".")
+    if parts[:2] == ["nova", "virt"]:
+        parts = parts[2:]
+    if len(parts) == 3 and parts[1] == "driver":
+        parts = [parts[0], parts[2]]
+    if len(parts) == 2:
+        entry_point, class_name = parts[0].lower(), parts[1]
+        if entry_point in installed and class_name and classes.get(entry_point) == class_name:
+            return entry_point
     return name
 
 
-def describe_import_error(name: str, exc: BaseException) -> str:
-    """A one-line reason a driver failed to import, with the install hint."""
-    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
-    if missing:
-        extra = _EXTRAS.get(name)
-        how = (
-            f"pip install 'virtkit[{extra}]'"
-            if extra
-            else "install the package that provides it"
-        )
-        return f"driver '{name}' needs the Python module '{missing}', which is not installed: {how}"
-    return f"driver '{name}' failed to import: {type(exc).__name__}: {exc}"
+def _class_name(target: str) -> str:
+    """'drivers.libvirt.driver:LibvirtDriver' -> 'LibvirtDriver'."""
+    return target.partition(":")[2].rsplit(".", 1)[-1].strip()
+
+
+def _entry_point_targets() -> dict[str, str]:
+    return {name: ep.value for name, ep in _entry_points().items()}
+
+
+def describe_import_error(name: str, exc: BaseException, target: str | None = None) -> str:
+    """A one-line reason a driver failed to import, with the install hint.
+
+    Only a ModuleNotFoundError for a module outside the driver's own package (the top-level
+    package of `target`, the entry point's 'module:Class') is a missing dependency. An
+    import error for a module inside that package, or any other exception while importing
+    it, is a broken driver and is reported with its error.
+    """
+    module = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    own_package = (target or "").partition(":")[0].split(".")[0]
+    inside = bool(module and own_package) and (
+        module == own_package or str(module).startswith(own_package + ".")
+    )
+    extra = _EXTRAS.get(name)
+    how = f"pip install 'virtkit[{extra}]'" if extra else "install the package that provides it"
+    if isinstance(exc, ModuleNotFoundError) and module and not inside:
+        return f"driver '{name}' needs the Python module '{module}', which is not installed: {how}"
+    if isinstance(exc, ImportError) and module and not inside:
+        return (f"driver '{name}' cannot import from its dependency '{module}' (wrong version?): "
+                f"{type(exc).__name__}: {exc}")
+    return f"driver '{name}' is broken: importing it failed: {type(exc).__name__}: {exc}"
 
 
 def load_driver_class(name: str) -> type[ComputeDriver]:
@@ -312,8 +349,10 @@ def load_driver_class(name: str) -> type[ComputeDriver]:
     from stevedore import driver as sd_driver
     from stevedore.exception import NoMatches
 
-    installed = sorted(_entry_points())
-    resolved = resolve_driver_name(name, installed)
+    targets = _entry_point_targets()
+    installed = sorted(targets)
+    classes = {ep: _class_name(target) for ep, target in targets.items()}
+    resolved = resolve_driver_name(name, installed, classes)
     failure: list[BaseException] = []
 
     def on_failure(_manager: Any, _ep: Any, exc: BaseException) -> None:
@@ -328,7 +367,9 @@ def load_driver_class(name: str) -> type[ComputeDriver]:
         )
     except NoMatches:
         if failure:
-            raise DriverLoadError(describe_import_error(resolved, failure[0])) from failure[0]
+            raise DriverLoadError(
+                describe_import_error(resolved, failure[0], targets.get(resolved))
+            ) from failure[0]
         raise DriverLoadError(
             f"unknown compute driver '{name}'; installed drivers: {', '.join(installed) or 'none'}",
             hint="set [DEFAULT] compute_driver to one of them",

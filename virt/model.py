@@ -134,6 +134,8 @@ class VolumeConnection:
     driver_volume_type: str
     data: Mapping[str, Any]
     serial: str | None = None
+    #: Nova's `multiattach` flag: the volume may be attached to several instances at once.
+    multiattach: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -156,12 +158,15 @@ class VolumeConnection:
             raise InvalidRequest("connection_info is missing 'driver_volume_type'")
         data = info.get("data") or {}
         serial = info.get("serial") or data.get("volume_id")
-        return cls(str(info["driver_volume_type"]), data, serial)
+        multiattach = info.get("multiattach", data.get("multiattach", False)) is True
+        return cls(str(info["driver_volume_type"]), data, serial, multiattach)
 
     def to_connection_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"driver_volume_type": self.driver_volume_type, "data": dict(self.data)}
         if self.serial:
             info["serial"] = self.serial
+        if self.multiattach:
+            info["multiattach"] = True
         return info
 
     def masked(self) -> dict[str, Any]:

@@ -1,9 +1,14 @@
-"""Bring a state-store database to the schema this virtkit knows (alembic, programmatic)."""
+"""Bring a state-store database to the schema this virtkit knows (alembic, programmatic),
+check it without changing it, and create a SQLite store's files private to their owner."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
+import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +81,95 @@ def current_revisions(conn: sa.Connection) -> set[str]:
         return set()
     rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))
     return {row[0] for row in rows}
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands against this virtkit's migrations."""
+
+    current: tuple[str, ...]
+    head: tuple[str, ...]
+    unknown: tuple[str, ...]  # revisions newer than this virtkit knows
+
+    @property
+    def up_to_date(self) -> bool:
+        return set(self.current) == set(self.head)
+
+    @property
+    def state(self) -> str:
+        if self.unknown:
+            return "newer"
+        if not self.current:
+            return "empty"
+        return "current" if self.up_to_date else "outdated"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"current": list(self.current), "head": list(self.head),
+                "state": self.state, "up_to_date": self.up_to_date}
+
+
+def status(engine: sa.Engine) -> SchemaStatus:
+    """The schema's revisions and this virtkit's (imports alembic: for `virtkit db`)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    with engine.connect() as conn:
+        current = current_revisions(conn)
+    return SchemaStatus(
+        current=tuple(sorted(current)),
+        head=tuple(sorted(script.get_heads())),
+        unknown=tuple(sorted(rev for rev in current if not _known(script, rev))),
+    )
+
+
+def require_current(engine: sa.Engine, where: str) -> None:
+    """Refuse a database whose schema is not this virtkit's (without changing it)."""
+    with engine.connect() as conn:
+        current = current_revisions(conn)
+    heads = declared_heads()
+    if current == heads:
+        return
+    known = _all_revisions()
+    newer = sorted(rev for rev in current if rev not in known)
+    if newer:
+        raise StoreError(
+            f"the state store {where} has schema revision {', '.join(newer)}, newer than "
+            f"this virtkit knows (latest {', '.join(sorted(heads))})",
+            hint="upgrade virtkit on this host, or point state_connection at another database",
+        )
+    have = ", ".join(sorted(current)) or "no schema"
+    raise StoreError(
+        f"the state store {where} is at {have}, older than this virtkit needs "
+        f"({', '.join(sorted(heads))}), and db_auto_upgrade is off",
+        hint="run `virtkit db upgrade` once every host sharing it runs this virtkit",
+    )
+
+
+def _all_revisions() -> set[str]:
+    revisions = set()
+    for path in VERSIONS_DIR.glob("*.py"):
+        revision = _module_constants(path, ("revision",)).get("revision")
+        if isinstance(revision, str):
+            revisions.add(revision)
+    return revisions
+
+
+def private_sqlite_file(path: Path) -> None:
+    """A SQLite store's directory 0700 when created here, its file (and -wal/-shm) 0600.
+
+    The store holds volume connection_info with CHAP secrets. SQLite creates -wal and -shm
+    with the database file's mode, so the file is created 0600 before SQLite opens it; an
+    existing one readable by others is tightened.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # SQLite reports what it cannot open
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm", f"{path.name}-journal"):
+        with contextlib.suppress(OSError):
+            candidate = path.with_name(name)
+            if stat.S_IMODE(candidate.stat().st_mode) & 0o077:
+                candidate.chmod(0o600)
 
 
 def upgrade(engine: sa.Engine, where: str) -> None:

@@ -328,3 +328,273 @@ def test_reset_state_clears_a_task_left_by_a_dead_process(cli):
     forced = cli.json("reset-state", "stuck", "--state", "error")
     assert forced["vm_state"] == "error"
     cli.run("reset-state", "stuck", "--state", "bogus", expect=2)
+
+
+# -- hosts sharing one store ----------------------------------------------------------------
+
+
+def _two_hosts(tmp_path: Path) -> tuple[Cli, Cli]:
+    """host-a and host-b: each its own fake hypervisor, one shared state store."""
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    hosts = []
+    for name in ("a", "b"):
+        home = tmp_path / f"host-{name}"
+        home.mkdir()
+        cli = Cli(home, f"state_connection = {url}\n")
+        cli.config.write_text(f"[DEFAULT]\nstate_path = {home / 'state'}\nhost = host-{name}\n"
+                              f"state_connection = {url}\n")
+        hosts.append(cli)
+    return hosts[0], hosts[1]
+
+
+def test_a_host_refuses_to_operate_another_hosts_instance(tmp_path, volume_file):
+    host_a, host_b = _two_hosts(tmp_path)
+    guest = host_a.json("boot", "guest-on-a", "--image", "cirros", "--flavor", "m1.tiny")
+    for args in (("delete", "guest-on-a"), ("stop", "guest-on-a"), ("reboot", "guest-on-a"),
+                 ("pause", "guest-on-a"), ("snapshot", "guest-on-a", "s1"),
+                 ("console", "guest-on-a"), ("reset-state", "guest-on-a"),
+                 ("volume", "attach", "guest-on-a", volume_file, "vdb"),
+                 ("volume", "detach", "guest-on-a", "vdb"), ("set-password", "guest-on-a")):
+        refused = host_b.run(*args, expect=1, stdin="pw\n").stderr
+        assert "on host 'host-a', not this host 'host-b'" in refused, (args, refused)
+        assert "virtkit-recover" in refused
+    # The record is untouched and the guest still runs on host-a.
+    shown = host_a.json("show", "guest-on-a")
+    assert (shown["vm_state"], shown["task_state"], shown["power_state"], shown["fault"]) == (
+        "active", None, "running", None)
+    assert shown["live_power_state"] == "running" and shown["on_this_host"] is True
+    events = [e["event"] for e in shown["events"]]
+    assert events[0] == "spawning" and not [e for e in events if e.endswith("_failed")]
+    # host-b may look: show from anywhere names the owner; list defaults to this host.
+    remote = host_b.json("show", "guest-on-a")
+    assert remote["host"] == "host-a" and remote["on_this_host"] is False
+    assert remote["live_power_state"] == "unknown" and remote["power_state"] == "running"
+    assert "host-a (not this host" in host_b.run("show", "guest-on-a").stdout
+    assert host_b.json("list") == []
+    assert "1 more on other hosts" in host_b.run("list").stdout
+    everywhere = host_b.json("list", "--all-hosts")
+    assert [(i["uuid"], i["host"]) for i in everywhere] == [(guest["uuid"], "host-a")]
+    # Its own host still operates it.
+    assert host_a.json("stop", "guest-on-a", "--timeout", "0")["vm_state"] == "stopped"
+    assert host_a.json("delete", guest["uuid"])["vm_state"] == "deleted"
+
+
+# -- configuration mistakes -----------------------------------------------------------------
+
+
+def test_unknown_default_option_is_refused_with_the_closest_name(tmp_path):
+    cli = Cli(tmp_path, "compute_drivr = libvirt\n")
+    err = cli.run("list", expect=2).stderr
+    assert "unknown option 'compute_drivr' in [DEFAULT] of" in err and str(cli.config) in err
+    assert "did you mean 'compute_driver'?" in err
+
+
+def test_unknown_option_in_the_drivers_group_is_refused(tmp_path):
+    cli = Cli(tmp_path, "[fake]\nspawn_latency = 5\n")
+    err = cli.run("list", expect=2).stderr
+    assert "unknown option 'spawn_latency' in [fake]" in err
+    assert "did you mean 'spawn_latency_ms'?" in err
+
+
+def test_bad_value_is_a_one_line_config_error_naming_option_and_file(tmp_path):
+    cli = Cli(tmp_path, "[fake]\nvcpus = abc\n")
+    err = cli.run("host", expect=2).stderr
+    assert "invalid value for option 'vcpus' in [fake] of" in err and str(cli.config) in err
+    assert "unexpected" not in err and "LocationInfo" not in err
+    err = Cli(tmp_path, "db_auto_upgrade = maybe\n").run("list", expect=2).stderr
+    assert "'db_auto_upgrade' in [DEFAULT]" in err
+
+
+def test_unknown_group_is_only_a_warning_and_conformance_is_known(tmp_path):
+    cli = Cli(tmp_path, "[someplugin]\nx = 1\n[conformance]\nimage_ref = cirros\n")
+    proc = cli.run("list")
+    assert "virtkit: warning: config group [someplugin]" in proc.stderr
+    assert "conformance" not in proc.stderr
+
+
+def test_agent_and_recovery_groups_refuse_unknown_options(tmp_path):
+    from virt import agent, recovery
+    from virt.config import build_conf
+    from virt.errors import ConfigError
+
+    path = tmp_path / "x.conf"
+    for group, register, typo in (("agent", agent.register_opts, "timeot"),
+                                  ("recovery", recovery.register_opts, "paralel")):
+        path.write_text(f"[{group}]\n{typo} = 3\n")
+        with pytest.raises(ConfigError, match=f"unknown option '{typo}' in \\[{group}\\]"):
+            register(build_conf(path))
+
+
+# -- volumes ----------------------------------------------------------------------------------
+
+
+def test_a_volume_is_attached_to_one_instance_unless_multiattach(cli, volume_file, tmp_path):
+    cli.run("boot", "a", "--image", "cirros", "--flavor", "m1.tiny")
+    cli.run("boot", "b", "--image", "cirros", "--flavor", "m1.tiny")
+    cli.run("volume", "attach", "a", volume_file, "vdb")
+    err = cli.run("volume", "attach", "b", volume_file, "vdb", expect=2).stderr
+    assert "volume vol-1 is already attached to a (host cli-host)" in err
+    assert cli.json("show", "b")["block_devices"] == []
+    cli.run("boot", "c", "--image", "cirros", "--flavor", "m1.tiny", "--volume",
+            f"{volume_file}:vdb", expect=2)
+    assert "c" not in {i["name"] for i in cli.json("list")}  # refused before any record
+    # Multiattach volumes may be shared, when every attachment says so.
+    shared = tmp_path / "shared.json"
+    shared.write_text(json.dumps(dict(CONNECTION_INFO, serial="vol-m", multiattach=True)))
+    cli.run("volume", "attach", "a", str(shared), "vdc")
+    cli.run("volume", "attach", "b", str(shared), "vdc")
+    cli.run("volume", "detach", "a", "vol-1")
+    cli.run("volume", "attach", "b", volume_file, "vdd")  # free again
+
+
+def test_state_directory_and_database_are_private(cli):
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny")
+    assert cli.state.stat().st_mode & 0o777 == 0o700
+    for path in cli.state.glob("virtkit.sqlite*"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+NOVOL_DRIVER = """
+from drivers.fake.driver import FakeDriver
+from virt.driver import Capability
+
+
+class NoVolumeDriver(FakeDriver):
+    name = "novol"
+    capabilities = frozenset(Capability) - {Capability.VOLUME_ATTACH,
+                                            Capability.VOLUME_ISCSI_CHAP}
+"""
+
+
+def test_boot_with_a_volume_on_a_driver_without_volumes_records_nothing(tmp_path, volume_file):
+    plugins = tmp_path / "plugins"
+    dist_info = plugins / "novol_driver-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (plugins / "novol_driver.py").write_text(textwrap.dedent(NOVOL_DRIVER))
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: novol-driver\n"
+                                        "Version: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[virtkit.compute_drivers]\nnovol = novol_driver:NoVolumeDriver\n")
+    cli = Cli(tmp_path, "compute_driver = novol\n", pythonpath=str(plugins))
+    err = cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--volume",
+                  f"{volume_file}:vdb", expect=4).stderr
+    assert "does not support volume attach" in err
+    assert cli.json("list") == []
+
+
+# -- schema upgrades --------------------------------------------------------------------------
+
+
+def _store_at_revision(cli: Cli, revision: str) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+
+    from virt.store_migrate import alembic_config
+
+    cli.state.mkdir(exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{cli.state / 'virtkit.sqlite'}")
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_db_version_and_upgrade_when_auto_upgrade_is_off(tmp_path):
+    cli = Cli(tmp_path, "db_auto_upgrade = false\n")
+    _store_at_revision(cli, "0001")
+    version = cli.json("db", "version")
+    assert (version["current"], version["state"], version["up_to_date"]) == (
+        ["0001"], "outdated", False)
+    assert version["db_auto_upgrade"] is False
+    err = cli.run("list", expect=1).stderr
+    assert "older than this virtkit needs" in err and "virtkit db upgrade" in err
+    assert cli.json("db", "version")["current"] == ["0001"]  # nothing moved it
+    upgraded = cli.json("db", "upgrade")
+    assert upgraded["before"] == ["0001"] and upgraded["upgraded"] is True
+    assert upgraded["after"] == version["head"]
+    assert cli.json("db", "upgrade")["upgraded"] is False
+    assert "schema already at" in cli.run("db", "upgrade").stdout
+    assert cli.json("db", "version")["state"] == "current"
+    assert cli.json("list") == []
+
+
+def test_db_auto_upgrade_on_by_default(cli):
+    _store_at_revision(cli, "0001")
+    assert cli.json("list") == []
+    assert cli.json("db", "version")["state"] == "current"
+
+
+# -- small things -----------------------------------------------------------------------------
+
+
+def test_show_events_zero_shows_none(cli):
+    cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny")
+    assert cli.json("show", "vm", "--events", "0")["events"] == []
+    assert [e["event"] for e in cli.json("show", "vm", "--events", "1")["events"]] == ["spawned"]
+    cli.run("show", "vm", "--events", "-1", expect=2)
+
+
+def test_host_table_shows_supported_instances_readably(cli):
+    out = cli.run("host").stdout
+    assert "x86_64 / fake / hvm" in out and "('" not in out
+
+
+def test_a_driver_that_fails_to_load_is_reported_once(tmp_path):
+    plugins = tmp_path / "plugins"
+    dist_info = plugins / "needy_driver-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (plugins / "needy_driver.py").write_text("import virtkit_no_such_lib_4711\n")
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: needy-driver\n"
+                                        "Version: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[virtkit.compute_drivers]\nneedy = needy_driver:Driver\n")
+    cli = Cli(tmp_path, "compute_driver = needy\n", pythonpath=str(plugins))
+    err = cli.run("list", expect=2).stderr  # run() asserts a single line
+    assert "needs the Python module 'virtkit_no_such_lib_4711'" in err
+    assert "Could not load" not in err
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+def test_demo_ignores_virtkit_config_and_leaves_nothing_when_the_pipe_closes(cli):
+    proc = subprocess.Popen([*_command(), "demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli.env, cwd=cli.tmp)
+    assert proc.stdout is not None
+    first = proc.stdout.readline().decode()
+    proc.stdout.close()  # like `virtkit demo | head -1`
+    _, err = proc.communicate(timeout=60)
+    assert "throwaway state directory" in first
+    assert b"Traceback" not in err and b"unexpected" not in err
+    assert cli.json("list", "--all-hosts") == []  # $VIRTKIT_CONFIG's store never touched
+
+
+def test_demo_on_an_explicit_config_deletes_its_instance_when_cut_short(tmp_path):
+    import signal
+    import time
+
+    cli = Cli(tmp_path, "[fake]\nspawn_latency_ms = 3000\n")
+    # SIGPIPE: the reader goes away after the first line.
+    proc = subprocess.Popen([*_command(), "--config", str(cli.config), "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env)
+    assert proc.stdout is not None
+    assert str(cli.config) in proc.stdout.readline().decode()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"Traceback" not in err, err  # rich exits 1 on EPIPE
+    assert b"deleted its instance" in err
+    assert cli.json("list", "--all-hosts") == []
+    # Ctrl-C in the middle of the boot.
+    proc = subprocess.Popen([*_command(), "demo", "--config", str(cli.config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env)
+    assert proc.stdout is not None
+    assert "virtkit demo on driver 'fake'" in proc.stdout.readline().decode()
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"deleted its instance" in err
+    assert cli.json("list", "--all-hosts") == []

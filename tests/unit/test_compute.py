@@ -221,3 +221,76 @@ def test_flavors(service):
         service.flavor()
     with pytest.raises(InvalidRequest):
         service.flavor(vcpus=0, memory_mb=1)
+
+
+# -- hosts sharing one store ----------------------------------------------------------------
+
+
+def test_another_hosts_instance_is_shown_but_never_operated(conf, tmp_path):
+    from virt.config import build_conf
+
+    other_conf = build_conf(overrides={"state_path": str(tmp_path / "other"), "host": "host-b",
+                                       "state_connection": conf.state_connection})
+    with ComputeService(conf) as host_a, ComputeService(other_conf) as host_b:
+        record = boot(host_a)
+        for operation in (lambda: host_b.delete("vm1"), lambda: host_b.stop("vm1"),
+                          lambda: host_b.start("vm1"), lambda: host_b.reset_state("vm1"),
+                          lambda: host_b.attach_volume("vm1", CONNECTION_INFO, "vdb"),
+                          lambda: host_b.detach_volume("vm1", "vdb"),
+                          lambda: host_b.console("vm1")):
+            with pytest.raises(InvalidState, match="on host 'test-host', not this host"):
+                operation()
+        shown, live = host_b.refresh("vm1")
+        assert live is PowerState.UNKNOWN and shown.power_state is PowerState.RUNNING
+        assert host_a.get("vm1") == record  # nothing written by host-b
+        assert host_b.list_instances() == []
+        assert [r.uuid for r in host_b.list_instances(all_hosts=True)] == [record.uuid]
+        host_a.delete("vm1")
+
+
+# -- volumes shared between instances ---------------------------------------------------------
+
+
+def test_a_volume_attached_elsewhere_is_refused_at_attach_and_boot(service):
+    from virt.model import BlockDevice, VolumeConnection
+
+    boot(service, "vm1")
+    boot(service, "vm2")
+    service.attach_volume("vm1", CONNECTION_INFO, "vdb")
+    with pytest.raises(InvalidRequest, match="volume vol-1 is already attached to vm1"):
+        service.attach_volume("vm2", CONNECTION_INFO, "vdb")
+    assert service.block_devices("vm2") == []
+    assert service.driver.get_info(instance=service.get("vm2").to_instance()).state is \
+        PowerState.RUNNING
+    bdm = BlockDevice(connection=VolumeConnection.from_connection_info(CONNECTION_INFO),
+                      mountpoint="/dev/vdb")
+    with pytest.raises(InvalidRequest, match="already attached to vm1"):
+        boot(service, "vm3", block_devices=[bdm])
+    with pytest.raises(InstanceNotFound):
+        service.get("vm3")
+    shared = dict(CONNECTION_INFO, serial="vol-m", multiattach=True)
+    service.attach_volume("vm1", shared, "vdc")
+    assert service.attach_volume("vm2", shared, "vdc").volume_id == "vol-m"
+    exclusive = dict(CONNECTION_INFO, serial="vol-m")  # the new one must say multiattach too
+    boot(service, "vm4")
+    with pytest.raises(InvalidRequest, match="already attached to vm1"):
+        service.attach_volume("vm4", exclusive, "vdc")
+    service.delete("vm1")  # a deleted instance holds no volume
+    service.attach_volume("vm4", CONNECTION_INFO, "vdb")
+
+
+def test_ctrl_c_during_spawn_records_error_and_destroys(conf):
+    class InterruptedDriver(FakeDriver):
+        def spawn(self, **kwargs):
+            super().spawn(**kwargs)
+            raise KeyboardInterrupt  # the operator's Ctrl-C, mid-spawn
+
+    driver = InterruptedDriver(conf)
+    with ComputeService(conf, driver=driver) as svc:
+        with pytest.raises(KeyboardInterrupt):
+            boot(svc, "vm1")
+        record = svc.get("vm1")
+        assert (record.vm_state, record.task_state) == ("error", None)
+        assert record.fault.startswith("spawn: interrupted")
+        assert driver.list_instance_uuids() == []
+        assert events(svc, "vm1")[-1] == "spawn_failed"

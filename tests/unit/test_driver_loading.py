@@ -139,3 +139,53 @@ def test_bare_import_virt_is_tiny():
         print(sorted(m for m in set(sys.modules) - before if not m.startswith("virt")))
     """)
     assert out == "[]"
+
+
+@pytest.mark.parametrize("name", ["fake.driver.FakeDriver", "nova.virt.fake.FakeDriver",
+                                  "nova.virt.fake.driver.FakeDriver"])
+def test_dotted_nova_forms_load_the_fake(name):
+    assert load_driver_class(name) is FakeDriver
+
+
+@pytest.mark.parametrize("name", ["libvirt.XenDriver", "fake.LibvirtDriver", "fake.fakedriver",
+                                  "fake.something.FakeDriver", "nova.virt.fake.XenDriver",
+                                  "other.fake.FakeDriver"])
+def test_loose_aliases_are_unknown_drivers(name):
+    with pytest.raises(DriverLoadError, match=f"unknown compute driver '{name}'"):
+        load_driver_class(name)
+
+
+def test_import_error_inside_the_drivers_own_package_is_a_broken_driver(tmp_path):
+    pkg = tmp_path / "vk_broken"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "driver.py").write_text("from vk_broken import helpers  # not shipped: a bug\n")
+    dist = tmp_path / "vk_broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vk_broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[virtkit.compute_drivers]\nvk_broken = vk_broken.driver:Driver\n")
+    out = run_python("""
+        from virt.driver import load_driver_class
+        from virt.errors import DriverLoadError
+        try:
+            load_driver_class("vk_broken")
+        except DriverLoadError as exc:
+            print(exc)
+    """, [tmp_path])
+    assert "driver 'vk_broken' is broken" in out and "helpers" in out
+    assert "not installed" not in out
+
+
+def test_describe_import_error_tells_missing_dependency_from_broken_driver():
+    from virt.driver import describe_import_error
+
+    target = "drivers.libvirt.driver:LibvirtDriver"
+    missing = ModuleNotFoundError("No module named 'libvirt'", name="libvirt")
+    assert "pip install 'virtkit[libvirt]'" in describe_import_error("libvirt", missing, target)
+    inner = ModuleNotFoundError("No module named 'drivers.libvirt.xml'",
+                                name="drivers.libvirt.xml")
+    assert "is broken" in describe_import_error("libvirt", inner, target)
+    bad_name = ImportError("cannot import name 'x' from 'lxml'", name="lxml")
+    text = describe_import_error("libvirt", bad_name, target)
+    assert "not installed" not in text and "cannot import from its dependency 'lxml'" in text

@@ -312,3 +312,54 @@ def test_in_memory_sqlite_works():
     with Store("sqlite://") as store:
         store.create_instance(make_instance())
         assert len(store.list_instances()) == 1
+
+
+def test_without_auto_upgrade_an_outdated_or_empty_schema_is_refused(store_url):
+    from alembic import command
+
+    url = sa.make_url(store_url)
+    if url.get_backend_name() == "sqlite":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(StoreError, match="is at no schema, older than") as err:
+        Store(store_url, migrate=False)
+    assert "virtkit db upgrade" in str(err.value)
+    engine = sa.create_engine(url)
+    config = store_migrate.alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with pytest.raises(StoreError, match="is at 0001, older than this virtkit needs"):
+        Store(store_url, migrate=False)
+    with engine.connect() as conn:
+        assert store_migrate.current_revisions(conn) == {"0001"}  # nothing moved it
+    status = store_migrate.status(engine)
+    assert (status.state, status.up_to_date) == ("outdated", False)
+    engine.dispose()
+    Store(store_url).close()  # an explicit upgrade
+    with Store(store_url, migrate=False) as store:
+        assert store_migrate.status(store.engine).state == "current"
+
+
+def test_from_conf_follows_db_auto_upgrade(conf, state_dir):
+    conf.set_override("db_auto_upgrade", False)
+    with pytest.raises(StoreError, match="virtkit db upgrade"):
+        Store.from_conf(conf)
+    conf.set_override("db_auto_upgrade", True)
+    Store.from_conf(conf).close()
+
+
+def test_sqlite_store_is_private_to_its_owner(tmp_path):
+    state = tmp_path / "new-state"
+    path = state / "virtkit.sqlite"
+    with Store(f"sqlite:///{path}") as store:
+        store.create_instance(make_instance())
+        files = sorted(state.iterdir())
+        assert {p.name for p in files} >= {"virtkit.sqlite", "virtkit.sqlite-wal",
+                                           "virtkit.sqlite-shm"}
+        for file in files:
+            assert file.stat().st_mode & 0o777 == 0o600, file
+    assert state.stat().st_mode & 0o777 == 0o700
+    # A database an older virtkit left world-readable is tightened on open.
+    path.chmod(0o644)
+    Store(f"sqlite:///{path}").close()
+    assert path.stat().st_mode & 0o777 == 0o600

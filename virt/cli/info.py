@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from oslo_config import cfg
 
@@ -37,8 +38,18 @@ def cmd_host(ctx: Context, _args: argparse.Namespace) -> int:
     pairs = {k: v for k, v in status.items() if k != "resources"}
     pairs["capabilities"] = ", ".join(status["capabilities"])
     pairs.update(status["resources"])
+    if "supported_instances" in pairs:
+        pairs["supported_instances"] = _supported_instances(pairs["supported_instances"])
     ctx.out.fields(pairs)
     return 0
+
+
+def _supported_instances(value: Any) -> Any:
+    """Nova's (arch, hypervisor_type, vm_mode) triples as 'x86_64 / kvm / hvm', one a line."""
+    if not isinstance(value, list | tuple):
+        return value
+    return [" / ".join(str(part) for part in item) if isinstance(item, list | tuple)
+            else str(item) for item in value] or None
 
 
 def sample_groups() -> tuple[list[tuple[str | None, Sequence[cfg.Opt]]], list[str]]:

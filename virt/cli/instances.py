@@ -88,22 +88,31 @@ def cmd_boot(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(ctx: Context, _args: argparse.Namespace) -> int:
-    records = ctx.service.list_instances()
+def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
+    service = ctx.service
+    records = service.list_instances(all_hosts=args.all_hosts)
     ctx.out.table(
         [_row(r) for r in records], LIST_COLUMNS, json_value=[r.as_dict() for r in records]
     )
+    if not args.all_hosts and not ctx.out.json:
+        elsewhere = len(service.list_instances(all_hosts=True)) - len(records)
+        if elsewhere:
+            ctx.out.message(f"({elsewhere} more on other hosts: `virtkit list --all-hosts`)")
     return 0
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+    if args.events < 0:
+        raise InvalidRequest("--events must not be negative")
     service = ctx.service
     record, live = service.refresh(args.instance)
     volumes = [b.as_dict(masked=True) for b in service.store.list_block_devices(record.uuid)]
     vifs = [v.as_dict() for v in service.store.list_vifs(record.uuid)]
-    events = [e.as_dict() for e in service.store.list_events(record.uuid)[-args.events:]]
+    history = service.store.list_events(record.uuid)
+    events = [e.as_dict() for e in history[-args.events:]] if args.events else []
     data = record.as_dict()
-    data.update(live_power_state=live.value, block_devices=volumes, vifs=vifs, events=events)
+    data.update(live_power_state=live.value, on_this_host=service.is_here(record),
+                block_devices=volumes, vifs=vifs, events=events)
     if ctx.out.json:
         ctx.out.data(data)
         return 0
@@ -113,8 +122,13 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
         f"{record.flavor.root_gb} GiB)"
     )
     pairs["image"] = record.image.ref if record.image else None
-    if live is PowerState.UNKNOWN:
+    if not service.is_here(record):
+        pairs["host"] = f"{record.host} (not this host, {service.host}: only {record.host} " \
+            "can operate it)"
+        pairs["live_power_state"] = f"unknown (read on {record.host})"
+    elif live is PowerState.UNKNOWN:
         pairs["live_power_state"] = "unknown (the hypervisor cannot be reached)"
+    del pairs["on_this_host"]
     pairs["block_devices"] = [
         f"{v['mountpoint']}: {v['volume_id'] or '-'} {json.dumps(v['connection_info'])}"
         for v in volumes
@@ -252,7 +266,7 @@ def read_password(*, prompt: str = "New password: ") -> str:
 
 
 def cmd_set_password(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.service.get(args.instance)  # fail before prompting when the name is wrong
+    ctx.service.get_owned(args.instance, "set-password")  # fail before prompting
     password = read_password()
     with ctx.out.progress(f"Setting the admin password of {args.instance}"):
         record = ctx.service.set_password(args.instance, password)

@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from virt.cli import demo, info, instances
+from oslo_config import cfg
+
+from virt.cli import db, demo, info, instances
 from virt.cli.context import CONFIG_ENV, Context
 from virt.cli.output import FORMATS
+from virt.config import describe_cfg_error
 from virt.errors import EXIT_FAILED, EXIT_USAGE, VirtError
 
 Handler = Callable[[Context, argparse.Namespace], int]
@@ -87,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--volume", action="append", metavar="CONNINFO.json:MOUNTPOINT",
                       help="attach a volume at boot (Nova connection_info file); repeatable")
 
-    add("list", instances.cmd_list, "list instances")
-    show = add_instance("show", instances.cmd_show, "show an instance (secrets masked)")
+    listing = add("list", instances.cmd_list, "list this host's instances")
+    listing.add_argument("--all-hosts", action="store_true",
+                         help="every host's instances in the store (see the host column)")
+    show = add_instance("show", instances.cmd_show,
+                        "show an instance of any host (secrets masked)")
     show.add_argument("--events", type=int, default=20, metavar="N",
                       help="how many recent events to show (default 20)")
     add_instance("delete", instances.cmd_delete, "destroy an instance and its disks")
@@ -140,9 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common])
     sample.set_defaults(handler=info.cmd_config_sample)
 
+    database = commands.add_parser("db", help="the state store's schema",
+                                   description="the state store's schema", parents=[common])
+    db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True,
+                                          parser_class=_Parser)
+    db_commands.add_parser(
+        "version", help="the schema revision of the store and the one this virtkit needs",
+        parents=[common]).set_defaults(handler=db.cmd_db_version)
+    db_commands.add_parser(
+        "upgrade", help="upgrade the store's schema to this virtkit's (run once per shared "
+        "store, after every host runs this virtkit)",
+        parents=[common]).set_defaults(handler=db.cmd_db_upgrade)
+
     run_demo = add("demo", demo.cmd_demo,
                    "run a whole lifecycle on the fake driver in a throwaway state directory "
-                   "(or on --config's driver and store)")
+                   "(or on the driver and store of a --config given on its command line); "
+                   "everything it creates is deleted, also when interrupted")
     run_demo.add_argument("--image", default="cirros", metavar="REF",
                           help="image to boot (default: cirros, which the fake driver accepts)")
     return parser
@@ -159,6 +179,9 @@ def _setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # stevedore warns "Could not load NAME" for a failed driver import, which virtkit
+    # reports itself (with the reason and the extra to install): once is enough.
+    logging.getLogger("stevedore").setLevel(logging.NOTSET if debug else logging.ERROR)
     if debug:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -187,8 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VirtError as exc:
         _json_error(args, exc.exit_code, type(exc).__name__, exc.message, exc.hint)
         return _fail(args.debug, str(exc), exc.exit_code)
+    except cfg.Error as exc:  # oslo.config: a bad option or value, a config file it cannot read
+        message = f"configuration: {describe_cfg_error(exc)}"
+        _json_error(args, EXIT_USAGE, "ConfigError", message, None)
+        return _fail(args.debug, message, EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail(args.debug, "interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (`virtkit ... | head -1`): exit quietly, as if by SIGPIPE.
+        _discard_stdout()
+        return 128 + 13
     except Exception as exc:
         _json_error(args, EXIT_FAILED, type(exc).__name__, str(exc), None)
         return _fail(args.debug, f"unexpected {type(exc).__name__}: {exc} "
@@ -198,6 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.close()
         except Exception as exc:  # closing must not hide the command's own outcome
             logging.getLogger(__name__).debug("closing the service failed: %s", exc)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _json_error(

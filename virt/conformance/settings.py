@@ -13,7 +13,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from virt.config import DEFAULT_STATE_PATH, build_conf, parse_flavor
+from virt.config import DEFAULT_STATE_PATH, build_conf, parse_flavor, register_group_opts
 from virt.errors import ConfigError, InvalidRequest
 from virt.model import Flavor, ImageRef, VolumeConnection
 
@@ -150,8 +150,7 @@ def load_settings(config_file: str | Path) -> SuiteSettings:
     """
     path = Path(config_file)
     conf = build_conf(path)
-    conf.register_group(cfg.OptGroup(GROUP))
-    conf.register_opts(CONFORMANCE_OPTS, group=GROUP)
+    register_group_opts(conf, GROUP, CONFORMANCE_OPTS)  # refuses unknown [conformance] keys
     if conf.state_path == DEFAULT_STATE_PATH:
         conf.set_override("state_path", tempfile.mkdtemp(prefix="virtkit-conformance-"))
     settings = SuiteSettings(conf, path)
