@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -265,3 +266,20 @@ def test_journal_batches_entries_into_few_transactions(conf, store):
     assert len(inserts) == 4 and len(entries) == 15
     # + the claim and two reads (candidates, unfinished claims)
     assert len(commits) == 7
+
+
+def test_run_lock_refuses_a_second_run_of_the_same_host(tmp_path):
+    from virt.errors import EXIT_USAGE
+    from virt.recovery_lock import RecoveryBusy, run_lock
+
+    with run_lock(tmp_path, "host-b") as path:
+        assert path.read_text().strip() == str(os.getpid())
+        with pytest.raises(RecoveryBusy, match=f"host host-b is in progress \\(pid {os.getpid()}"
+                           ) as refused:
+            with run_lock(tmp_path, "host-b"):
+                pass
+        assert refused.value.exit_code == EXIT_USAGE
+        with run_lock(tmp_path, "host-c"):  # another target host is another lock
+            pass
+    with run_lock(tmp_path, "host-b"):  # released with the first
+        pass

@@ -12,6 +12,7 @@ unclaimed, 2 usage error or the failed host is not known to be fenced, 130 inter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -22,7 +23,9 @@ from virt.config import build_conf
 from virt.errors import EXIT_FAILED, EXIT_USAGE, VirtError
 
 if TYPE_CHECKING:
-    from virt.recovery import InstanceReport
+    from oslo_config import cfg
+
+    from virt.recovery import InstanceReport, RecoveryOptions, RecoveryReport
 
 CONFIG_ENV = "VIRTKIT_CONFIG"
 
@@ -81,11 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `--help` and usage errors stay fast.
-    from virt.driver import load_driver
-    from virt.recovery import Recoverer, RecoveryOptions, register_opts, report_lines
-    from virt.recovery_journal import RecoveryJournal
-    from virt.recovery_source import InstanceSource, NovaSource, StoreSource
-    from virt.store import Store
+    from virt.recovery import RecoveryOptions, register_opts, report_lines
+    from virt.recovery_lock import run_lock
 
     conf = build_conf(args.config or os.environ.get(CONFIG_ENV) or None)
     register_opts(conf)
@@ -102,6 +102,27 @@ def _run(args: argparse.Namespace) -> int:
         shared_storage=conf.recovery.shared_storage,
         claim_lease=float(conf.recovery.claim_lease_seconds),
     )
+    # One run per target host at a time (a dry run changes nothing: it needs no lock).
+    with contextlib.nullcontext() if options.dry_run else run_lock(conf.state_path, host):
+        report = _recover(conf, args, host, options)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print("\n".join(report_lines(report)))
+    return report.exit_code if report.instances or not options.dry_run else 0
+
+
+def _recover(conf: cfg.ConfigOpts, args: argparse.Namespace, host: str,
+             options: RecoveryOptions) -> RecoveryReport:
+    """Open the store, source and driver; run the recovery."""
+    from virt.driver import load_driver
+    from virt.recovery import Recoverer
+    from virt.recovery_journal import RecoveryJournal
+    from virt.recovery_source import InstanceSource, NovaSource, StoreSource
+    from virt.store import Store
+
     store = Store.from_conf(conf)
     try:
         source: InstanceSource = NovaSource(args.nova_db) if args.nova_db else StoreSource(store)
@@ -119,16 +140,9 @@ def _run(args: argparse.Namespace) -> int:
             host=host, options=options, host_status=host_status,
             progress=_progress_bar() if args.format != "json" and sys.stderr.isatty() else None,
         )
-        report = recoverer.run()
+        return recoverer.run()
     finally:
         store.close()
-    if args.format == "json":
-        import json
-
-        print(json.dumps(report.as_dict(), indent=2, default=str))
-    else:
-        print("\n".join(report_lines(report)))
-    return report.exit_code if report.instances or not options.dry_run else 0
 
 
 def _progress_bar() -> Callable[[InstanceReport, int, int], None]:

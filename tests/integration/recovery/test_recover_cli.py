@@ -164,6 +164,45 @@ def test_power_cut_losing_committed_entries_still_resumes_cleanly(tmp_path, lost
         assert store.get_instance(uuid).host == "host-b"
 
 
+def test_second_run_on_the_same_host_is_refused(tmp_path):
+    """Two runs for one target host would both resume its claims: the second must refuse."""
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    config = write_conf(tmp_path, url)
+    ready, go = tmp_path / "fence-started", tmp_path / "fence-go"
+    fence = tmp_path / "fence.sh"  # holds the first run inside its fence check until told
+    fence.write_text(f"#!/bin/sh\ntouch {ready}\ni=0\n"
+                     f"while [ ! -e {go} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done\n")
+    fence.chmod(0o755)
+    config.write_text(config.read_text() + f"[recovery]\nfence_check_command = {fence}\n")
+    with Store(url) as store:
+        (uuid,) = record_instances(store, "host-a", 1, volumes=1)
+    args = ("--failed-host", "host-a", "--volume-check", "none", "--host", "host-b")
+    first = subprocess.Popen([*RECOVER, "--config", str(config), "--format", "json", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # until the first run is in its fence check (lock held)
+            if ready.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert ready.exists(), first.communicate()
+        second = run_recover(config, *args, "--confirm-fenced")
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert "another virtkit-recover run for host host-b is in progress" in lines[0]
+        assert f"pid {first.pid}" in lines[0]
+        assert json.loads(run_recover(config, *args, "--confirm-fenced", "--dry-run").stdout
+                          )["instances"][0]["outcome"] == "planned"  # a dry run needs no lock
+    finally:
+        go.touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert [i["outcome"] for i in json.loads(out)["instances"]] == ["recovered"]
+    assert fake_domains(config, "host-b") == [uuid]
+    again = run_recover(config, *args, "--confirm-fenced")  # the lock went with the process
+    assert again.returncode == 0 and json.loads(again.stdout)["instances"] == []
+
+
 def test_usage_and_fencing_exit_codes(tmp_path):
     config = write_conf(tmp_path, f"sqlite:///{tmp_path / 's.sqlite'}")
     done = run_recover(config, "--failed-host", "host-a", "--host", "host-b")
