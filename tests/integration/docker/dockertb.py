@@ -43,7 +43,8 @@ def containers_with_label(label: str) -> list[str]:
 def exec_actions(name: str, *, since: float) -> list[str]:
     """The exec events dockerd recorded for container `name` (their action holds the argv)."""
     out = docker_cli(
-        "events", "--since", f"{since:.0f}", "--until", f"{time.time():.0f}",
+        # Fractional seconds: a rounded --until can fall before the events just made.
+        "events", "--since", f"{since:.3f}", "--until", f"{time.time() + 1:.3f}",
         "--filter", f"container={name}", "--filter", "event=exec_create",
         "--format", "{{.Action}}",
     )
