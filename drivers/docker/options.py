@@ -38,12 +38,13 @@ OPTS: list[cfg.Opt] = [
     ),
     cfg.FloatOpt(
         "start_check_seconds",
-        default=0.5,
+        default=0.0,
         min=0.0,
         help="After starting a container, spawn waits up to this many seconds (docker's "
         "own 'wait', returning as soon as the container stops) for it to exit; a container "
-        "that stops within it fails the spawn with its exit code and output. Raise it on a "
-        "loaded host; 0 checks with one inspect only, which races with an immediate exit.",
+        "that stops within it fails the spawn with its exit code and output. 0 (the "
+        "default) checks with one inspect only: a command that exits a moment later is a "
+        "guest that crashed after a successful start, and reads CRASHED.",
     ),
     cfg.BoolOpt(
         "pull_missing",
