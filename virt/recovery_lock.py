@@ -34,7 +34,9 @@ def run_lock(state_path: str | os.PathLike[str], host: str) -> Iterator[Path]:
     """Hold the run lock of `host`, or raise RecoveryBusy at once if another run has it."""
     path = lock_path(state_path, host)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The default mode, not 0700: instances_path usually lives under state_path and
+        # the hypervisor (e.g. qemu's own user) must reach the disks there.
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise RecoveryError(f"cannot create the run lock {path}: {exc.strerror}",
