@@ -216,14 +216,19 @@ def register_group_opts(conf: cfg.ConfigOpts, group: str, opts: Sequence[cfg.Opt
     check_options(conf, group)
 
 
-def make_state_dir(conf: cfg.ConfigOpts) -> None:
-    """Create `state_path` readable only by its owner (0700): it holds volume secrets.
+#: Mode of a state directory virtkit creates: only its owner may list or write it (the
+#: store in it holds volume secrets, and its files are 0600), but others may pass through
+#: it, because instances_path usually lives under state_path and the hypervisor (qemu's own
+#: user under qemu:///system) must reach the disks there.
+STATE_DIR_MODE = 0o711
 
-    An existing directory is left as the operator made it.
-    """
+
+def make_state_dir(conf: cfg.ConfigOpts) -> None:
+    """Create `state_path` with STATE_DIR_MODE; an existing directory is left as it is."""
     path = Path(conf.state_path).expanduser()
     if not path.exists():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        path.chmod(STATE_DIR_MODE)  # whatever the umask
 
 
 def parse_flavor(spec: str) -> Flavor:

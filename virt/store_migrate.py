@@ -155,14 +155,18 @@ def _all_revisions() -> set[str]:
 
 
 def private_sqlite_file(path: Path) -> None:
-    """A SQLite store's directory 0700 when created here, its file (and -wal/-shm) 0600.
+    """A SQLite store's directory STATE_DIR_MODE (0711: not listable by others) when created
+    here, its file (and -wal/-shm) 0600.
 
     The store holds volume connection_info with CHAP secrets. SQLite creates -wal and -shm
     with the database file's mode, so the file is created 0600 before SQLite opens it; an
     existing one readable by others is tightened.
     """
     if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        from virt.config import STATE_DIR_MODE
+
+        path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        path.parent.chmod(STATE_DIR_MODE)  # whatever the umask
     with contextlib.suppress(OSError):  # SQLite reports what it cannot open
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     for name in (path.name, f"{path.name}-wal", f"{path.name}-shm", f"{path.name}-journal"):

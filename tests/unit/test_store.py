@@ -358,7 +358,7 @@ def test_sqlite_store_is_private_to_its_owner(tmp_path):
                                            "virtkit.sqlite-shm"}
         for file in files:
             assert file.stat().st_mode & 0o777 == 0o600, file
-    assert state.stat().st_mode & 0o777 == 0o700
+    assert state.stat().st_mode & 0o777 == 0o711
     # A database an older virtkit left world-readable is tightened on open.
     path.chmod(0o644)
     Store(f"sqlite:///{path}").close()
