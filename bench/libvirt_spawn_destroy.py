@@ -3,9 +3,10 @@
 The raw side makes the calls a minimal libvirt client makes for the same domains, with a
 prebuilt XML and no files: defineXML + createWithFlags on the returned handle, then
 lookupByUUIDString + destroy + undefineFlags. The driver additionally checks that the UUID
-is free, builds the XML from the model, reads the definition back on destroy (to release
-CHAP secrets), listens to lifecycle events, and creates and removes each instance's real
-files (directory + qcow2 overlay). That file work is also timed on its own and printed, and so is
+is free (defineXML would silently redefine an existing domain), builds the XML (from a
+cached per-flavor/image/layout template), listens to lifecycle events, and creates and
+removes each instance's real files (directory + qcow2 overlay). It does not read the
+definition back on destroy for domains it defined without CHAP secrets. That file work is also timed on its own and printed, and so is
 the cost of the event subscription (a diagnostic round with it off: libvirt-python calls
 into Python on its event thread for each of the 4 events of a cycle).
 
