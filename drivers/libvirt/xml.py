@@ -450,7 +450,22 @@ class Template:
             for name, value in element.attrib.items():
                 if self._token_re.search(value):
                     self._slots.append((path, str(name), self._split(value)))
-        self._anchors = {name: _path_of(root, el) for name, el in (anchors or {}).items()}
+        anchor_paths = {name: _path_of(root, el) for name, el in (anchors or {}).items()}
+        # Render plan: the elements to reach in each copy, each as (index of its parent in
+        # the plan, child index), parents first, so a shared prefix is walked once per copy.
+        nodes: dict[_Path, int] = {(): 0}
+        self._steps: list[tuple[int, int]] = []
+
+        def node(path: _Path) -> int:
+            if path not in nodes:
+                parent = node(path[:-1])
+                nodes[path] = len(self._steps) + 1
+                self._steps.append((parent, path[-1]))
+            return nodes[path]
+
+        # (node, attribute name or None for the text, parts: odd ones are tokens)
+        self._fills = [(node(path), attr, tuple(parts)) for path, attr, parts in self._slots]
+        self._anchors = {name: node(path) for name, path in anchor_paths.items()}
 
     def _split(self, text: str) -> list[str]:
         parts: list[str] = []
@@ -464,15 +479,20 @@ class Template:
     def render(self, values: Mapping[str, str]
                ) -> tuple[etree._Element, dict[str, etree._Element]]:
         """A filled-in copy and its anchors; KeyError if a token has no value."""
-        root = copy.deepcopy(self._root)
-        for path, attr, parts in self._slots:
-            text = "".join([values[p] if i % 2 else p for i, p in enumerate(parts)])
-            element = _at(root, path)
-            if attr is None:
-                element.text = text
+        root = self._root.__deepcopy__(None)
+        elements = [root]
+        for parent, index in self._steps:
+            elements.append(elements[parent][index])
+        for at, attr, parts in self._fills:
+            if len(parts) == 3:  # the usual slot: one token with a fixed prefix and suffix
+                text = parts[0] + values[parts[1]] + parts[2]
             else:
-                element.set(attr, text)
-        return root, {name: _at(root, path) for name, path in self._anchors.items()}
+                text = "".join([values[p] if i % 2 else p for i, p in enumerate(parts)])
+            if attr is None:
+                elements[at].text = text
+            else:
+                elements[at].set(attr, text)
+        return root, {name: elements[at] for name, at in self._anchors.items()}
 
 
 def to_text(element: etree._Element, what: str) -> str:
