@@ -183,6 +183,12 @@ class RecoveryJournal:
         is still exactly as the caller saw it go stale.
         """
         with self.store.transaction() as conn:
+            if take_over is None and conn.dialect.name in _INSERT_CLAIM_UNLESS_ANY:
+                # The usual case, an instance never claimed: one statement. A row already
+                # there (or being inserted) makes it a no-op, and the checks below decide.
+                claim = self._new_claim(conn, instance_uuid, source_host, replace=False)
+                if isinstance(claim, Claim):
+                    return claim
             row = conn.execute(_LOCK_CLAIM_ROW, {"b_uuid": instance_uuid}).mappings().first()
             if row is None and _exists(conn, instance_uuid):
                 return ClaimRefused("another recoverer is claiming it right now", busy=True)

@@ -119,7 +119,7 @@ class StoreSource:
 
     def rehome(self, uuid: str, *, host: str, node: str | None,
                conn: sa.Connection | None = None) -> None:
-        self.store.update_instance(uuid, host=host, node=node, conn=conn)
+        self.store.set_instance_fields(uuid, host=host, node=node, conn=conn)
 
     def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
                        conn: sa.Connection | None = None) -> None:
@@ -136,7 +136,7 @@ class StoreSource:
             values["vm_state"] = VmState.ACTIVE if running else VmState.STOPPED
         if power_state is not None:
             values["power_state"] = power_state
-        self.store.update_instance(uuid, conn=conn, **values)
+        self.store.set_instance_fields(uuid, conn=conn, **values)
 
 
 def _devices_of_host(conn: sa.Connection, host: str) -> dict[str, list[BlockDeviceRecord]]:

@@ -406,6 +406,19 @@ class Store:
                 "process running it died, clear it with `virtkit reset-state`",
             )
 
+    def set_instance_fields(self, uuid: str, /, *, conn: sa.Connection | None = None,
+                            **values: Any) -> None:
+        """`update_instance` without reading the record back (InstanceNotFound if gone):
+        for writers that do not use it, e.g. recovery's re-home and power state."""
+        unknown = set(values) - _UPDATABLE
+        if unknown:
+            raise InvalidRequest(f"cannot update instance fields {sorted(unknown)}")
+        params = {f"b_{key}": _column_value(key, value) for key, value in values.items()}
+        params.update(b_updated_at=utcnow(), b_uuid=uuid)
+        with self._use(conn) as c:
+            if not c.execute(_update_statement(tuple(sorted(values)), False), params).rowcount:
+                self.get_instance(uuid, conn=c)  # raises InstanceNotFound
+
     def delete_instance(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
         """Soft-delete: keep the row (and its events) with vm_state DELETED; drop its devices."""
         now = utcnow()

@@ -39,7 +39,7 @@ def _encode(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def _unusable(path: Path, exc: OSError) -> HypervisorUnavailable:
+def _unusable(path: str | Path, exc: OSError) -> HypervisorUnavailable:
     return HypervisorUnavailable(
         f"fake hypervisor state {path} is not usable: {exc.strerror or exc}",
         hint="check [DEFAULT] instances_path and its permissions")
@@ -70,6 +70,19 @@ class Change:
         return self._images is not None and _encode(self._images) != self._images_text
 
 
+class _LockFile:
+    """An open descriptor of the lock file, closed when dropped (with its thread)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        stat = os.fstat(fd)
+        self.ident = (stat.st_dev, stat.st_ino)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 class HostState:
     """The state of one fake host in `directory`, with cross-process locking."""
 
@@ -81,23 +94,40 @@ class HostState:
         self._host_path = directory / HOST_FILE
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._local = threading.local()
+        self._lock_str = str(self._lock_path)
+        self._dir_str = str(directory)
 
     # -- locking and set-up -----------------------------------------------------------------
 
     @contextlib.contextmanager
     def _flock(self, mode: int) -> Iterator[None]:
-        """The host lock. A descriptor of its own per call, so threads exclude each other
-        too (flock locks belong to the open file description)."""
+        """The host lock. A descriptor of its own per thread, so threads exclude each other
+        too (flock locks belong to the open file description); kept open between calls
+        (opening it costs more than the lock), reopened if the lock file was replaced."""
         self._prepare()
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise _unusable(self.directory, exc) from None
+        fd = self._lock_fd()
         try:
             fcntl.flock(fd, mode)
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the lock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_fd(self) -> int:
+        held: _LockFile | None = getattr(self._local, "lock", None)
+        try:
+            current = os.stat(self._lock_str)
+        except FileNotFoundError:
+            current = None
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
+        if held is None or current is None or (current.st_dev, current.st_ino) != held.ident:
+            try:
+                held = _LockFile(os.open(self._lock_str, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise _unusable(self.directory, exc) from None
+            self._local.lock = held
+        return held.fd
 
     def _prepare(self) -> None:
         """Create the directory and the host file, migrating the old format, once."""
@@ -148,11 +178,11 @@ class HostState:
 
     # -- files ------------------------------------------------------------------------------
 
-    def _instance_path(self, uuid: str) -> Path:
-        return self.directory / f"{uuid}{_SUFFIX}"
+    def _instance_path(self, uuid: str) -> str:
+        return f"{self._dir_str}/{uuid}{_SUFFIX}"  # a string: cheaper than a Path
 
     @staticmethod
-    def _load(path: Path, hint: str) -> tuple[Any, bytes | None]:
+    def _load(path: str | Path, hint: str) -> tuple[Any, bytes | None]:
         """The JSON in `path` and its bytes; (None, None) if it does not exist."""
         try:
             with open(path, "rb") as handle:
@@ -168,7 +198,7 @@ class HostState:
             raise HypervisorUnavailable(
                 f"fake hypervisor state {path} is unreadable: {exc}", hint=hint) from None
 
-    def _parse(self, path: Path, hint: str) -> Any:
+    def _parse(self, path: str | Path, hint: str) -> Any:
         return self._load(path, hint)[0]
 
     def _read_record(self, uuid: str) -> tuple[dict[str, Any] | None, bytes | None]:
@@ -181,10 +211,11 @@ class HostState:
                 hint="remove the file to forget that instance")
         return record, data
 
-    def _write(self, path: Path, value: Any) -> None:
+    def _write(self, path: str | Path, value: Any) -> None:
         """Write atomically: a temp file renamed over the old one. The exclusive lock is
         held, so one fixed temp name per file is enough."""
-        tmp = path.with_name(f".{path.name}.tmp")
+        head, name = os.path.split(path)
+        tmp = os.path.join(head, f".{name}.tmp")
         data = value if isinstance(value, bytes) else _encode(value)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -195,12 +226,12 @@ class HostState:
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
             raise _unusable(path, exc) from None
 
-    def _remove(self, path: Path) -> None:
+    def _remove(self, path: str) -> None:
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
