@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.volumes import CHAP_CONNECTION_INFO as CONNECTION_INFO
+from tests.volumes import CHAP_SECRET
+
 VIRTKIT = Path(sys.executable).with_name("virtkit")
-CHAP_SECRET = "chap-Secret-4711"
-CONNECTION_INFO = {
-    "driver_volume_type": "iscsi",
-    "serial": "vol-1",
-    "data": {
-        "target_portal": "127.0.0.1:3260",
-        "target_iqn": "iqn.2010-10.org.openstack:volume-1",
-        "target_lun": 1,
-        "auth_method": "CHAP",
-        "auth_username": "user",
-        "auth_password": CHAP_SECRET,
-    },
-}
 
 
 def _command() -> list[str]:

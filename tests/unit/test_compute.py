@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from drivers.fake.driver import FakeDriver
+from tests.volumes import CHAP_CONNECTION_INFO as CONNECTION_INFO
+from tests.volumes import CHAP_SECRET
 from virt.compute import ComputeService
 from virt.driver import Capability
 from virt.errors import (
@@ -18,18 +20,6 @@ from virt.errors import (
 from virt.model import ImageRef, PowerState
 
 IMAGE = ImageRef("cirros")
-CONNECTION_INFO = {
-    "driver_volume_type": "iscsi",
-    "serial": "vol-1",
-    "data": {
-        "target_portal": "127.0.0.1:3260",
-        "target_iqn": "iqn.2010-10.org.openstack:volume-1",
-        "target_lun": 1,
-        "auth_method": "CHAP",
-        "auth_username": "user",
-        "auth_password": "chap-secret-xyz",
-    },
-}
 
 
 @pytest.fixture
@@ -158,7 +148,7 @@ def test_volume_attach_detach_keeps_connection_info(service):
     assert service.block_devices("vm1") == []
     with pytest.raises(VolumeNotFound):
         service.detach_volume("vm1", "vdb")
-    assert "chap-secret-xyz" not in repr(service.store.list_events(record.uuid))
+    assert CHAP_SECRET not in repr(service.store.list_events(record.uuid))
 
 
 def test_failed_attach_leaves_no_record(service):

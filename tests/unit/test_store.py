@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 
 from tests.pg import fresh_database
 from tests.testbed import env
+from tests.volumes import CHAP_CONNECTION_INFO as CONNECTION_INFO
 from virt import store_migrate
 from virt.errors import (
     InstanceNotFound,
@@ -31,19 +32,6 @@ from virt.model import (
     new_uuid,
 )
 from virt.store import ANY, Store, TaskState, VmState, metadata
-
-CONNECTION_INFO = {
-    "driver_volume_type": "iscsi",
-    "serial": "vol-1",
-    "data": {
-        "target_portal": "127.0.0.1:3260",
-        "target_iqn": "iqn.2010-10.org.openstack:volume-1",
-        "target_lun": 1,
-        "auth_method": "CHAP",
-        "auth_username": "user",
-        "auth_password": "s3cr3t-chap",
-    },
-}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from guest_agent.transports.xenstore import XenstoreError
+from tests.testbed import require
 from tests.xenstore import TEST_DOMID as DOMID
 
 BASE = f"/local/domain/{DOMID}"
@@ -25,8 +26,7 @@ def _tool(xenstore, *argv: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def tools():
     missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"xenstore-utils not installed ({', '.join(missing)})")
+    require(not missing, f"xenstore-utils ({', '.join(missing)})")
 
 
 def test_real_tools_round_trip(xenstore, dom0, tools):
