@@ -6,6 +6,7 @@ Nothing here keeps global state: callers build a ConfigOpts with `build_conf()` 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import re
@@ -118,17 +119,31 @@ def build_conf(
 OWN_GROUPS = frozenset({"agent", "recovery", "conformance"})
 
 
-def _file_sections(conf: cfg.ConfigOpts) -> list[tuple[str, dict[str, dict[str, list[str]]]]]:
+Sections = dict[str, dict[str, list[str]]]
+
+
+def _file_sections(conf: cfg.ConfigOpts) -> list[tuple[str, Sections]]:
     """(file, {section: {key: values}}) for every config file `conf` read."""
     parsed = []
     for path in conf.config_file or ():
-        sections: dict[str, dict[str, list[str]]] = {}
         try:
-            cfg.ConfigParser(path, sections).parse()
+            st = os.stat(path)
+            sections = _parse_file(path, st.st_mtime_ns, st.st_size)
         except (OSError, cfg.ParseError):
             continue  # oslo.config already reported what it could not read
         parsed.append((path, sections))
     return parsed
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_file(path: str, _mtime_ns: int, _size: int) -> Sections:
+    """One parse per file content: every option group registered later checks against it.
+
+    Callers must not modify the result.
+    """
+    sections: Sections = {}
+    cfg.ConfigParser(path, sections).parse()
+    return sections
 
 
 def _known_keys(conf: cfg.ConfigOpts, group: str | None) -> set[str]:
