@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +22,7 @@ from virt.errors import VirtError
 from virt.model import Instance, PowerState, new_uuid
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Guests:
@@ -76,14 +77,16 @@ class Guests:
         return sorted(listed & set(self.created))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass."""
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
+    """Poll `predicate` until it returns something truthy or `timeout` seconds pass.
+
+    Returns the predicate's last value, so a caller can both assert on it and use it.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
 
 

@@ -19,19 +19,10 @@ from guest_agent.transports.virtio_serial import MAX_LINE
 from guest_agent.transports.xenstore import XenstoreClient, XenstoreError
 from tests.xenstore import TEST_DOMID as DOMID
 from virt.agent import AgentClient, XenstoreChannel
+from virt.conformance.fixtures import wait_for
 from virt.errors import AgentError, AgentNotReady
 
 BASE = f"/local/domain/{DOMID}"
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- virtio-serial: the loop never dies on input ---------------------------------------------
@@ -107,15 +98,15 @@ def test_unwritable_reply_is_dropped_and_others_are_served(guest_agent, dom0, ca
     secret_value = "do-not-log-this-value"
     dom0.write(f"{BASE}/data/host/{bad}", json.dumps({"name": "version", "value": secret_value}))
     dom0.write(f"{BASE}/data/host/{good}", '{"name": "version", "value": "agent"}')
-    reply = _wait_for(lambda: dom0.read_text(f"{BASE}/data/guest/{good}"))
+    reply = wait_for(lambda: dom0.read_text(f"{BASE}/data/guest/{good}"))
     assert reply and json.loads(str(reply))["message"] == "0.1.0"
-    assert _wait_for(lambda: not dom0.exists(f"{BASE}/data/host/{bad}"))
+    assert wait_for(lambda: not dom0.exists(f"{BASE}/data/host/{bad}"))
     assert f"request {bad} dropped: its reply cannot be written (EACCES)" in caplog.text
     assert secret_value not in caplog.text
     # Later requests are answered at once, not after a reconnect backoff.
     later = str(uuid.uuid4())
     dom0.write(f"{BASE}/data/host/{later}", '{"name": "version", "value": "agent"}')
-    assert _wait_for(lambda: dom0.exists(f"{BASE}/data/guest/{later}"), timeout=2)
+    assert wait_for(lambda: dom0.exists(f"{BASE}/data/guest/{later}"), timeout=2)
     assert "xenstore unavailable" not in caplog.text
 
 
@@ -131,7 +122,7 @@ def test_unreadable_request_is_skipped_and_others_are_served(guest_agent, dom0, 
         except XenstoreError as exc:  # the starting agent created data/host meanwhile
             assert exc.name == "EAGAIN"
     dom0.write(f"{BASE}/data/host/{good}", '{"name": "version", "value": "agent"}')
-    assert _wait_for(lambda: dom0.exists(f"{BASE}/data/guest/{good}"))
+    assert wait_for(lambda: dom0.exists(f"{BASE}/data/guest/{good}"))
     assert "cannot be read (EACCES)" in caplog.text
     assert "xenstore unavailable" not in caplog.text
     assert not dom0.exists(f"{BASE}/data/guest/{bad}")
@@ -238,7 +229,7 @@ def test_host_sweeps_late_replies_of_legacy_guests(legacy_guest, dom0):
     with pytest.raises(AgentNotReady):
         client.version()
     late = calls[0]
-    assert _wait_for(lambda: late in guest.written)
+    assert wait_for(lambda: late in guest.written)
     assert dom0.exists(f"{BASE}/data/guest/{late}")  # the orphan a legacy guest leaves
     assert late in XenstoreChannel(dom0, DOMID).abandoned()
     # The next request, even through a new channel object, removes it.
@@ -264,7 +255,7 @@ def test_our_guest_writes_no_reply_for_a_withdrawn_request(xenstore, dom0, agent
         client.resetnetwork_timeout = 0.3
         with pytest.raises(AgentNotReady):
             client.reset_network()  # the host gives up and removes data/host/<id>
-        assert _wait_for(lambda: "was withdrawn by the host" in caplog.text, timeout=5)
+        assert wait_for(lambda: "was withdrawn by the host" in caplog.text, timeout=5)
         assert dom0.directory(f"{BASE}/data/guest") == []
         assert dom0.directory(f"{BASE}/data/host") == []
     finally:
@@ -306,5 +297,5 @@ def test_no_secret_in_drop_logs(guest_agent, dom0, caplog):
     dom0.set_perms(f"{BASE}/data/guest/{rid}", ["n0"])
     ciphertext = "c2VjcmV0LWNpcGhlcnRleHQtdmFsdWU="
     dom0.write(f"{BASE}/data/host/{rid}", json.dumps({"name": "password", "value": ciphertext}))
-    assert _wait_for(lambda: not dom0.exists(f"{BASE}/data/host/{rid}"))
+    assert wait_for(lambda: not dom0.exists(f"{BASE}/data/host/{rid}"))
     assert ciphertext not in caplog.text

@@ -16,6 +16,7 @@ from dockertb import (
 )
 
 from drivers.docker import spec
+from virt.conformance.fixtures import wait_for
 from virt.errors import (
     ImageNotFound,
     InstanceNotFound,
@@ -30,16 +31,6 @@ from virt.model import Flavor, ImageRef, Instance, PowerState
 pytestmark = pytest.mark.docker
 
 SLEEPER = "sleep 3600"  # with docker-init as PID 1, SIGTERM ends it at once
-
-
-def wait_for(predicate, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def exec_in(instance: Instance, *cmd: str, stdin: str | None = None) -> str:

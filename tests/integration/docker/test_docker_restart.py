@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
-import time
 import uuid
 
 import pytest
 from dockertb import dockerd_up, make_driver
 
+from virt.conformance.fixtures import wait_for
 from virt.errors import HypervisorUnavailable
 from virt.events import Transition
 from virt.model import Flavor, ImageRef, Instance, PowerState
@@ -29,15 +29,6 @@ def run_testbed(action: str) -> None:
         [str(TESTBED), action, "docker"], check=True, timeout=120, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_dockerd_restart(docker_image, tmp_path_factory):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 
 import pytest
 from dockertb import docker_cli, make_driver
 
+from virt.conformance.fixtures import wait_for
 from virt.events import Transition
 from virt.model import Flavor, ImageRef, Instance, PowerState
 
@@ -79,15 +79,6 @@ class CuttableProxy:
         self._conns = []
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def test_resync_reads_oom_kills_and_foreign_sigkills_as_crashed(docker_image, tmp_path_factory,
                                                                  tmp_path):
     proxy = CuttableProxy(str(tmp_path / "docker.sock"))
@@ -116,7 +107,7 @@ def test_resync_reads_oom_kills_and_foreign_sigkills_as_crashed(docker_image, tm
             make("sleep 3600"),  # clean power_off
         ]
         hog, killed, stubborn, polite = made
-        assert wait_for(lambda: {e.instance_uuid for e in events} >= {i.uuid for i in made})
+        assert wait_for(lambda: {e.instance_uuid for e in events} >= {i.uuid for i in made}, 20)
         resyncs = driver.event_watcher.resyncs
         proxy.cut()
         mark = len(events)
@@ -124,7 +115,7 @@ def test_resync_reads_oom_kills_and_foreign_sigkills_as_crashed(docker_image, tm
         docker_cli("kill", killed.name)
         assert direct.power_off(instance=stubborn, timeout=1, retry_interval=0.5).forced
         assert not direct.power_off(instance=polite, timeout=10).forced
-        assert wait_for(lambda: direct.get_info(instance=hog).state is PowerState.CRASHED)
+        assert wait_for(lambda: direct.get_info(instance=hog).state is PowerState.CRASHED, 20)
         assert docker_cli("inspect", "-f", "{{.State.OOMKilled}}", hog.name) == "true"
         proxy.resume()
         assert wait_for(lambda: driver.event_watcher.resyncs > resyncs, 30)
