@@ -257,34 +257,40 @@ def evp_bytes_to_key_md5(passphrase: bytes) -> tuple[bytes, bytes]:
     return key, iv
 
 
-def _legacy_cipher(shared_secret: int | bytes) -> Cipher[modes.CBC]:
-    passphrase = shared_secret if isinstance(shared_secret, bytes) else str(shared_secret).encode()
+def _legacy_cipher(passphrase: bytes) -> Cipher[modes.CBC]:
     key, iv = evp_bytes_to_key_md5(passphrase)
     return Cipher(algorithms.AES(key), modes.CBC(iv))
 
 
-def legacy_encrypt(shared_secret: int | bytes, plaintext: str) -> str:
-    """AES-128-CBC/PKCS#7 under the MD5-derived key; single-line base64.
+def _secret_passphrase(shared_secret: int) -> bytes:
+    """The OpenSSL passphrase of a shared secret: its decimal string."""
+    if isinstance(shared_secret, bool) or not isinstance(shared_secret, int):
+        raise TypeError(f"shared_secret must be an int, not {type(shared_secret).__name__}")
+    return str(shared_secret).encode("ascii")
 
-    The plaintext is encrypted as given: the password exchange sends `password + "\\n"`
-    (see `legacy_encrypt_password`). A bytes secret is used as the OpenSSL passphrase itself.
-    """
+
+def _require_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _encrypt_with_passphrase(passphrase: bytes, plaintext: str) -> str:
     padder = padding.PKCS7(128).padder()
     data = padder.update(plaintext.encode("utf-8")) + padder.finalize()
-    encryptor = _legacy_cipher(shared_secret).encryptor()
+    encryptor = _legacy_cipher(passphrase).encryptor()
     return base64.b64encode(encryptor.update(data) + encryptor.finalize()).decode("ascii")
 
 
-def legacy_decrypt(shared_secret: int | bytes, ciphertext_b64: str) -> str:
-    """Inverse of legacy_encrypt; accepts wrapped base64; strict padding and UTF-8."""
-    compact = "".join(str(ciphertext_b64).split())
+def _decrypt_with_passphrase(passphrase: bytes, ciphertext_b64: str) -> str:
+    compact = "".join(ciphertext_b64.split())
     try:
         data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(ErrorKind.BAD_REQUEST, "the ciphertext is not base64") from None
     if not data or len(data) % 16:
         raise DecryptionError("the ciphertext is not a whole number of AES blocks")
-    decryptor = _legacy_cipher(shared_secret).decryptor()
+    decryptor = _legacy_cipher(passphrase).decryptor()
     padded = decryptor.update(data) + decryptor.finalize()
     unpadder = padding.PKCS7(128).unpadder()
     try:
@@ -292,6 +298,22 @@ def legacy_decrypt(shared_secret: int | bytes, ciphertext_b64: str) -> str:
         return plain.decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         raise DecryptionError() from None
+
+
+def legacy_encrypt(shared_secret: int, plaintext: str) -> str:
+    """AES-128-CBC/PKCS#7 under the MD5-derived key; single-line base64.
+
+    The plaintext is encrypted as given: the password exchange sends `password + "\\n"`
+    (see `legacy_encrypt_password`). TypeError unless the secret is an int (not a bool).
+    """
+    passphrase = _secret_passphrase(shared_secret)
+    return _encrypt_with_passphrase(passphrase, _require_str(plaintext, "plaintext"))
+
+
+def legacy_decrypt(shared_secret: int, ciphertext_b64: str) -> str:
+    """Inverse of legacy_encrypt; accepts wrapped base64; strict padding and UTF-8."""
+    passphrase = _secret_passphrase(shared_secret)
+    return _decrypt_with_passphrase(passphrase, _require_str(ciphertext_b64, "ciphertext_b64"))
 
 
 def legacy_encrypt_password(shared_secret: int, password: str) -> str:

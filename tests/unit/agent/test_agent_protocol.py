@@ -50,8 +50,27 @@ def test_v2_kdf_and_secret_vector():
 
 
 def test_v3_windows_spec_vector_decrypts_with_pkcs7():
-    assert p.legacy_decrypt(b"secret", "OTfAog/nwyzIcYOhvCBL0w==") == "rackspace\n"
-    assert p.legacy_encrypt(b"secret", "rackspace\n") == "OTfAog/nwyzIcYOhvCBL0w=="
+    # The spec's passphrase is the word "secret", not a DH secret: the raw-passphrase helpers.
+    assert p._decrypt_with_passphrase(b"secret", "OTfAog/nwyzIcYOhvCBL0w==") == "rackspace\n"
+    assert p._encrypt_with_passphrase(b"secret", "rackspace\n") == "OTfAog/nwyzIcYOhvCBL0w=="
+
+
+@pytest.mark.parametrize("secret", [b"secret", "42212498014643735436438456950707", True, 4.2, None])
+def test_legacy_codec_takes_only_an_int_secret(secret):
+    with pytest.raises(TypeError) as err:
+        p.legacy_encrypt(secret, "hunter2\n")
+    assert "4221249801" not in str(err.value)  # the error names the type, never the value
+    with pytest.raises(TypeError):
+        p.legacy_decrypt(secret, "4iipDhggLPZX/R9oHwfr3Q==")
+    with pytest.raises(TypeError):
+        p.legacy_encrypt_password(secret, "hunter2")
+
+
+def test_legacy_codec_takes_only_str_text():
+    with pytest.raises(TypeError):
+        p.legacy_encrypt(V4_S, b"hunter2\n")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        p.legacy_decrypt(V4_S, b"4iipDhggLPZX/R9oHwfr3Q==")  # type: ignore[arg-type]
 
 
 def test_v4_full_exchange():
