@@ -1,9 +1,11 @@
 """keyinit + password round trip through the test xenstore: legacy vs v2.
 
 The real guest service (watch-driven) answers a host AgentClient over the test xenstore's
-Unix sockets. The guest's password setter records instead of touching a shadow file, so
-the numbers are the protocol's: two xenstore request/reply exchanges plus the codec.
-Runs are interleaved; medians over RUNS each. The last line is the ratio v2 / legacy.
+Unix sockets: one guest per codec, the legacy one configured `offer_v2 = false` like an old
+agent, and each client negotiates through `features`. The guests' password setter records
+instead of touching a shadow file, so the numbers are the protocol's: two xenstore
+request/reply exchanges plus the codec. Runs are interleaved; medians over RUNS each. The
+last line is the ratio v2 / legacy.
 
     .venv/bin/python bench/agent_roundtrip.py [RUNS]
 """
@@ -24,7 +26,7 @@ from guest_agent.transports.xenstore import XenstoreClient
 from tests.xenstore.server import XenstoreServer
 from virt.agent import AgentClient, XenstoreChannel
 
-DOMID = 7
+V2_DOMID, LEGACY_DOMID = 7, 8
 
 
 class CountingSetter:
@@ -39,20 +41,27 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)  # the per-call legacy warning is expected here
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     server = XenstoreServer().start()
-    server.introduce_domain(DOMID)
     setter = CountingSetter()
-    config = AgentConfig(xenstore_path=server.domain_socket(DOMID), poll_interval=1.0, user="bench")
-    service = AgentService(config, setter=setter)
-    thread = service.start()
+    services = []
+    for domid, offer_v2 in ((V2_DOMID, True), (LEGACY_DOMID, False)):
+        server.introduce_domain(domid)
+        config = AgentConfig(
+            xenstore_path=server.domain_socket(domid),
+            poll_interval=1.0,
+            user="bench",
+            offer_v2=offer_v2,
+        )
+        service = AgentService(config, setter=setter)
+        services.append((service, service.start()))
     dom0 = XenstoreClient(server.path, timeout=10)
     try:
-        v2 = AgentClient(XenstoreChannel(dom0, DOMID, poll_interval=1.0), timeout=10)
+        v2 = AgentClient(XenstoreChannel(dom0, V2_DOMID, poll_interval=1.0), timeout=10)
         legacy = AgentClient(
-            XenstoreChannel(dom0, DOMID, poll_interval=1.0), timeout=10, allow_legacy=True
+            XenstoreChannel(dom0, LEGACY_DOMID, poll_interval=1.0), timeout=10, allow_legacy=True
         )
-        v2.wait_ready(budget=10)
-        assert v2.supports_v2()
-        legacy._features = frozenset({"keyinit", "password"})  # an agent without v2
+        for client in (v2, legacy):
+            client.wait_ready(budget=10)
+        assert v2.supports_v2() and not legacy.supports_v2()
         timings: dict[str, list[float]] = {"legacy": [], "v2": []}
         for client, codec in ((legacy, "legacy"), (v2, "v2")):  # warm up
             assert client.set_admin_password("warm-up") == codec
@@ -72,8 +81,9 @@ def main() -> int:
             raw.append(time.perf_counter() - start)
         assert setter.count == 2 * runs + 2
     finally:
-        service.stop()
-        thread.join(5)
+        for service, thread in services:
+            service.stop()
+            thread.join(5)
         dom0.close()
         server.stop()
     legacy_ms = statistics.median(timings["legacy"]) * 1000

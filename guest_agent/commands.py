@@ -61,7 +61,7 @@ class CommandHandler:
         names = [p.VERSION, p.FEATURES, p.KEYINIT, p.PASSWORD, p.INJECTFILE, p.RESETNETWORK]
         if self.config.update_sha256:
             names.append(p.AGENTUPDATE)
-        return [*names, p.FEATURE_V2]
+        return [*names, p.FEATURE_V2] if self.config.offer_v2 else names
 
     def handle(
         self,
@@ -102,6 +102,10 @@ class CommandHandler:
         try:
             request = p.Request.parse(request_id, data, max_bytes=max_bytes)
             version, name = request.version, request.name
+            if version == 2 and not self.config.offer_v2:
+                raise p.ProtocolError(
+                    p.ErrorKind.UNSUPPORTED, "v2 is disabled on this guest (offer_v2 = false)"
+                )
             command = self._commands().get(request.name)
             if command is None:
                 raise p.ProtocolError(

@@ -36,6 +36,7 @@ class AgentConfig:
     crypt_method: str = ""  # chpasswd -c METHOD; empty: the system's PAM default
     shadow_path: str = "/etc/shadow"
     allow_legacy: bool = True
+    offer_v2: bool = True  # false: neither announce nor accept v2 (emulates an old agent)
     inject_allowed_paths: tuple[str, ...] = ("/root/.ssh",)
     max_value_bytes: int = 2048
     network_config_path: str = "/etc/network/interfaces"

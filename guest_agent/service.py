@@ -24,6 +24,14 @@ from guest_agent.transports.xenstore import XENBUS_DEVICE, XenstoreClient, Xenst
 
 LOG = logging.getLogger("guest_agent")
 
+# Neither transport works on Windows yet. A virtio-serial port there needs overlapped I/O
+# (all I/O on a synchronous handle is serialized: a pending read would block every reply),
+# and Windows guests reach xenstore through WMI or xenstore_client.exe, not the xenbus wire
+# protocol XenstoreClient speaks.
+NO_WINDOWS_TRANSPORT = (
+    "no transport for Windows guests yet: only the Windows password setter exists"
+)
+
 
 class AgentService:
     """One handler, one transport, one stop event: what `virtkit-agent` runs."""
@@ -90,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"virtkit-agent: {exc}", file=sys.stderr)
         return 2
+    if sys.platform == "win32":
+        print(f"virtkit-agent: {NO_WINDOWS_TRANSPORT}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

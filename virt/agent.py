@@ -511,11 +511,21 @@ class AgentClient:
         return self.call(p.VERSION, "agent", timeout=timeout).message
 
     def features(self) -> frozenset[str]:
-        """The agent's command list; agents without 'features' offer nothing beyond legacy."""
+        """The agent's command list, negotiated once.
+
+        Any reply other than "0" (a typed error, the unix agent's "404", the Mirantis and
+        Rackspace Windows agents' "1", a "500") means no features: the legacy commands only.
+        No reply in time (AgentNotReady) or a malformed one (AgentError) still raises.
+        """
         if self._features is None:
-            try:
-                message = self.call(p.FEATURES, "").message
-            except AgentUnsupportedCommand:
+            reply = self.exchange(p.FEATURES, "")
+            if reply.error is None and reply.returncode == p.RC_OK:
+                message = reply.message
+            else:
+                LOG.info(
+                    "the guest agent answered 'features' with code %s: legacy commands only",
+                    reply.returncode,
+                )
                 message = ""
             self._features = frozenset(f.strip() for f in message.split(",") if f.strip())
         return self._features

@@ -15,15 +15,8 @@ def shadow_hash(agent_config, user="admin") -> str:
     raise AssertionError(f"{user} not in shadow")
 
 
-def assert_crypt_matches(hashed: str, password: str) -> None:
-    """Verify a $6$ hash with crypt(3) and with `openssl passwd -6` (password on stdin)."""
-    assert hashed.startswith("$6$")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    assert crypt.crypt(password, hashed) == hashed
-    assert crypt.crypt(password + "x", hashed) != hashed
+def openssl_crypt(password: str, hashed: str) -> str:
+    """`openssl passwd -6` with the salt of `hashed`; the password goes on stdin, never argv."""
     salt = hashed.split("$")[2]
     result = subprocess.run(
         ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
@@ -32,4 +25,23 @@ def assert_crypt_matches(hashed: str, password: str) -> None:
         timeout=30,
         check=True,
     )
-    assert result.stdout.decode().strip() == hashed
+    return result.stdout.decode().strip()
+
+
+def _crypt(password: str, hashed: str) -> str:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # removed in Python 3.13
+    except ImportError:
+        return openssl_crypt(password, hashed)
+    return crypt.crypt(password, hashed)
+
+
+def assert_crypt_matches(hashed: str, password: str) -> None:
+    """Verify a $6$ hash with crypt(3) (openssl where Python has no crypt) and with
+    `openssl passwd -6`."""
+    assert hashed.startswith("$6$")
+    assert _crypt(password, hashed) == hashed
+    assert _crypt(password + "x", hashed) != hashed
+    assert openssl_crypt(password, hashed) == hashed

@@ -64,15 +64,49 @@ def agent_config(xenstore, guest_root):
 
 
 @pytest.fixture
-def guest_agent(agent_config):
-    """The real guest service, serving domain 7 through the test xenstore."""
+def start_agent(agent_config):
+    """Start the real guest service for domain 7 with `agent_config` plus overrides."""
     from guest_agent.service import AgentService
 
-    service = AgentService(agent_config)
-    thread = service.start()
-    yield service
-    service.stop()
-    thread.join(5)
+    running = []
+
+    def start(**overrides):
+        service = AgentService(agent_config.with_overrides(**overrides))
+        running.append((service, service.start()))
+        return service
+
+    yield start
+    for service, thread in running:
+        service.stop()
+        thread.join(5)
+
+
+@pytest.fixture
+def guest_agent(start_agent):
+    """The real guest service, serving domain 7 through the test xenstore."""
+    return start_agent()
+
+
+@pytest.fixture
+def old_guest_agent(start_agent):
+    """The real guest service configured like an old agent: `offer_v2 = false`."""
+    return start_agent(offer_v2=False)
+
+
+@pytest.fixture
+def legacy_guest(xenstore):
+    """Start deployed-style agents (tests.xenstore.legacy_guest) on domain 7's socket."""
+    from tests.xenstore.legacy_guest import LegacyGuest
+
+    guests = []
+
+    def start(answer):
+        guests.append(LegacyGuest(xenstore.domain_socket(DOMID), answer))
+        return guests[-1]
+
+    yield start
+    for guest in guests:
+        guest.close()
 
 
 @pytest.fixture

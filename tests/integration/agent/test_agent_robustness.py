@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 
 from guest_agent.config import AgentConfig
 from guest_agent.service import AgentService
 from guest_agent.transports.virtio_serial import MAX_LINE
-from guest_agent.transports.xenstore import XenstoreClient, XenstoreError
+from guest_agent.transports.xenstore import XenstoreError
 from tests.xenstore import TEST_DOMID as DOMID
 from virt.agent import AgentClient, XenstoreChannel
 from virt.conformance.fixtures import wait_for
@@ -163,59 +161,6 @@ def test_stale_events_do_not_wake_a_later_wait(xenstore, guest_agent, dom0):
 # -- late replies ----------------------------------------------------------------------------
 
 
-class LegacyGuest:
-    """A deployed-style agent on the guest's socket: read the request, work, write the reply
-    (without checking the request is still there), then remove the request."""
-
-    def __init__(self, path: str, answer: Callable[[str, dict], tuple[str, float]]) -> None:
-        self.client = XenstoreClient(path, timeout=5)
-        self.answer = answer
-        self.written: list[str] = []
-        self.stop = threading.Event()
-        self.client.mkdir("data/host")
-        self.client.mkdir("data/guest")
-        self.client.watch("data/host", "legacy")
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        seen: set[str] = set()
-        while not self.stop.is_set():
-            try:
-                for rid in self.client.directory("data/host"):
-                    if rid in seen:
-                        continue
-                    seen.add(rid)
-                    body = json.loads(self.client.read(f"data/host/{rid}"))
-                    reply, delay = self.answer(rid, body)
-                    time.sleep(delay)
-                    self.client.write(f"data/guest/{rid}", reply)
-                    self.written.append(rid)
-                    self.client.rm(f"data/host/{rid}")
-            except (XenstoreError, ValueError):
-                if self.client.closed:
-                    return
-            self.client.wait_event(0.1)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.client.close()
-
-
-@pytest.fixture
-def legacy_guest(xenstore):
-    guests: list[LegacyGuest] = []
-
-    def start(answer: Callable[[str, dict], tuple[str, float]]) -> LegacyGuest:
-        guests.append(LegacyGuest(xenstore.domain_socket(DOMID), answer))
-        return guests[-1]
-
-    yield start
-    for guest in guests:
-        guest.close()
-
-
 def test_host_sweeps_late_replies_of_legacy_guests(legacy_guest, dom0):
     calls: list[str] = []
 
@@ -246,12 +191,13 @@ def test_our_guest_writes_no_reply_for_a_withdrawn_request(xenstore, dom0, agent
         f"{BASE}/vm-data/networking/fa163e000001",
         json.dumps({"mac": "fa:16:3e:00:00:01", "ips": [], "label": "public"}),
     )
-    config = agent_config.with_overrides(network_restart_command="sleep 1")
+    # No v2: the request carries no network data, the guest reads vm-data (slowly).
+    config = agent_config.with_overrides(network_restart_command="sleep 1", offer_v2=False)
     service = AgentService(config)
     thread = service.start()
     try:
         client = AgentClient(XenstoreChannel(dom0, DOMID, poll_interval=0.1), timeout=5)
-        client._features = frozenset({"resetnetwork"})  # legacy request: no hint from v2
+        assert not client.supports_v2()  # negotiated through features
         client.resetnetwork_timeout = 0.3
         with pytest.raises(AgentNotReady):
             client.reset_network()  # the host gives up and removes data/host/<id>

@@ -46,36 +46,44 @@ def test_v2_password_end_to_end(guest_agent, host_client, agent_config, dom0):
     _empty_exchange(dom0)
 
 
-def test_legacy_password_end_to_end(guest_agent, dom0, agent_config):
+def test_legacy_password_end_to_end(old_guest_agent, dom0, agent_config):
     client = AgentClient(
         XenstoreChannel(dom0, DOMID, poll_interval=0.2), timeout=5, allow_legacy=True
     )
-    client._features = frozenset(
-        {"version", "keyinit", "password"}
-    )  # negotiate as with an old agent
+    features = client.features()  # negotiated: the guest runs with offer_v2 = false
+    assert {"keyinit", "password"} <= features and "v2" not in features
     assert client.set_admin_password("hunter2") == "legacy"
     assert_crypt_matches(_shadow_hash(agent_config), "hunter2")
     _empty_exchange(dom0)
 
 
-def test_legacy_refused_unless_allowed(guest_agent, host_client, agent_config):
-    host_client._features = frozenset({"version", "keyinit", "password"})
+def test_legacy_refused_unless_allowed(old_guest_agent, host_client, agent_config):
     before = _shadow_hash(agent_config)
     with pytest.raises(AgentUnsupportedCommand) as err:
         host_client.set_admin_password("hunter2")
     assert "allow_legacy" in str(err.value)
+    assert not host_client.supports_v2()
     assert _shadow_hash(agent_config) == before
 
 
-def test_inject_file_v2_and_legacy(guest_agent, host_client, dom0, guest_root):
+def test_inject_file_legacy(old_guest_agent, host_client, dom0, guest_root):
+    assert not host_client.supports_v2()
+    host_client.inject_file(str(guest_root / "root" / ".ssh" / "sub" / "note"), b"a,b,c")
+    assert (guest_root / "root" / ".ssh" / "sub" / "note").read_bytes() == b"a,b,c"
+    with pytest.raises(InvalidRequest):  # the legacy value cannot carry a comma in the path
+        host_client.inject_file(str(guest_root / "root" / ".ssh" / "a,b"), b"x")
+    with pytest.raises(AgentError) as err:
+        host_client.inject_file(str(guest_root / "etc" / "passwd"), b"x")
+    assert "forbidden" in str(err.value)
+    _empty_exchange(dom0)
+
+
+def test_inject_file_v2(guest_agent, host_client, dom0, guest_root):
     target = guest_root / "root" / ".ssh" / "authorized_keys"
     host_client.inject_file(str(target), b"ssh-ed25519 AAAA test\n")
+    assert host_client.supports_v2()
     assert target.read_bytes() == b"ssh-ed25519 AAAA test\n"
     assert oct(target.stat().st_mode & 0o777) == "0o600"
-    legacy = AgentClient(XenstoreChannel(dom0, DOMID, poll_interval=0.2), timeout=5)
-    legacy._features = frozenset({"injectfile"})
-    legacy.inject_file(str(guest_root / "root" / ".ssh" / "sub" / "note"), b"a,b,c")
-    assert (guest_root / "root" / ".ssh" / "sub" / "note").read_bytes() == b"a,b,c"
     for outside in (
         str(guest_root / "etc" / "passwd"),
         str(guest_root / "root" / ".ssh" / ".." / "x"),
@@ -264,19 +272,18 @@ def _secret_strings(texts: list[str]) -> set[str]:
     return {s for s in found if len(s) >= 8 and s not in (p.V2_KEX, p.V2_AEAD)}
 
 
-def test_nothing_secret_in_logs(guest_agent, dom0, caplog, agent_config):
+@pytest.mark.parametrize("offer_v2", [True, False], ids=["v2", "legacy"])
+def test_nothing_secret_in_logs(start_agent, dom0, caplog, agent_config, offer_v2):
     caplog.set_level(logging.DEBUG)
+    start_agent(offer_v2=offer_v2)
     password = "Correct-Horse-Battery-Staple-42"
-    for legacy in (False, True):
-        channel = RecordingChannel(XenstoreChannel(dom0, DOMID, poll_interval=0.2))
-        client = AgentClient(channel, timeout=5, allow_legacy=True)
-        if legacy:
-            client._features = frozenset({"keyinit", "password"})
-        client.set_admin_password(password)
-        secrets = _secret_strings(channel.texts)
-        assert len(secrets) >= 3  # host public, guest public, ciphertext
-        for secret in [*secrets, password]:
-            assert secret not in caplog.text
+    channel = RecordingChannel(XenstoreChannel(dom0, DOMID, poll_interval=0.2))
+    client = AgentClient(channel, timeout=5, allow_legacy=True)
+    assert client.set_admin_password(password) == ("v2" if offer_v2 else "legacy")
+    secrets = _secret_strings(channel.texts)
+    assert len(secrets) >= 3  # host public, guest public, ciphertext
+    for secret in [*secrets, password]:
+        assert secret not in caplog.text
     assert "keyinit" in caplog.text  # the exchange itself was logged
     assert_crypt_matches(_shadow_hash(agent_config), password)
 

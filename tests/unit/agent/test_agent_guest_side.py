@@ -258,3 +258,135 @@ def test_injectfile_writes_under_the_allowed_directory(tmp_path, monkeypatch):
     assert oct(target.stat().st_mode & 0o777) == "0o600"
     assert oct((target.parent).stat().st_mode & 0o777) == "0o700"
     assert [n for n in os.listdir(target.parent) if n.startswith(".virtkit")] == []
+
+
+# -- offer_v2 = false: an agent that negotiates like an old one ------------------------------
+
+
+def test_offer_v2_false_neither_announces_nor_accepts_v2(tmp_path):
+    conf = tmp_path / "old.conf"
+    conf.write_text("[agent]\noffer_v2 = false\n")
+    assert load(str(conf)).offer_v2 is False
+    assert AgentConfig().offer_v2 is True
+    handler, setter = _handler(offer_v2=False)
+    features = p.Reply.parse(handler.handle(RID, p.Request(RID, "features").to_json()))
+    assert features.ok and "v2" not in features.message.split(",")
+    assert "keyinit" in features.message.split(",")
+    rid2 = "11111111-2222-4333-8444-555555555556"
+    v2 = p.Reply.parse(
+        handler.handle(
+            rid2, p.Request(rid2, "keyinit", p.v2_keyinit_value(p.V2KeyPair()), 2).to_json()
+        )
+    )
+    assert v2.error is p.ErrorKind.UNSUPPORTED and "offer_v2" in v2.message
+    host = p.legacy_private_key()
+    rid3 = "11111111-2222-4333-8444-555555555557"
+    legacy = p.Reply.parse(
+        handler.handle(rid3, p.Request(rid3, "keyinit", str(p.legacy_public(host))).to_json())
+    )
+    assert legacy.returncode == "D0"
+
+
+# -- Windows: the password setter (no Windows guest here: a fake win32net) --------------------
+
+
+class FakeWin32Net:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.error = error
+
+    def NetUserSetInfo(self, server, user, level, info):
+        self.calls.append((server, user, level, info))
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a subprocess was started")
+
+    for name in ("run", "Popen", "call", "check_call", "check_output"):
+        monkeypatch.setattr(subprocess, name, refuse)
+
+
+def test_windows_setter_calls_netusersetinfo_1003(monkeypatch, no_subprocess):
+    import sys
+
+    from guest_agent.passwords import WindowsSetter
+
+    fake = FakeWin32Net()
+    monkeypatch.setitem(sys.modules, "win32net", fake)
+    WindowsSetter().set_password("Administrator", 'pässwörd with "quotes"')
+    assert fake.calls == [(None, "Administrator", 1003, {"password": 'pässwörd with "quotes"'})]
+
+
+def test_windows_setter_errors_hold_no_secret(monkeypatch, no_subprocess):
+    import sys
+
+    from guest_agent.passwords import WindowsSetter
+
+    class WinError(Exception):
+        winerror = 2245  # NERR_PasswordTooShort
+
+    monkeypatch.setitem(sys.modules, "win32net", FakeWin32Net(WinError(2245, "x", "too short")))
+    with pytest.raises(SetterError) as err:
+        WindowsSetter().set_password("Administrator", "secret-value-123")
+    assert "2245" in str(err.value) and "secret-value-123" not in str(err.value)
+    monkeypatch.setitem(sys.modules, "win32net", None)  # pywin32 not installed
+    with pytest.raises(SetterError, match="pywin32"):
+        WindowsSetter().set_password("Administrator", "secret-value-123")
+
+
+def test_make_setter_picks_windows_on_win32(monkeypatch, no_subprocess):
+    import sys
+
+    from guest_agent.passwords import WindowsSetter
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    config = AgentConfig()
+    assert config.user == "Administrator"
+    assert isinstance(make_setter(config), WindowsSetter)
+    assert isinstance(make_setter(AgentConfig(password_method="chpasswd")), ChpasswdSetter)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert isinstance(make_setter(AgentConfig()), ChpasswdSetter)
+
+
+def test_service_on_windows_says_no_transport(monkeypatch, capsys):
+    import sys
+
+    from guest_agent import service
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(
+        service, "AgentService", lambda *a, **k: pytest.fail("a transport was started")
+    )
+    assert service.main(["--once"]) == 1
+    assert "no transport for Windows guests yet" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_crypt_check_falls_back_to_openssl_without_the_crypt_module(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    shadow = tmp_path / "shadow"
+    shadow.write_text(SHADOW)
+    ShadowFileSetter(str(shadow)).set_password("guest", "pw with spaces €")
+    hashed = _hash(shadow)
+    monkeypatch.setitem(sys.modules, "crypt", None)  # as on Python 3.13
+    argvs = []
+    real_run = subprocess.run
+
+    def recording_run(argv, **kwargs):
+        argvs.append(list(argv))
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    assert_crypt_matches(hashed, "pw with spaces €")
+    with pytest.raises(AssertionError):
+        assert_crypt_matches(hashed, "wrong password")
+    assert len(argvs) >= 3 and all(argv[:3] == ["openssl", "passwd", "-6"] for argv in argvs)
+    assert not any("pw with spaces €" in arg for argv in argvs for arg in argv)  # stdin only
