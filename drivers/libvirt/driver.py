@@ -95,6 +95,8 @@ _UNDEFINE_FALLBACK = (
     libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
 )
+# Seconds between repeated hot-unplug requests while a guest has not released a disk.
+DETACH_RESEND_INTERVAL = 2.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -593,19 +595,43 @@ class LibvirtDriver(ComputeDriver):
             raise VolumeError(f"detaching {block_device.mountpoint} from {instance.uuid} "
                               f"failed: {exc.message}") from None
         if live:
-            self._wait_detached(instance, block_device)
+            self._wait_detached(instance, block_device, disk_xml)
         self._volumes.release([disk])
 
-    def _wait_detached(self, instance: Instance, block_device: BlockDevice) -> None:
-        deadline = time.monotonic() + self._opts.detach_timeout
+    def _wait_detached(self, instance: Instance, block_device: BlockDevice,
+                       disk_xml: str) -> None:
+        """Wait until the guest releases the disk, repeating the unplug request meanwhile.
+
+        A guest that is still booting drops the hot-unplug request (ACPI) and never answers
+        it; QEMU accepts the request again and a booted guest then releases at once.
+        """
+        started = time.monotonic()
+        deadline = started + self._opts.detach_timeout
+        resend_at = started + DETACH_RESEND_INTERVAL
         while time.monotonic() < deadline:
             live = self._definition(instance)
             if all(d.target_dev != block_device.device_name for d in live.disks):
                 return
+            if time.monotonic() >= resend_at:
+                self._resend_detach(instance, disk_xml)
+                resend_at = time.monotonic() + DETACH_RESEND_INTERVAL
             time.sleep(0.2)
         raise VolumeError(f"the guest {instance.uuid} did not release {block_device.mountpoint} "
                           f"within {self._opts.detach_timeout:g}s",
                           hint="it is removed from the configuration; retry or power off")
+
+    def _resend_detach(self, instance: Instance, disk_xml: str) -> None:
+        def resend(dom: libvirt.virDomain) -> None:
+            try:
+                dom.detachDeviceFlags(disk_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                # "already in the process of unplug", or gone since the last look: both
+                # leave the outcome to the next look at the live definition.
+                LOG.debug("repeated unplug request for %s: %s", instance.uuid,
+                          exc.get_error_message())
+
+        LOG.info("guest %s has not released a detached disk yet: asking again", instance.uuid)
+        self._on_domain(instance, resend, "repeat the unplug request", idempotent=False)
 
     # -- guest -----------------------------------------------------------------------------
 

@@ -163,6 +163,22 @@ def test_hot_attach_and_detach(driver, guest, luns):
     assert f"virtkit-{inst.uuid}-vdc" not in virsh("secret-list")
 
 
+def test_detach_from_a_booting_guest_is_requested_again(driver, image, luns):
+    # A guest still booting drops the first hot-unplug request; the driver repeats it.
+    lun = luns.create(size_mb=16, chap=True)
+    inst = _instance("vk-early")
+    driver.spawn(instance=inst, image=image)
+    try:
+        bdm = _bdm(lun, "/dev/vdb")
+        driver.attach_volume(instance=inst, block_device=bdm)
+        driver.detach_volume(instance=inst, block_device=bdm)
+        assert not re.search(r"^\s*vdb\s", virsh("domblklist", inst.uuid), re.M)
+        assert f"virtkit-{inst.uuid}-vdb" not in virsh("secret-list")
+    finally:
+        driver.destroy(instance=inst)
+    assert leftovers(inst.uuid) == []
+
+
 def test_pause_suspend_and_snapshot(driver, guest, workdir):
     inst, _ = guest
     driver.pause(instance=inst)
