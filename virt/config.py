@@ -48,7 +48,9 @@ COMMON_OPTS: list[cfg.Opt] = [
         default="sqlite:///$state_path/virtkit.sqlite",
         secret=True,
         help="SQLAlchemy URL of the state store. SQLite for one host; PostgreSQL or MySQL "
-        "(postgresql://user@host/db) when several hosts share it.",
+        "(postgresql://user@host/db) when several hosts share it. A plain postgresql:// "
+        "uses psycopg 3 (pip install 'virtkit[postgresql]'); postgresql+psycopg2:// works "
+        "if psycopg2 is installed.",
     ),
     cfg.StrOpt(
         "instances_path",

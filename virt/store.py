@@ -71,10 +71,12 @@ __all__ = [
     "VifRecord",
     "VmState",
     "block_devices",
+    "database_url",
     "hosts",
     "instance_events",
     "instances",
     "metadata",
+    "server_connect_args",
     "vifs",
 ]
 
@@ -82,6 +84,10 @@ SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 10
 PG_LOCK_TIMEOUT_MS = 30_000
 PG_STATEMENT_TIMEOUT_MS = 120_000
+#: The driver of a plain postgresql:// URL (the `postgresql` extra installs it).
+PG_DEFAULT_DRIVER = "psycopg"
+#: PostgreSQL drivers that take libpq's connect_timeout and options (the timeouts above).
+PG_DRIVERS = ("psycopg", "psycopg2")
 
 
 class _Any:
@@ -127,14 +133,37 @@ def _column_value(key: str, value: Any) -> Any:
     return value
 
 
-def _make_engine(url: str) -> sa.Engine:
+def database_url(url: str, *, what: str = "state_connection") -> sa.URL:
+    """`url` parsed, a plain postgresql:// made postgresql+psycopg:// (ConfigError if invalid).
+
+    SQLAlchemy's own choice for a plain postgresql:// is psycopg2 up to 2.0 and psycopg (3)
+    from 2.1; naming one keeps the URL meaning what the `postgresql` extra installs.
+    """
     try:
         parsed = sa.make_url(url)
     except exc.ArgumentError:
         raise ConfigError(
-            "state_connection is not a valid SQLAlchemy URL",
+            f"{what} is not a valid SQLAlchemy URL",
             hint="use sqlite:////path/to/virtkit.sqlite or postgresql://user@host/db",
         ) from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=f"postgresql+{PG_DEFAULT_DRIVER}")
+    return parsed
+
+
+def server_connect_args(url: sa.URL) -> dict[str, Any]:
+    """connect_args bounding a PostgreSQL connection attempt, lock wait and statement."""
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in PG_DRIVERS:
+        return {}
+    return {
+        "connect_timeout": PG_CONNECT_TIMEOUT_S,
+        "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"
+        f" -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
+    }
+
+
+def _make_engine(url: str) -> sa.Engine:
+    parsed = database_url(url)
     options: dict[str, Any] = {"hide_parameters": True, "future": True}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -145,15 +174,16 @@ def _make_engine(url: str) -> sa.Engine:
             store_migrate.private_sqlite_file(Path(database).expanduser())
     else:
         options["pool_pre_ping"] = True
-        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
-            options["connect_args"] = {
-                "connect_timeout": PG_CONNECT_TIMEOUT_S,
-                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"
-                f" -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
-            }
+        options["connect_args"] = server_connect_args(parsed)
     try:
         engine = sa.create_engine(parsed, **options)
-    except (exc.ArgumentError, ImportError) as error:
+    except ImportError as error:
+        raise ConfigError(
+            f"cannot use state_connection: {error}",
+            hint="pip install 'virtkit[postgresql]' for PostgreSQL (psycopg 3)"
+            if parsed.get_backend_name() == "postgresql" else None,
+        ) from None
+    except exc.ArgumentError as error:
         raise ConfigError(f"cannot use state_connection: {error}") from None
     if engine.dialect.name == "sqlite":
         _setup_sqlite(engine)

@@ -49,6 +49,12 @@ def store(store_url):
         yield opened
 
 
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def make_instance(name: str = "vm1", **kwargs) -> Instance:
     return Instance(
         uuid=new_uuid(),
@@ -286,8 +292,42 @@ def test_bad_urls_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="not a valid SQLAlchemy URL"):
         Store("not a url")
     with pytest.raises(StoreError, match="state store") as err:
-        Store("postgresql+psycopg2://u:hunter2@127.0.0.1:1/db")
+        Store("postgresql://u:hunter2@127.0.0.1:1/db")
     assert "hunter2" not in str(err.value)
+
+
+def _connect_params(store: Store) -> tuple[str, dict]:
+    """The dialect driver and the DBAPI connect() keywords, captured without a server."""
+    captured: dict = {}
+
+    @sa.event.listens_for(store.engine, "do_connect")
+    def _capture(_dialect, _record, _cargs, cparams):
+        captured.update(cparams)
+        raise RuntimeError("captured")
+
+    with pytest.raises(RuntimeError, match="captured"):
+        store.engine.connect()
+    return store.engine.dialect.driver, captured
+
+
+@pytest.mark.parametrize("url, driver", [
+    ("postgresql://u:hunter2@db.example/virtkit", "psycopg"),
+    ("postgresql+psycopg://u@db.example/virtkit", "psycopg"),
+    pytest.param("postgresql+psycopg2://u@db.example/virtkit", "psycopg2",
+                 marks=pytest.mark.skipif(not _has_module("psycopg2"),
+                                          reason="psycopg2 is not installed")),
+])
+def test_postgresql_urls_use_their_driver_with_timeouts(url, driver):
+    store = Store(url, migrate=False, check_schema=False)
+    try:
+        used, params = _connect_params(store)
+    finally:
+        store.close()
+    assert used == driver
+    assert params["connect_timeout"] == 10
+    assert "-c lock_timeout=30000" in params["options"]
+    assert "-c statement_timeout=120000" in params["options"]
+    assert "hunter2" not in store.where
 
 
 def test_from_conf_creates_the_state_directory(conf, state_dir):
