@@ -3,7 +3,8 @@
 It is loaded in every pytest run of a project that installs virtkit, so at import and in
 every hook it does nothing costly: it adds two options and three markers, and only when
 `--virtkit-config FILE` is given does it load the driver's settings, gate tests by the
-driver's capabilities, record outcomes and write the support matrix.
+driver's capabilities, record outcomes and write the support matrix. Given no test paths,
+such a run collects the suite itself: `pytest --virtkit-config FILE` is enough.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--virtkit-config {config_file}: {run.load_error}")
     config.pluginmanager.register(run, "virtkit-conformance-run")
     config.pluginmanager.import_plugin("virt.conformance.fixtures")
+    if config.args_source is not pytest.Config.ArgsSource.ARGS:
+        # `pytest --virtkit-config FILE` alone means the suite, not the current directory
+        # or the project's testpaths (`--pyargs virt.conformance` names it explicitly).
+        config.args = [str(SUITE_DIR)]
 
 
 def _in_suite(item: pytest.Item) -> bool:
