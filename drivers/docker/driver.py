@@ -50,6 +50,8 @@ from virt.model import (
 LOG = logging.getLogger(__name__)
 
 _SPAWN_LOG_LINES = 20
+#: Container states that hold the flavor's resources (docker ORs the status filter's values).
+_HOLDING = ("running", "paused", "restarting")
 
 
 def _ident(instance: Instance) -> str:
@@ -130,12 +132,13 @@ class DockerDriver(ComputeDriver):
 
     def get_available_resource(self) -> HostResources:
         info = self._info(refresh=True)
-        with self._engine.translate("list running containers"):
-            running = self._engine.api.containers(
-                filters={"label": spec.host_filters(self._host), "status": "running"}
+        with self._engine.translate("list the containers holding resources"):
+            # A paused or restarting container keeps its memory: it counts as used.
+            holding = self._engine.api.containers(
+                filters={"label": spec.host_filters(self._host), "status": list(_HOLDING)}
             )
         vcpus_used = memory_used = 0
-        for entry in running:
+        for entry in holding:
             labels = entry.get("Labels") or {}
             vcpus_used += int(labels.get(spec.LABEL_VCPUS, 0) or 0)
             memory_used += int(labels.get(spec.LABEL_MEMORY_MB, 0) or 0)
@@ -593,19 +596,54 @@ class DockerDriver(ComputeDriver):
         repository, tag = spec.parse_image_name(name)
         data = self._require(instance)
         ident = _ident(instance)
+        labels = spec.snapshot_labels(instance.uuid)
+        timeout = float(self._opts.snapshot_timeout)
         with self._engine.translate(f"commit {ident} to image {name!r}", instance=ident):
-            result = self._engine.api.commit(
-                data["Id"],
-                repository=repository,
-                tag=tag,
-                message=f"virtkit snapshot of {ident}",
-                pause=True,
-                conf={"Labels": {spec.LABEL_SNAPSHOT_OF: instance.uuid}},
-            )
+            try:
+                result = self._commit(
+                    str(data["Id"]), repository, tag, message=f"virtkit snapshot of {ident}",
+                    labels=labels, timeout=timeout,
+                )
+            except requests.exceptions.ReadTimeout:
+                raise self._commit_timeout(instance, f"{repository}:{tag}", timeout) from None
         image_id = str(result.get("Id", ""))
         LOG.info("docker: snapshot of %s is %s:%s (%s)", ident, repository, tag, image_id[:19])
         return ImageRef(
             ref=f"{repository}:{tag}", disk_format="docker", properties={"image_id": image_id}
+        )
+
+    def _commit(
+        self, container_id: str, repository: str, tag: str, *, message: str,
+        labels: dict[str, str], timeout: float,
+    ) -> dict[str, Any]:
+        """POST /commit like docker-py's commit(), bounded by `timeout` rather than the
+        call timeout: a commit copies the container's whole filesystem."""
+        api = self._engine.api
+        params = {
+            "container": container_id, "repo": repository, "tag": tag, "comment": message,
+            "pause": True,
+        }
+        # docker-py's private helpers, as its commit() uses them: commit() takes no timeout.
+        response = api._post_json(
+            api._url("/commit"), data={"Labels": labels}, params=params,
+            timeout=(self._engine.timeout, timeout),
+        )
+        result: dict[str, Any] = api._result(response, json=True)
+        return result
+
+    def _commit_timeout(self, instance: Instance, image: str, timeout: float) -> VirtError:
+        """The error of a commit that outlasted `snapshot_timeout`; dockerd goes on with it."""
+        label = f"{spec.LABEL_SNAPSHOT_OF}={instance.uuid}"
+        LOG.warning(
+            "docker: commit of %s to %s outlasted %gs; dockerd may still create the image",
+            _ident(instance), image, timeout,
+        )
+        return VirtError(
+            f"the snapshot of {_ident(instance)} to {image!r} did not finish within "
+            f"{timeout:g}s; dockerd cannot cancel a commit, so it may still create that image "
+            "(and unpause the container) when the commit ends",
+            hint=f"look for it with 'docker image ls --filter label={label}' and remove it "
+            "with docker rmi if unwanted; raise [docker] snapshot_timeout for large containers",
         )
 
     # -- guest -----------------------------------------------------------------------------
@@ -652,15 +690,23 @@ class DockerDriver(ComputeDriver):
         if not user or any(ch in user for ch in ":\n\r\0"):
             raise InvalidRequest(f"admin user {user!r} is not a valid user name")
         ident = _ident(instance)
+        timeout = self._engine.timeout
         with self._engine.translate(f"run chpasswd in {ident}", instance=ident):
-            result = guest.exec_with_stdin(
-                self._engine.api,
-                container_id,
-                ["chpasswd"],
-                f"{user}:{password}\n".encode(),
-                user="root",
-                timeout=self._engine.timeout,
-            )
+            try:
+                result = guest.exec_with_stdin(
+                    self._engine.api,
+                    container_id,
+                    ["chpasswd"],
+                    f"{user}:{password}\n".encode(),
+                    user="root",
+                    timeout=timeout,
+                )
+            except TimeoutError:  # the exec socket's timeout: the command hangs
+                raise VirtError(
+                    f"chpasswd in {ident} did not finish within {timeout:g}s; the admin "
+                    f"password of user {user} may or may not have changed",
+                    hint="check the guest (a hung PAM or /etc/shadow lock?) and set it again",
+                ) from None
         output = result.output.replace(password, "***") if password else result.output
         if result.exit_code in guest.COMMAND_MISSING_CODES:
             raise UnsupportedOperation(

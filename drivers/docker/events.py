@@ -1,7 +1,8 @@
 """A thread turning dockerd's event stream into lifecycle events, across daemon restarts.
 
-The stream is read in windows (`since`/`until`), so it always ends on its own; a watchdog
-closes a window that overstays (a daemon that hangs). A window that ends early, or a
+The stream is read in windows (`since`/`until`), so it always ends on its own; its opening
+is bounded by socket timeouts and a watchdog closes a window that overstays (a daemon that
+hangs). A window that ends early, or a
 failed connection, means the daemon went away: the watcher backs off until it answers,
 then lists the containers and emits what changed meanwhile (resync).
 """
@@ -14,6 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import docker.utils
+from docker.types.daemon import CancellableStream
 
 from drivers.docker import spec, states
 from drivers.docker.client import Engine
@@ -120,8 +124,9 @@ class EventWatcher:
 
     def _read_window(self, since: float, until: float) -> bool:
         """Read events in [since, until]; False if the stream ended early (daemon gone)."""
-        stream = self._engine.api.events(
-            since=f"{since:.6f}", until=f"{until:.6f}", filters=self._filters, decode=True
+        stream = open_stream(
+            self._engine.api, since=since, until=until, filters=self._filters,
+            timeout=(self._engine.timeout, self._window + self._engine.timeout),
         )
         self._stream = stream
         cut = threading.Event()
@@ -212,6 +217,28 @@ class EventWatcher:
         if self._removed is not None:  # destroy
             self._removed(container_id)
         return None
+
+
+def open_stream(
+    api: Any, *, since: float, until: float, filters: Mapping[str, Any],
+    timeout: tuple[float, float],
+) -> CancellableStream:
+    """GET /events like docker-py's events(), but with a (connect, read) socket timeout.
+
+    docker-py opens the stream with no timeout at all, so a daemon that accepts the
+    connection and never answers would hold the watcher (and its stop()) forever; the
+    watchdog can only cut a stream that has opened. The read timeout outlasts a window
+    without events, in which dockerd sends nothing until it ends the stream at `until`.
+    """
+    params = {
+        "since": f"{since:.6f}",
+        "until": f"{until:.6f}",
+        "filters": docker.utils.convert_filters(dict(filters)),
+    }
+    # docker-py's private helpers, as its events() uses them: events() takes no timeout.
+    response = api._get(api._url("/events"), params=params, stream=True, timeout=timeout)
+    api._raise_for_status(response)
+    return CancellableStream(api._stream_helper(response, decode=True), response)
 
 
 def _close_quietly(stream: Any) -> None:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import io
 import posixpath
 import socket
+import struct
 import tarfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from docker.utils import socket as docker_socket
-
 from virt.errors import InvalidRequest
 
 #: Exit codes with which the runtime says the command does not exist / cannot run.
 COMMAND_MISSING_CODES = frozenset({126, 127})
+#: Output of an exec kept at most; the rest is read and dropped.
+MAX_OUTPUT = 64 * 1024
+_FRAME_HEADER = struct.Struct(">BxxxL")
 
 
 @dataclass(frozen=True)
@@ -29,24 +31,61 @@ def exec_with_stdin(
 ) -> ExecResult:
     """Run `cmd` in the container with `stdin` written to its standard input.
 
-    The data travels on the attached exec socket only, never on a command line.
+    The data travels on the attached exec socket only, never on a command line. A command
+    that has not ended its output within `timeout` raises TimeoutError (it keeps running:
+    docker cannot kill an exec).
     """
     exec_id = api.exec_create(
         container, cmd, stdin=True, stdout=True, stderr=True, tty=False, user=user
     )["Id"]
     sock = api.exec_start(exec_id, socket=True)
     raw: socket.socket = getattr(sock, "_sock", sock)
-    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
     try:
         raw.settimeout(timeout)
         raw.sendall(stdin)
         raw.shutdown(socket.SHUT_WR)  # EOF on the command's stdin
-        for _stream, data in docker_socket.frames_iter(sock, tty=False):
-            chunks.append(data)
+        received = _read_to_eof(raw, deadline)
+    except TimeoutError:
+        raise TimeoutError(f"{cmd[0]} did not finish within {timeout:g}s") from None
     finally:
         sock.close()
+    output = b"".join(data for _stream, data in demux(received))
     exit_code = _exec_exit_code(api, exec_id, timeout)
-    return ExecResult(exit_code, b"".join(chunks).decode("utf-8", "replace").strip())
+    return ExecResult(exit_code, output.decode("utf-8", "replace").strip())
+
+
+def _read_to_eof(raw: socket.socket, deadline: float) -> bytes:
+    """Everything the exec socket sends until EOF (its first MAX_OUTPUT bytes), by `deadline`.
+
+    recv() under a socket timeout, not docker-py's frames_iter: that polls the socket with
+    no timeout first, so a command that never ends would hold the caller forever.
+    """
+    received = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        raw.settimeout(remaining)
+        chunk = raw.recv(65536)
+        if not chunk:
+            return bytes(received)
+        if len(received) < MAX_OUTPUT:
+            received += chunk[: MAX_OUTPUT - len(received)]
+
+
+def demux(data: bytes) -> list[tuple[int, bytes]]:
+    """(stream, payload) of each frame of docker's multiplexed stdout/stderr encoding
+    (8-byte header: stream, 3 zero bytes, big-endian payload size); a cut last frame
+    keeps what arrived."""
+    frames = []
+    offset = 0
+    while offset + _FRAME_HEADER.size <= len(data):
+        stream, size = _FRAME_HEADER.unpack_from(data, offset)
+        offset += _FRAME_HEADER.size
+        frames.append((stream, data[offset : offset + size]))
+        offset += size
+    return frames
 
 
 def _exec_exit_code(api: Any, exec_id: str, timeout: float) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,21 @@ _MISSING_PHRASES = (
     "repository does not exist",
     "no such host",
 )
+# Phrases with which the daemon says it could not reach the registry at all.
+_UNREACHABLE_PHRASES = (
+    "no such host",
+    "dial tcp",
+    "i/o timeout",
+    "connection refused",
+    "network is unreachable",
+    "no route to host",
+    "tls handshake timeout",
+    "client.timeout exceeded",
+    "server misbehaving",
+    "temporary failure in name resolution",
+)
+# An image id, full (sha256:<64 hex>, or bare) or short (sha256:<prefix>, or 12 hex).
+_IMAGE_ID_RE = re.compile(r"^(?:sha256:[0-9a-f]{1,64}|[0-9a-f]{12}|[0-9a-f]{64})$")
 
 Progress = Callable[[Mapping[str, Any]], None]
 
@@ -62,9 +78,26 @@ def drain_pull_stream(
             )
 
 
-def pull_error(ref: str, text: str) -> ImageNotFound | ImageError:
-    """The virtkit error for a failed pull of `ref` with the daemon's `text`."""
+def is_image_id(ref: str) -> bool:
+    """Whether `ref` names an image by id: only a local image has one, nothing to pull."""
+    return bool(_IMAGE_ID_RE.match(ref))
+
+
+def pull_error(ref: str, text: str, *, refused: bool = False) -> ImageNotFound | ImageError:
+    """The virtkit error for a failed pull of `ref` with the daemon's `text`.
+
+    `refused`: dockerd refused the pull request itself (an HTTP error, before any
+    progress), which is where it says that the registry cannot be reached; a failure
+    inside the stream of a pull under way stays an ImageError.
+    """
     lowered = text.lower()
+    if refused and any(phrase in lowered for phrase in _UNREACHABLE_PHRASES):
+        return ImageNotFound(
+            f"image {ref!r} is not on this host, and its registry could not be reached to "
+            f"pull it: {text}",
+            hint="load it locally (docker load / docker import), or fix the daemon's route, "
+            "DNS or proxy to the registry",
+        )
     if any(phrase in lowered for phrase in _MISSING_PHRASES):
         return ImageNotFound(
             f"image {ref!r} is not on this host and could not be pulled: {text}",
@@ -88,6 +121,11 @@ def ensure_image(
             return
         except docker.errors.NotFound:
             pass
+    if is_image_id(ref):  # a pull would read the id as a repository name on Docker Hub
+        raise ImageNotFound(
+            f"image {ref!r} is not on this host; an image id cannot be pulled",
+            hint="load the image (docker load), or name it by repository[:tag] or digest",
+        )
     if not pull:
         raise ImageNotFound(
             f"image {ref!r} is not on this host", hint="load it, or set [docker] pull_missing"
@@ -124,7 +162,7 @@ def _pull_bounded(
                     stream = _pull_stream(engine, repo, tag, pull_timeout, live)
                     drain_pull_stream(ref, stream, deadline=deadline, progress=progress)
                 except docker.errors.APIError as exc:
-                    raise pull_error(ref, api_error_text(exc)) from None
+                    raise pull_error(ref, api_error_text(exc), refused=True) from None
                 finally:
                     live.close()
             outcome.append(None)

@@ -57,6 +57,14 @@ OPTS: list[cfg.Opt] = [
         min=1.0,
         help="Upper bound in seconds on pulling one image.",
     ),
+    cfg.FloatOpt(
+        "snapshot_timeout",
+        default=600.0,
+        min=1.0,
+        help="Upper bound in seconds on committing a container to a snapshot image (the "
+        "container is paused meanwhile). dockerd cannot cancel a commit: one that outlasts "
+        "it may still add the image later, which the error says.",
+    ),
     cfg.BoolOpt(
         "tty",
         default=True,

@@ -21,6 +21,11 @@ LABEL_VCPUS = "virtkit.vcpus"
 LABEL_MEMORY_MB = "virtkit.memory_mb"
 LABEL_ROOT_GB = "virtkit.root_gb"
 LABEL_SNAPSHOT_OF = "virtkit.snapshot_of"
+#: The labels `labels` sets on an instance's container.
+INSTANCE_LABELS = (
+    LABEL_MANAGED, LABEL_HOST, LABEL_UUID, LABEL_NAME, LABEL_FLAVOR, LABEL_VCPUS,
+    LABEL_MEMORY_MB, LABEL_ROOT_GB,
+)
 
 #: Docker's own rule for container names (daemon/names.go): at least two characters.
 _CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -156,6 +161,19 @@ def labels(instance: Instance, host: str) -> dict[str, str]:
         LABEL_MEMORY_MB: str(flavor.memory_mb),
         LABEL_ROOT_GB: str(flavor.root_gb),
     }
+
+
+def snapshot_labels(instance_uuid: str) -> dict[str, str]:
+    """The labels a snapshot commit sets: each label of `labels` blanked.
+
+    `docker commit` keeps the container's labels in the image unless the commit overrides
+    them (it cannot drop one), and a container run from the image inherits them: without
+    this, a `docker run` of a snapshot would pass for the source instance.
+    """
+    blanked = dict.fromkeys(INSTANCE_LABELS, "")
+    blanked[LABEL_MANAGED] = "0"
+    blanked[LABEL_SNAPSHOT_OF] = instance_uuid
+    return blanked
 
 
 def mac_address(vifs: Sequence[Vif]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -24,6 +25,7 @@ from virt.errors import (
     InvalidRequest,
     SpawnError,
     UnsupportedOperation,
+    VirtError,
 )
 from virt.events import Transition
 from virt.model import Flavor, ImageRef, Instance, PowerState
@@ -87,7 +89,9 @@ def test_spawn_maps_flavor_to_real_limits(driver, spawn, docker_host):
     assert instance.uuid in driver.list_instance_uuids()
     assert driver.instance_exists(instance=instance)
     # root_gb cannot be enforced on overlay2 over ext4: said so, not pretended.
-    if not driver.root_disk_limit:
+    if driver.root_disk_limit:
+        assert host_config["StorageOpt"] == {"size": "1G"}
+    else:
         assert "StorageOpt" not in host_config or not host_config["StorageOpt"]
 
 
@@ -110,6 +114,21 @@ def test_host_resources_count_our_running_containers(driver, spawn):
     assert after.vcpus_used == before.vcpus_used + 1
     assert after.memory_mb_used == before.memory_mb_used + 96
     assert '"api_version"' in after.cpu_info and '"root_disk_limit"' in after.cpu_info
+
+
+def test_paused_containers_still_count_as_used(driver, spawn):
+    instance = spawn(flavor=Flavor("dk.3", 1, 112, 0), command=SLEEPER)
+    running = driver.get_available_resource()
+    driver.pause(instance=instance)
+    try:
+        paused = driver.get_available_resource()  # a frozen cgroup keeps its memory
+        assert (paused.vcpus_used, paused.memory_mb_used) == (
+            running.vcpus_used, running.memory_mb_used)
+        driver.power_off(instance=instance, timeout=5)
+        stopped = driver.get_available_resource()
+        assert stopped.memory_mb_used == running.memory_mb_used - 112
+    finally:
+        driver.destroy(instance=instance)
 
 
 def test_foreign_containers_are_invisible_and_untouched(driver, docker_image):
@@ -136,6 +155,23 @@ def test_unknown_image_is_image_not_found(driver, docker_image):
     image = ImageRef(f"virtkit-test/no-such-image-{uuid.uuid4().hex[:6]}:1")
     with pytest.raises(ImageNotFound, match="no-such-image"):
         driver.spawn(instance=instance, image=image)
+    assert nothing_left(instance)
+
+
+def test_missing_image_id_is_image_not_found_without_a_pull(driver, docker_image):
+    instance = new_instance(docker_image)
+    for ref in ("sha256:" + "0" * 64, "0" * 12):
+        with pytest.raises(ImageNotFound, match="an image id cannot be pulled"):
+            driver.spawn(instance=instance, image=ImageRef(ref))
+        assert nothing_left(instance)
+
+
+def test_unreachable_registry_is_image_not_found_naming_it(driver, docker_image):
+    instance = new_instance(docker_image)
+    image = ImageRef(f"127.0.0.1:1/virtkit-test/absent-{uuid.uuid4().hex[:6]}:1")  # nobody there
+    with pytest.raises(ImageNotFound, match="registry could not be reached") as err:
+        driver.spawn(instance=instance, image=image)
+    assert "127.0.0.1:1" in str(err.value)
     assert nothing_left(instance)
 
 
@@ -385,6 +421,44 @@ def test_snapshot_boots_and_keeps_changes(driver, spawn):
     finally:
         driver.destroy(instance=clone) if "clone" in locals() else None
         docker_cli("rmi", "-f", name, check=False)
+
+
+def test_snapshot_carries_no_ownership_so_its_containers_are_not_ours(driver, spawn):
+    source = spawn(command=SLEEPER)
+    name = f"virtkit-test/snap-{uuid.uuid4().hex[:8]}:v1"
+    stray = f"vk-stray-{uuid.uuid4().hex[:8]}"
+    driver.snapshot(instance=source, name=name)
+    try:
+        labels = json.loads(docker_cli("image", "inspect", "-f", "{{json .Config.Labels}}", name))
+        assert labels[spec.LABEL_MANAGED] != "1" and labels[spec.LABEL_SNAPSHOT_OF] == source.uuid
+        assert not labels[spec.LABEL_UUID] and not labels[spec.LABEL_HOST]
+        docker_cli("run", "-d", "--name", stray, name)  # by hand, with the source's command
+        assert stray not in driver.list_instances()
+        assert driver.list_instance_uuids().count(source.uuid) == 1
+        assert driver.get_info(instance=source).internal_id != container_inspect(stray)["Id"]
+        driver.destroy(instance=source)
+        assert not driver.instance_exists(instance=source)
+        driver.destroy(instance=source)  # gone: a no-op that must not find the stray instead
+        assert container_inspect(stray)["State"]["Running"] is True
+    finally:
+        docker_cli("rm", "-f", stray, check=False)
+        docker_cli("rmi", "-f", name, check=False)
+
+
+def test_hung_chpasswd_is_a_virt_error_within_the_call_timeout(spawn, docker_host,
+                                                               tmp_path_factory):
+    instance = spawn(command=SLEEPER)
+    exec_in(instance, "sh", "-c", "printf '#!/bin/sh\\nexec sleep 30\\n' >/bin/chpasswd")
+    quick = make_driver(tmp_path_factory, docker_host, call_timeout=2.0)
+    password = f"Hung-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(VirtError, match="did not finish within 2s") as err:
+            quick.set_admin_password(instance=instance, password=password)
+    finally:
+        quick.cleanup_host(host=docker_host)
+    assert time.monotonic() - started < 10
+    assert password not in str(err.value)
 
 
 def test_set_admin_password_without_chpasswd(driver, spawn):

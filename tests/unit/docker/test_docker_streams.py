@@ -1,4 +1,5 @@
-"""Faults the real daemon cannot produce on demand: in-band pull errors, a hung event stream."""
+"""Faults the real daemon cannot produce on demand: in-band pull errors, a hung event stream,
+a daemon that accepts the event request and never answers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import threading
 import time
 
 import pytest
+from fakedockerd import HANG, FakeDockerd
 
-from drivers.docker import images, spec
+from drivers.docker import events, images, spec
+from drivers.docker.client import Engine
 from drivers.docker.events import EventWatcher
 from virt.errors import ImageError, ImageNotFound
 from virt.events import Transition
@@ -87,8 +90,9 @@ class FakeEngine:
         self.api = FakeApi()
 
 
-def test_hung_event_stream_is_cut_and_followed_by_a_resync():
+def test_hung_event_stream_is_cut_and_followed_by_a_resync(monkeypatch):
     engine = FakeEngine()
+    monkeypatch.setattr(events, "open_stream", lambda api, **kwargs: api.events(**kwargs))
     emitted = []
     watcher = EventWatcher(
         engine, host="h", list_states=lambda: dict(engine.api.listing),
@@ -109,6 +113,29 @@ def test_hung_event_stream_is_cut_and_followed_by_a_resync():
     finally:
         watcher.stop(timeout=5)
     assert not watcher.running
+
+
+def test_event_request_never_answered_is_bounded_and_stop_is_prompt(daemon_socket):
+    with FakeDockerd(daemon_socket, {("GET", "/events"): lambda _q, _b: HANG}) as daemon:
+        engine = Engine(daemon.url, "1.41", timeout=0.5)
+        watcher = EventWatcher(engine, host="h", list_states=dict, emit=lambda _e: None,
+                               window=0.2, resync_interval=3600)
+        watcher.start()
+        try:
+            assert watcher.synced.wait(5)
+            deadline = time.monotonic() + 5
+            while not daemon.calls("GET", "/events") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            (query, _body), *_ = daemon.calls("GET", "/events")
+            assert "until" in query and "filters" in query
+        finally:
+            started = time.monotonic()
+            watcher.stop(timeout=5)
+            stopped_in = time.monotonic() - started
+            engine.close()
+    # The unanswered request ended by its read timeout (window + call timeout), not stop's.
+    assert not watcher.running
+    assert stopped_in < 2.0
 
 
 def test_events_map_to_transitions_and_duplicates_are_dropped():
