@@ -33,6 +33,7 @@ from virt.errors import (
     VolumeError,
     VolumeNotFound,
 )
+from virt.events import Listener
 from virt.model import (
     BlockDevice,
     HostResources,
@@ -160,6 +161,10 @@ class LibvirtDriver(ComputeDriver):
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:  # whoever undefined it: forget it
             self._secret_free.discard(uuid)
         self._host.observe(conn, uuid, dom, event)
+
+    def register_event_listener(self, listener: Listener) -> None:
+        super().register_event_listener(listener)
+        self._host.watch_lifecycle()  # libvirt's events are paid for only once listened to
 
     # -- host ------------------------------------------------------------------------------
 

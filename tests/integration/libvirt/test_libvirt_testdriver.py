@@ -282,3 +282,19 @@ def test_kept_domain_handles_follow_changes_made_elsewhere(driver, base):
         assert not driver.instance_exists(instance=inst)
     finally:
         other.close()
+
+
+def test_lifecycle_events_are_subscribed_once_listened_to(driver, base):
+    # Without a listener the driver does not pay libvirt-python's per-event delivery.
+    quiet = _instance()
+    driver.spawn(instance=quiet, image=base)
+    driver.destroy(instance=quiet)
+    assert driver.host._event_ids == {}
+    events: list = []
+    driver.register_event_listener(events.append)
+    driver.register_event_listener(events.append)  # once only, on the connection too
+    assert len(driver.host._event_ids) == 1
+    heard = _instance()
+    driver.spawn(instance=heard, image=base)
+    assert wait_for(lambda: any(e.instance_uuid == heard.uuid for e in events)), events
+    assert all(e.instance_uuid != quiet.uuid for e in events)
