@@ -100,14 +100,12 @@ def build_conf(
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(
-                f"config file {path} does not exist",
+                f"config file {path} "
+                + ("is not a regular file" if path.exists() else "does not exist"),
                 hint="pass --config FILE or set VIRTKIT_CONFIG to an existing file",
             )
         files.append(str(path))
-    try:
-        conf(args=[], project="virtkit", default_config_files=files, default_config_dirs=[])
-    except cfg.Error as exc:
-        raise ConfigError(f"cannot read configuration: {describe_cfg_error(exc)}") from None
+    _parse_files(conf, files)
     if files:
         check_options(conf, None)
         _warn_unknown_groups(conf)
@@ -115,6 +113,24 @@ def build_conf(
         group, _, name = key.rpartition(".")
         conf.set_override(name, value, group=group or None)
     return conf
+
+
+def _parse_files(conf: cfg.ConfigOpts, files: list[str]) -> None:
+    """Read `files` into `conf`; ConfigError (exit 2) naming the file on any failure."""
+    name = files[0] if files else "(none)"
+    try:
+        conf(args=[], project="virtkit", default_config_files=files, default_config_dirs=[])
+    except cfg.ConfigFilesPermissionDeniedError:
+        raise ConfigError(f"cannot read config file {name}: permission denied",
+                          hint="make it readable by this user") from None
+    except cfg.Error as exc:
+        raise ConfigError(f"cannot read configuration: {describe_cfg_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start:exc.start + 1].hex()
+        raise ConfigError(f"config file {name} is not UTF-8 text ({exc.reason}: byte 0x{byte})",
+                          hint="save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {name}: {exc.strerror or exc}") from None
 
 
 # Groups virtkit itself owns besides the drivers' (registered only by the code that uses them).
@@ -241,11 +257,22 @@ STATE_DIR_MODE = 0o711
 
 
 def make_state_dir(conf: cfg.ConfigOpts) -> None:
-    """Create `state_path` with STATE_DIR_MODE; an existing directory is left as it is."""
+    """Create `state_path` with STATE_DIR_MODE; an existing directory is left as it is.
+
+    ConfigError (exit 2) naming state_path and the OS error if it cannot be created.
+    """
     path = Path(conf.state_path).expanduser()
-    if not path.exists():
+    hint = "set [DEFAULT] state_path to a directory this user can create or write"
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"state_path {path} is not a directory", hint=hint)
+        return
+    try:
         path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
         path.chmod(STATE_DIR_MODE)  # whatever the umask
+    except OSError as exc:
+        raise ConfigError(f"cannot create state_path {path}: {exc.strerror or exc}",
+                          hint=hint) from None
 
 
 def parse_flavor(spec: str) -> Flavor:

@@ -61,6 +61,21 @@ def mask_secrets(value: Any) -> Any:
     return value
 
 
+def _json_type(value: Any) -> str:
+    """What a JSON value is, for an error message (never the value: it may be a secret)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return "an object" if isinstance(value, Mapping) else type(value).__name__
+
+
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
@@ -139,9 +154,14 @@ class VolumeConnection:
 
     def __post_init__(self) -> None:
         _require(
-            bool(self.driver_volume_type), "connection_info needs a driver_volume_type"
+            isinstance(self.driver_volume_type, str) and bool(self.driver_volume_type.strip()),
+            "connection_info 'driver_volume_type' must be a non-empty string such as "
+            f"\"iscsi\", got {_json_type(self.driver_volume_type)}",
         )
-        _require(isinstance(self.data, Mapping), "connection_info 'data' must be an object")
+        _require(isinstance(self.data, Mapping),
+                 f"connection_info 'data' must be an object, got {_json_type(self.data)}")
+        _require(self.serial is None or isinstance(self.serial, str),
+                 f"connection_info 'serial' must be a string, got {_json_type(self.serial)}")
         object.__setattr__(self, "data", _frozen_mapping(self.data))
 
     @classmethod
@@ -156,10 +176,12 @@ class VolumeConnection:
             raise InvalidRequest("connection_info must be a JSON object")
         if "driver_volume_type" not in info:
             raise InvalidRequest("connection_info is missing 'driver_volume_type'")
-        data = info.get("data") or {}
+        data = {} if info.get("data") is None else info["data"]
+        _require(isinstance(data, Mapping),
+                 f"connection_info 'data' must be an object, got {_json_type(data)}")
         serial = info.get("serial") or data.get("volume_id")
         multiattach = info.get("multiattach", data.get("multiattach", False)) is True
-        return cls(str(info["driver_volume_type"]), data, serial, multiattach)
+        return cls(info["driver_volume_type"], data, serial, multiattach)
 
     def to_connection_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"driver_volume_type": self.driver_volume_type, "data": dict(self.data)}

@@ -395,6 +395,43 @@ def test_bad_value_is_a_one_line_config_error_naming_option_and_file(tmp_path):
     assert "'db_auto_upgrade' in [DEFAULT]" in err
 
 
+def test_a_config_file_that_is_not_utf8_or_unreadable_is_a_config_error(tmp_path):
+    cli = Cli(tmp_path)
+    cli.config.write_bytes(b"[DEFAULT]\nhost = caf\xe9\n")
+    err = cli.run("list", expect=2).stderr
+    assert f"config file {cli.config} is not UTF-8 text" in err and "0xe9" in err
+    # read() of /proc/self/mem at offset 0 fails (EIO) even for root, unlike a chmod 000 file
+    err = cli.run("--config", "/proc/self/mem", "list", expect=2).stderr
+    assert "cannot read config file /proc/self/mem: Input/output error" in err
+    err = cli.run("--config", str(tmp_path), "list", expect=2).stderr
+    assert f"config file {tmp_path} is not a regular file" in err
+
+
+def test_a_state_path_that_cannot_be_created_is_a_config_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cli = Cli(tmp_path)
+    cli.config.write_text(f"[DEFAULT]\nstate_path = {blocker}/state\n")
+    err = cli.run("list", expect=2).stderr
+    assert f"cannot create state_path {blocker}/state: Not a directory" in err
+    cli.config.write_text(f"[DEFAULT]\nstate_path = {blocker}\n")
+    err = cli.run("list", expect=2).stderr
+    assert f"state_path {blocker} is not a directory" in err
+
+
+@pytest.mark.parametrize("info, words", [
+    ({"driver_volume_type": "iscsi", "data": [1, 2]}, "'data' must be an object, got an array"),
+    ({"driver_volume_type": "iscsi", "data": "x"}, "'data' must be an object, got a string"),
+    ({"driver_volume_type": None, "data": {}}, "'driver_volume_type' must be a non-empty string"),
+    ({"driver_volume_type": 5, "data": {}}, "'driver_volume_type' must be a non-empty string"),
+])
+def test_malformed_connection_info_is_a_usage_error(cli, tmp_path, info, words):
+    path = tmp_path / "vol.json"
+    path.write_text(json.dumps(info))
+    err = cli.run("volume", "attach", "vm", str(path), "vdb", expect=2).stderr
+    assert words in err, err
+
+
 def test_unknown_group_is_only_a_warning_and_conformance_is_known(tmp_path):
     cli = Cli(tmp_path, "[someplugin]\nx = 1\n[conformance]\nimage_ref = cirros\n")
     proc = cli.run("list")

@@ -62,6 +62,25 @@ def test_connection_info_errors_are_clear():
         VolumeConnection.from_connection_info("{nope")
 
 
+@pytest.mark.parametrize("info, words", [
+    ({"driver_volume_type": "iscsi", "data": ["auth_password"]}, "'data' must be an object"),
+    ({"driver_volume_type": "iscsi", "data": "s3cret"}, "'data' must be an object"),
+    ({"driver_volume_type": None}, "'driver_volume_type' must be a non-empty string"),
+    ({"driver_volume_type": " "}, "'driver_volume_type' must be a non-empty string"),
+    ({"driver_volume_type": ["iscsi"]}, "'driver_volume_type' must be a non-empty string"),
+    ({"driver_volume_type": "iscsi", "serial": 7}, "'serial' must be a string"),
+])
+def test_connection_info_of_the_wrong_shape_is_invalid_request(info, words):
+    with pytest.raises(InvalidRequest, match=words) as err:
+        VolumeConnection.from_connection_info(info)
+    assert "s3cret" not in str(err.value)  # the type is named, never the value
+
+
+def test_connection_info_without_data_has_empty_data():
+    conn = VolumeConnection.from_connection_info({"driver_volume_type": "rbd", "data": None})
+    assert dict(conn.data) == {} and conn.serial is None
+
+
 def test_block_device_mountpoint_is_validated():
     conn = VolumeConnection("iscsi", {}, "vol-1")
     assert BlockDevice(connection=conn, mountpoint="/dev/vdb").volume_id == "vol-1"
