@@ -16,7 +16,7 @@ import secrets
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,12 @@ class TargetFactory:
         self.portal = portal
         self.created: list[TestLun] = []
 
-    def create(self, *, size_mb: int = 64, chap: bool = False, marker: str | None = None) -> TestLun:
-        """A new target + LUN 1 backed by a sparse file whose first bytes are `marker`."""
+    def create(self, *, size_mb: int = 64, chap: bool = False, marker: str | None = None,
+               initiators: Sequence[str] = ()) -> TestLun:
+        """A new target + LUN 1 backed by a sparse file whose first bytes are `marker`.
+
+        With `initiators`, only those initiator names may log in (else any initiator).
+        """
         token = uuid.uuid4().hex[:10]
         marker = marker or f"VIRTKIT-LUN-{token}"
         backing = self.workdir / f"lun-{token}.img"
@@ -108,7 +112,7 @@ class TargetFactory:
         self.created.append(lun)
         _tgtadm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1",
                 "-b", str(backing))
-        _tgtadm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+        _bind_initiators(tid, initiators)
         if chap:
             lun.username = f"vk{token}"
             lun.password = secrets.token_hex(8)
@@ -131,6 +135,15 @@ class TargetFactory:
     def cleanup(self) -> None:
         for lun in list(self.created):
             self.delete(lun)
+
+
+def _bind_initiators(tid: int, initiators: Sequence[str]) -> None:
+    """Allow these initiator names on the target, or every initiator when there are none."""
+    if not initiators:
+        _tgtadm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+    for name in initiators:
+        # tgtd's ACL: a name binding alone, without an address binding, admits only that name.
+        _tgtadm("--op", "bind", "--mode", "target", "--tid", str(tid), "--initiator-name", name)
 
 
 def _free_tid() -> int:

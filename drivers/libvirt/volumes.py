@@ -68,6 +68,9 @@ class IscsiNativeVolumes:
             hosts=[(host.strip("[]"), int(port))],
             driver_type="raw",
             cache=cache,
+            # QEMU logs in as this initiator, the one the probe used and the connector
+            # reports: a target restricted to it would refuse QEMU's default name.
+            initiator=self._connector.initiator,
             serial=(block_device.volume_id or None),
         )
         usage = None

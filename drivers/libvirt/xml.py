@@ -87,6 +87,7 @@ class Disk:
     secret_type: str | None = None
     secret_usage: str | None = None
     secret_uuid: str | None = None
+    initiator: str | None = None
     serial: str | None = None
     readonly: bool = False
 
@@ -101,6 +102,8 @@ class Disk:
                 auth = _sub(source, "auth", username=self.auth_username)
                 _sub(auth, "secret", type=self.secret_type, usage=self.secret_usage,
                      uuid=self.secret_uuid)
+            if self.initiator is not None:
+                _sub(_sub(source, "initiator"), "iqn", name=self.initiator)
         elif self.source_type == "block":
             _sub(disk, "source", dev=self.source_path)
         else:
@@ -145,6 +148,9 @@ class Disk:
                     obj.secret_type = secret.get("type")
                     obj.secret_usage = secret.get("usage")
                     obj.secret_uuid = secret.get("uuid")
+            iqn = source.find("initiator/iqn")
+            if iqn is not None:
+                obj.initiator = iqn.get("name")
         else:
             obj.source_path = source.get("dev" if source_type == "block" else "file")
         return obj

@@ -17,8 +17,10 @@ import time
 import uuid
 from pathlib import Path
 
+import libvirt
 import pytest
 
+from drivers.libvirt import xml
 from drivers.libvirt.driver import LibvirtDriver
 from tests.iscsi_target import TargetFactory, tgtd_available
 from tests.testbed import env, require
@@ -29,6 +31,7 @@ from virt.errors import (
     InstanceNotFound,
     InvalidRequest,
     VolumeAuthError,
+    VolumeNotFound,
     VolumeUnreachable,
 )
 from virt.events import Transition
@@ -123,9 +126,15 @@ def _bdm(lun, mountpoint: str, **overrides) -> BlockDevice:
 
 
 @pytest.fixture(scope="module")
-def guest(driver, image, luns):
-    """The shared guest, spawned with a 64 MiB CHAP LUN at /dev/vdb."""
-    lun = luns.create(size_mb=64, chap=True)
+def initiator(driver) -> str:
+    """The connector's initiator name: the only one the test LUNs bound to it admit."""
+    return driver.get_volume_connector().initiator
+
+
+@pytest.fixture(scope="module")
+def guest(driver, image, luns, initiator):
+    """The shared guest, spawned with a 64 MiB CHAP LUN at /dev/vdb (connector's IQN only)."""
+    lun = luns.create(size_mb=64, chap=True, initiators=[initiator])
     inst = _instance("vk-qemu")
     driver.spawn(instance=inst, image=image, block_devices=[_bdm(lun, "/dev/vdb")])
     yield inst, lun
@@ -133,12 +142,14 @@ def guest(driver, image, luns):
     assert leftovers(inst.uuid) == []
 
 
-def test_boot_shows_marker_and_the_chap_lun_attached_at_spawn(driver, guest):
+def test_boot_shows_marker_and_the_chap_lun_attached_at_spawn(driver, guest, initiator):
     inst, lun = guest
     out = wait_console(driver, inst, r"VIRTKIT-DISKS-END")
     assert "VIRTKIT-GUEST-UP" in out
     assert "name=vda" in out and "marker=VIRTKIT-ROOT-DISK" in out
+    # The LUN admits only the connector's initiator: QEMU logged in with that name.
     assert f"name=vdb sectors={lun.size_bytes // 512}" in out
+    assert f"<iqn name='{initiator}'/>" in virsh("dumpxml", inst.uuid)
     assert driver.get_info(instance=inst).state is PowerState.RUNNING
     # The CHAP password is in a libvirt secret only: not in the XML, not on QEMU's argv.
     assert lun.password not in virsh("dumpxml", inst.uuid)
@@ -148,10 +159,10 @@ def test_boot_shows_marker_and_the_chap_lun_attached_at_spawn(driver, guest):
             assert lun.password.encode() not in cmdline.read_bytes()
 
 
-def test_hot_attach_and_detach(driver, guest, luns):
+def test_hot_attach_and_detach(driver, guest, luns, initiator):
     inst, _ = guest
     wait_console(driver, inst, r"VIRTKIT-DISKS-END")
-    lun = luns.create(size_mb=32, chap=True)
+    lun = luns.create(size_mb=32, chap=True, initiators=[initiator])
     bdm = _bdm(lun, "/dev/vdc")
     driver.attach_volume(instance=inst, block_device=bdm)
     wait_console(driver, inst, rf"name=vdc sectors={lun.size_bytes // 512}")
@@ -161,6 +172,22 @@ def test_hot_attach_and_detach(driver, guest, luns):
     assert not re.search(r"^\s*vdc\s", virsh("domblklist", inst.uuid), re.M)
     assert not re.search(r"^\s*vdc\s", virsh("domblklist", inst.uuid, "--inactive"), re.M)
     assert f"virtkit-{inst.uuid}-vdc" not in virsh("secret-list")
+
+
+def test_a_lun_for_the_connector_refuses_qemus_default_initiator(driver, guest, luns,
+                                                                initiator):
+    """Negative control: without <initiator> in the disk, QEMU's own IQN is refused."""
+    inst, _ = guest
+    lun = luns.create(size_mb=8, initiators=[initiator])
+    host, _, port = lun.portal.rpartition(":")
+    disk = xml.Disk(target_dev="vdf", source_type="network", protocol="iscsi",
+                    source_name=f"{lun.iqn}/{lun.lun}", hosts=[(host, int(port))],
+                    driver_type="raw")
+    dom = driver.host.connection().lookupByUUIDString(inst.uuid)
+    with pytest.raises(libvirt.libvirtError):
+        dom.attachDeviceFlags(xml.to_text(disk.to_element(), "disk"),
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert not re.search(r"^\s*vdf\s", virsh("domblklist", inst.uuid), re.M)
 
 
 def test_detach_from_a_booting_guest_is_requested_again(driver, image, luns):
@@ -208,6 +235,8 @@ def test_reboot_soft_then_hard(driver, guest):
 
 def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
     lun = luns.create(size_mb=16, chap=True)
+    # Restricted to another initiator: the probe, logging in as the connector's, is refused.
+    other = luns.create(size_mb=8, initiators=["iqn.2024-01.org.virtkit.test:someone-else"])
     instances = workdir / "state" / "instances"
     cases = [
         (ImageNotFound, dict(image=ImageRef(str(tmp_path / "no-such.qcow2")))),
@@ -215,6 +244,7 @@ def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
         (VolumeAuthError, dict(block_devices=[_bdm(lun, "/dev/vdb", auth_password="wrong-pw")])),
         (VolumeUnreachable, dict(block_devices=[_bdm(lun, "/dev/vdb",
                                                      target_portal="127.0.0.1:9")])),
+        (VolumeNotFound, dict(block_devices=[_bdm(other, "/dev/vdb")])),
     ]
     for error, kwargs in cases:
         inst = _instance("vk-bad")

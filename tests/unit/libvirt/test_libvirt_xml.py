@@ -30,7 +30,8 @@ def _validate(tmp_path, text: str) -> None:
 def _iscsi_disk(dev: str, chap: bool) -> xml.Disk:
     disk = xml.Disk(target_dev=dev, source_type="network", protocol="iscsi",
                     source_name="iqn.2024-01.org.example:vol/1", hosts=[("127.0.0.1", 3260)],
-                    driver_type="raw", cache="none", serial="vol-1")
+                    driver_type="raw", cache="none", serial="vol-1",
+                    initiator="iqn.2024-01.org.virtkit:host-1")
     if chap:
         disk.auth_username = "user"
         disk.secret_type = "iscsi"
@@ -84,7 +85,15 @@ def test_round_trip_keeps_every_field():
     again = xml.Domain.from_xml(domain.to_xml())
     assert again == domain
     assert again.disks[-1].secret_usage == f"virtkit-{UUID}-vdc"
+    assert again.disks[-1].initiator == "iqn.2024-01.org.virtkit:host-1"
     assert [d.target_dev for d in again.disks] == ["vda", "vdd", "vde", "vdb", "vdc"]
+
+
+def test_iscsi_source_names_its_initiator():
+    source = _iscsi_disk("vdb", chap=True).to_element().find("source")
+    assert source.find("initiator/iqn").get("name") == "iqn.2024-01.org.virtkit:host-1"
+    assert xml.Disk.from_element(_iscsi_disk("vdb", chap=False).to_element()).initiator == \
+        "iqn.2024-01.org.virtkit:host-1"
 
 
 def test_hostile_strings_are_data_not_markup(tmp_path):
