@@ -192,6 +192,18 @@ class LibvirtDriver(ComputeDriver):
         raise ConfigError("[libvirt] iscsi_attach = host is not supported by this release",
                           hint="set iscsi_attach = native")
 
+    def _check_volumes(self, operation: str) -> None:
+        """UnsupportedOperation, before any probe or secret, where volumes cannot attach."""
+        self._check_iscsi_mode()
+        if self._engine_type == "TEST":
+            raise UnsupportedOperation(self.name, operation, reason=(
+                "libvirt's test driver cannot attach devices or hold secrets"))
+
+    @functools.cached_property
+    def _engine_type(self) -> str:
+        """libvirt's driver behind the URI ("QEMU", "TEST"): the same after a reconnect."""
+        return self._call(lambda c: str(c.getType()), "read the connection's type")
+
     def _domain_type(self) -> str:
         """The domain type this driver defines: test, kvm or qemu (auto: probed once)."""
         if self._virt_type is None:
@@ -299,6 +311,8 @@ class LibvirtDriver(ComputeDriver):
         self._check_iscsi_mode()
         for bdm in block_devices:  # bad connection_info fails before anything is made
             self._volumes.validate(bdm)
+        if block_devices:
+            self._check_volumes("attach_volume")
         # Needed: defineXML of a domain with the same uuid and name redefines it instead of
         # failing, and the check comes before any file is made for the instance.
         if self.instance_exists(instance=instance):
@@ -549,7 +563,7 @@ class LibvirtDriver(ComputeDriver):
     # -- volumes ---------------------------------------------------------------------------
 
     def attach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
-        self._check_iscsi_mode()
+        self._check_volumes("attach_volume")
         self._volumes.validate(block_device)
         definition = self._definition(instance)
         if any(d.target_dev == block_device.device_name for d in definition.disks):
@@ -571,7 +585,7 @@ class LibvirtDriver(ComputeDriver):
             self._on_domain(instance, attach, "attach a volume", idempotent=False)
         except BaseException as exc:
             self._volumes.release([prepared.disk])
-            if isinstance(exc, VolumeError | InstanceNotFound):
+            if isinstance(exc, VolumeError | InstanceNotFound | UnsupportedOperation):
                 raise
             if isinstance(exc, VirtError):
                 raise VolumeError(f"attaching {block_device.mountpoint} to {instance.uuid} "
@@ -579,6 +593,7 @@ class LibvirtDriver(ComputeDriver):
             raise
 
     def detach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
+        self._check_volumes("detach_volume")
         definition = self._definition(instance, inactive=True)
         disk = next((d for d in definition.disks if d.target_dev == block_device.device_name), None)
         if disk is None:
@@ -596,6 +611,8 @@ class LibvirtDriver(ComputeDriver):
 
         try:
             live = self._on_domain(instance, detach, "detach a volume", idempotent=False)
+        except UnsupportedOperation:
+            raise
         except VirtError as exc:
             raise VolumeError(f"detaching {block_device.mountpoint} from {instance.uuid} "
                               f"failed: {exc.message}") from None

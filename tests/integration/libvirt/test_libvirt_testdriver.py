@@ -20,6 +20,7 @@ from virt.errors import (
     InvalidRequest,
     InvalidState,
     SpawnError,
+    UnsupportedOperation,
 )
 from virt.events import Transition
 from virt.model import BlockDevice, Flavor, ImageRef, Instance, PowerState, VolumeConnection
@@ -135,6 +136,26 @@ def test_spawn_failures_leave_nothing(driver, base, tmp_path):
     assert set(driver.list_instance_uuids()) - before == {first.uuid}
     assert not (tmp_path / "state" / "instances" / inst.uuid).exists()
     assert not (tmp_path / "state" / "instances" / clash.uuid).exists()
+
+
+def test_volumes_are_unsupported_before_any_probe(driver, base, tmp_path):
+    """The test driver cannot attach devices or hold secrets: UnsupportedOperation, never a
+    VolumeError, and nothing probed (the portal is closed: a probe would be unreachable)."""
+    volume = BlockDevice(VolumeConnection("iscsi", {
+        "target_portal": "127.0.0.1:9", "target_iqn": "iqn.2024-01.org.virtkit.test:none",
+        "target_lun": 1, "auth_method": "CHAP", "auth_username": "u",
+        "auth_password": "never-used-pw"}), "/dev/vdb")
+    inst = _instance()
+    with pytest.raises(UnsupportedOperation, match="attach_volume") as caught:
+        driver.spawn(instance=inst, image=base, block_devices=[volume])
+    assert "never-used-pw" not in str(caught.value)
+    assert not driver.instance_exists(instance=inst)
+    assert not (tmp_path / "state" / "instances" / inst.uuid).exists()
+    driver.spawn(instance=inst, image=base)
+    with pytest.raises(UnsupportedOperation, match="attach_volume"):
+        driver.attach_volume(instance=inst, block_device=volume)
+    with pytest.raises(UnsupportedOperation, match="detach_volume"):
+        driver.detach_volume(instance=inst, block_device=volume)
 
 
 def test_unknown_instance(driver):
