@@ -37,6 +37,35 @@ def _require(condition: bool, message: str) -> None:
         raise InvalidRequest(message)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_text(value: Any, what: str) -> None:
+    """A non-empty string."""
+    _require(isinstance(value, str) and bool(value.strip()),
+             f"{what} must be a non-empty string, got {_json_type(value)}")
+
+
+def _require_optional_str(value: Any, what: str) -> None:
+    """A string or None (stored records may hold empty strings: they stay valid)."""
+    _require(value is None or isinstance(value, str),
+             f"{what} must be a string or null, got {_json_type(value)}")
+
+
+def _require_count(value: Any, what: str, *, optional: bool = False) -> None:
+    """A non-negative integer (or None when `optional`)."""
+    if optional and value is None:
+        return
+    _require(_is_int(value) and value >= 0,
+             f"{what} must be a non-negative integer, got {value!r}")
+
+
+def _require_mapping(value: Any, what: str) -> None:
+    _require(value is None or isinstance(value, Mapping),
+             f"{what} must be a mapping (a JSON object), got {_json_type(value)}")
+
+
 def validate_uuid(value: str, what: str = "uuid") -> str:
     """Return the canonical lower-case form of a UUID string or raise InvalidRequest."""
     try:
@@ -105,17 +134,16 @@ class Flavor:
     extra_specs: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name and self.name.strip()), "flavor name must not be empty")
+        _require(isinstance(self.name, str) and bool(self.name.strip()),
+                 f"flavor name must not be empty, got {_json_type(self.name)}")
         for attr in ("vcpus", "memory_mb", "root_gb", "ephemeral_gb", "swap_mb"):
             value = getattr(self, attr)
-            _require(
-                isinstance(value, int) and not isinstance(value, bool),
-                f"flavor {attr} must be an integer, got {value!r}",
-            )
+            _require(_is_int(value), f"flavor {attr} must be an integer, got {value!r}")
         _require(self.vcpus >= 1, f"flavor vcpus must be at least 1, got {self.vcpus}")
         _require(self.memory_mb >= 1, f"flavor memory_mb must be positive, got {self.memory_mb}")
         for attr in ("root_gb", "ephemeral_gb", "swap_mb"):
             _require(getattr(self, attr) >= 0, f"flavor {attr} must not be negative")
+        _require_mapping(self.extra_specs, "flavor extra_specs")
         object.__setattr__(self, "extra_specs", _frozen_mapping(self.extra_specs))
 
 
@@ -134,11 +162,15 @@ class ImageRef:
     properties: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(bool(self.ref and str(self.ref).strip()), "image reference must not be empty")
+        _require(isinstance(self.ref, str) and bool(self.ref.strip()),
+                 f"image reference must not be empty, got {_json_type(self.ref)}")
         _require(
             self.disk_format in (None, "qcow2", "raw", "docker", "zvol", "vhd", "ami", "iso"),
             f"unknown disk_format {self.disk_format!r}",
         )
+        for attr in ("kernel", "ramdisk", "kernel_cmdline"):
+            _require_optional_str(getattr(self, attr), f"image {attr}")
+        _require_mapping(self.properties, "image properties")
         object.__setattr__(self, "properties", _frozen_mapping(self.properties))
 
 
@@ -210,10 +242,15 @@ class BlockDevice:
     delete_on_termination: bool = False
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.connection, VolumeConnection),
+                 f"block device connection must be a VolumeConnection, got "
+                 f"{type(self.connection).__name__}")
         _require(
-            bool(_DEVICE_RE.match(self.mountpoint or "")),
+            isinstance(self.mountpoint, str) and bool(_DEVICE_RE.match(self.mountpoint)),
             f"mountpoint {self.mountpoint!r} is not a device name like /dev/vdb",
         )
+        _require_optional_str(self.volume_id, "block device volume_id")
+        _require_optional_str(self.disk_bus, "block device disk_bus")
         if self.volume_id is None and self.connection.serial:
             object.__setattr__(self, "volume_id", self.connection.serial)
 
@@ -234,12 +271,14 @@ class Vif:
     model: str | None = None
 
     def __post_init__(self) -> None:
-        _require(bool(self.id), "vif id must not be empty")
+        _require_text(self.id, "vif id")
+        for attr in ("network", "bridge", "model"):
+            _require_optional_str(getattr(self, attr), f"vif {attr}")
         _require(
-            bool(_MAC_RE.match(str(self.address).lower())),
+            isinstance(self.address, str) and bool(_MAC_RE.match(self.address.lower())),
             f"vif address {self.address!r} is not a MAC address like 52:54:00:12:34:56",
         )
-        object.__setattr__(self, "address", str(self.address).lower())
+        object.__setattr__(self, "address", self.address.lower())
 
 
 @dataclass(frozen=True)
@@ -256,10 +295,16 @@ class Instance:
     def __post_init__(self) -> None:
         object.__setattr__(self, "uuid", validate_uuid(self.uuid, "instance uuid"))
         _require(
-            bool(self.name) and bool(_NAME_RE.match(self.name)),
+            isinstance(self.name, str) and bool(_NAME_RE.match(self.name)),
             f"instance name {self.name!r} is invalid: use 1-63 letters, digits, '.', '_' or '-',"
             " starting with a letter or digit",
         )
+        _require(isinstance(self.flavor, Flavor),
+                 f"instance flavor must be a Flavor, got {type(self.flavor).__name__}")
+        _require(self.image is None or isinstance(self.image, ImageRef),
+                 f"instance image must be an ImageRef or None, got {type(self.image).__name__}")
+        _require_optional_str(self.host, "instance host")
+        _require_mapping(self.metadata, "instance metadata")
         object.__setattr__(self, "metadata", _frozen_mapping(self.metadata))
 
 
@@ -273,6 +318,13 @@ class InstanceInfo:
     mem_kb: int | None = None
     num_cpu: int | None = None
     cpu_time_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.state, PowerState),
+                 f"instance info state must be a PowerState, got {self.state!r}")
+        _require_optional_str(self.internal_id, "instance info internal_id")
+        for attr in ("max_mem_kb", "mem_kb", "num_cpu", "cpu_time_ns"):
+            _require_count(getattr(self, attr), f"instance info {attr}", optional=True)
 
 
 @dataclass(frozen=True)
@@ -316,6 +368,26 @@ class HostResources:
         "disk_available_least",
         "supported_instances",
     )
+
+    def __post_init__(self) -> None:
+        for attr in ("vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used",
+                     "local_gb_used", "hypervisor_version"):
+            _require_count(getattr(self, attr), f"host resources {attr}")
+        # disk_available_least may be negative: Nova's overcommitted disk reads so
+        _require(self.disk_available_least is None or _is_int(self.disk_available_least),
+                 f"host resources disk_available_least must be an integer or None, got "
+                 f"{self.disk_available_least!r}")
+        _require_text(self.hypervisor_type, "host resources hypervisor_type")
+        _require_text(self.hypervisor_hostname, "host resources hypervisor_hostname")
+        _require(isinstance(self.cpu_info, str),
+                 f"host resources cpu_info must be JSON text, got {_json_type(self.cpu_info)}")
+        entries = self.supported_instances
+        _require(isinstance(entries, list | tuple) and all(
+            isinstance(e, list | tuple) and len(e) == 3 and all(isinstance(x, str) for x in e)
+            for e in entries),
+            "host resources supported_instances must be (arch, hypervisor_type, vm_mode) "
+            f"string triples, got {entries!r}")
+        object.__setattr__(self, "supported_instances", tuple(tuple(e) for e in entries))
 
     def as_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.REQUIRED_KEYS}
