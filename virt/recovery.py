@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +38,7 @@ from virt.errors import (
     NotFenced,
     VirtError,
     VolumeError,
+    VolumeNotFound,
 )
 from virt.model import BlockDevice, Instance, PowerState, VolumeConnection
 from virt.recovery_fence import check_fenced
@@ -74,10 +75,11 @@ RECOVERY_OPTS = [
                "recoverer that stays unrenewed for this long (watched on this host's clock) "
                "is taken over; its host must be fenced if it had got as far as spawning. "
                "Longer than any single spawn or attach can take. 0: never take over."),
-    cfg.BoolOpt("shared_storage", default=False,
-                help="Instance disks live on storage shared with the failed host: a stale or "
-                "half-spawned domain here is removed keeping its disks. When False, its local "
-                "disks go too and the driver rebuilds them from the image."),
+    cfg.BoolOpt("shared_storage", default=False, deprecated_for_removal=True,
+                deprecated_reason="recovery never removes an instance's disks any more; "
+                "the option has no effect",
+                help="Ignored: a stale or half-spawned domain is always removed keeping its "
+                "disks, and spawn reuses a valid existing root disk."),
 ]
 
 
@@ -159,7 +161,6 @@ class RecoveryOptions:
     volume_timeout: float = 15.0
     fence_command: str = ""
     fence_timeout: float = 60.0
-    shared_storage: bool = False
     claim_lease: float = 60.0
 
 
@@ -419,13 +420,10 @@ class Recoverer:
     def _execute(self, candidate: Candidate, claim: Claim | None, item: InstanceReport) -> None:
         instance = candidate.instance(self.host)
         done = claim.steps if claim else {}
-        if self.options.resume_local and self._running_as_wanted(instance, candidate):
-            item.steps.append("already running as recorded: nothing to do")
-            item.power_state = PowerState.RUNNING.value
-            return
         devices: list[BlockDevice] = []
+        steps = self._plan(candidate, instance, devices, item, done)
         spawned_here = False  # the domain here is this run's: no earlier attach is on it
-        for step in self._steps(candidate, instance, devices, item):
+        for step in steps:
             status = done.get(step.name)
             if self.options.dry_run:
                 item.steps.append(step.describe)
@@ -458,16 +456,71 @@ class Recoverer:
             item.steps.append(step.describe)
             spawned_here = spawned_here or step.name == "spawn"
 
-    def _steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
-               item: InstanceReport) -> list[_Step]:
-        at_spawn, hot = self._split_volumes(candidate)
+    def _plan(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
+              item: InstanceReport, done: Mapping[str, str]) -> list[_Step]:
+        """The steps for this instance: after a reboot, a domain still defined here is
+        started as it is (its disks untouched); otherwise it is spawned."""
+        if not self.options.resume_local or "spawn" in done:
+            return self._spawn_steps(candidate, instance, devices, item)
+        state = self._local_state(instance)
+        if state is None:
+            return self._spawn_steps(candidate, instance, devices, item)
+        if state is PowerState.RUNNING or not candidate.should_run:
+            item.steps.append(f"defined here and {state.value}, as recorded: nothing to do")
+            item.power_state = state.value
+            return []
+        if state not in (PowerState.SHUTDOWN, PowerState.CRASHED):
+            raise _Release(f"its domain here is {state.value}: left as it is (unpause or "
+                           "resume it, or power it off, then run again)")
+        return self._power_on_steps(candidate, instance, devices, item)
+
+    def _refresh_step(self, candidate: Candidate, devices: list[BlockDevice],
+                      item: InstanceReport) -> _Step:
         def refresh() -> Effect | None:
             found, writes = self._refresh_volumes(candidate, item)
             devices.extend(found)
             return self._write(*writes) if writes else None
 
-        steps = [_Step("volumes", f"refresh {len(candidate.volumes)} volume connection(s)",
-                       refresh, always=True)]
+        return _Step("volumes", f"refresh {len(candidate.volumes)} volume connection(s)",
+                     refresh, always=True)
+
+    def _power_on_steps(self, candidate: Candidate, instance: Instance,
+                        devices: list[BlockDevice], item: InstanceReport) -> list[_Step]:
+        """Start the shut-off domain defined here (like Nova's resume_state_on_host_boot),
+        each volume put back in its definition with the refreshed connection first."""
+        steps = [self._refresh_step(candidate, devices, item)]
+        steps += [self._reattach_step(instance, volume, devices) for volume in candidate.volumes]
+        steps.append(_Step("power-on", "power on its existing domain (disks kept)",
+                           lambda: self.driver.power_on(instance=instance,
+                                                        block_devices=list(devices))))
+        steps.append(_Step("power", "record the power state",
+                           lambda: self._record_power(candidate, instance, item)))
+        return steps
+
+    def _reattach_step(self, instance: Instance, volume: VolumeRef,
+                       devices: list[BlockDevice]) -> _Step:
+        """Detach the volume from the stopped domain's definition if it is there, then attach
+        it with the refreshed connection: there exactly once, never with stale details.
+        Idempotent, so a crash needs no undo. A volume missing (and allowed to be) is only
+        detached: the domain would not start with it."""
+        def reattach() -> None:
+            bdm = next((d for d in devices if d.device_name == volume.device), None)
+            stored = bdm or _stored_device(volume)
+            if stored is not None:
+                try:
+                    self.driver.detach_volume(instance=instance, block_device=stored)
+                except VolumeNotFound:
+                    pass
+            if bdm is not None:
+                self.driver.attach_volume(instance=instance, block_device=bdm)
+
+        return _Step(f"reattach:{volume.device}",
+                     f"re-attach volume at {volume.mountpoint} to the stopped domain", reattach)
+
+    def _spawn_steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
+                     item: InstanceReport) -> list[_Step]:
+        at_spawn, hot = self._split_volumes(candidate)
+        steps = [self._refresh_step(candidate, devices, item)]
         if not self.options.resume_local:
             steps.append(_Step("rehome", f"re-home to {self.host}",
                                lambda: self._write(lambda conn: self.source.rehome(
@@ -574,20 +627,20 @@ class Recoverer:
         self.source.refresh_volume(uuid, volume, info, conn=db)
 
     def _remove_domain(self, instance: Instance) -> None:
-        """Destroy a domain of this instance here (its disks too unless on shared storage)."""
+        """Destroy a domain of this instance here, never its disks: they may be the only
+        copy of its data (shared storage, or this host's own after a reboot). The spawn
+        that follows reuses a valid root disk it finds."""
         if self.driver.instance_exists(instance=instance):
-            self.driver.destroy(instance=instance,
-                                destroy_disks=not self.options.shared_storage)
+            self.driver.destroy(instance=instance, destroy_disks=False)
 
-    def _running_as_wanted(self, instance: Instance, candidate: Candidate) -> bool:
+    def _local_state(self, instance: Instance) -> PowerState | None:
+        """The power state of its domain here, None if there is none."""
         if not self.driver.instance_exists(instance=instance):
-            return False
+            return None
         state = self.driver.get_info(instance=instance).state
         if state is PowerState.UNKNOWN:
             raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown")
-        if candidate.should_run:
-            return state is PowerState.RUNNING
-        return True  # stopped instances stay as they are
+        return state
 
     def _record_power(self, candidate: Candidate, instance: Instance,
                       item: InstanceReport) -> Effect | None:
@@ -600,6 +653,16 @@ class Recoverer:
                 vreport.status = "attached"
         return self._write(lambda conn: self.source.record_result(
             candidate.uuid, power_state=state, running=state is PowerState.RUNNING, conn=conn))
+
+
+def _stored_device(volume: VolumeRef) -> BlockDevice | None:
+    """The volume as the source records it (to detach it), None if that is unusable."""
+    try:
+        conn = VolumeConnection.from_connection_info(dict(volume.connection_info))
+    except VirtError:
+        return None
+    return BlockDevice(connection=conn, mountpoint=volume.mountpoint,
+                       volume_id=volume.volume_id, disk_bus=volume.disk_bus)
 
 
 def _describe(exc: BaseException) -> str:

@@ -146,6 +146,106 @@ def test_resume_local_restarts_what_should_run(conf, store):
     assert all("nothing to do" in i.steps[0] for i in again.instances)
 
 
+@pytest.fixture
+def destroys(monkeypatch):
+    """Every destroy_disks value the fake driver's destroy is called with."""
+    from drivers.fake.driver import FakeDriver
+
+    calls: list[bool] = []
+    real = FakeDriver.destroy
+
+    def spy(self, *, instance, block_devices=(), destroy_disks=True):
+        calls.append(destroy_disks)
+        real(self, instance=instance, block_devices=block_devices, destroy_disks=destroy_disks)
+
+    monkeypatch.setattr(FakeDriver, "destroy", spy)
+    return calls
+
+
+def test_undo_of_a_half_done_spawn_keeps_the_disks(conf, store, destroys):
+    (uuid,) = record_instances(store, "host-a", 1, volumes=1)
+    driver = fake_driver(conf, "host-b")
+    instance = source_instance(store, uuid)
+    driver.spawn(instance=instance, image=instance.image)  # then the recoverer was killed
+    journal = RecoveryJournal(store, host="host-b")
+    claim = journal.claim(uuid, "host-a")
+    for step in ("volumes", "rehome", "remove-stale"):
+        journal.note(claim, step, "done")
+    journal.record(claim, "spawn", "started")
+    report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True)
+    (item,) = report.instances
+    assert item.outcome == Outcome.RECOVERED and item.resumed
+    assert destroys == [False]  # the half-spawned domain went, its disks stayed
+    assert driver.list_instance_uuids() == [uuid]
+
+
+def test_stale_domain_is_removed_keeping_its_disks(conf, store, destroys):
+    (uuid,) = record_instances(store, "host-a", 1)
+    instance = source_instance(store, uuid)
+    fake_driver(conf, "host-b").spawn(instance=instance, image=instance.image, power_on=False)
+    assert recover(conf, store, "host-b", failed_host="host-a",
+                   confirm_fenced=True).exit_code == 0
+    assert destroys == [False]
+
+
+def test_resume_local_powers_on_the_existing_domain_with_its_volumes(conf, store, destroys):
+    """After a reboot the domain is still defined, shut off: it is started as it is (never
+    destroyed and rebuilt), each volume in its definition exactly once."""
+    (uuid,) = record_instances(store, "host-b", 1, volumes=2)
+    driver = fake_driver(conf, "host-b")
+    instance = source_instance(store, uuid)
+    vdb = store.list_block_devices(uuid)[0]
+    driver.spawn(instance=instance, image=instance.image, power_on=False,
+                 block_devices=[vdb.to_block_device()])  # its definition lacks vdc
+    report = recover(conf, store, "host-b", resume_local=True)
+    (item,) = report.instances
+    assert item.outcome == Outcome.RECOVERED, item.error
+    assert destroys == []
+    assert "power on its existing domain (disks kept)" in item.steps
+    assert driver.get_info(instance=instance).state == PowerState.RUNNING
+    record = fake_record(conf, "host-b", uuid)
+    assert sorted(record["block_devices"]) == ["/dev/vdb", "/dev/vdc"]
+    assert store.get_instance(uuid).power_state == PowerState.RUNNING
+
+
+def test_resume_local_leaves_a_paused_domain_alone(conf, store, destroys):
+    (uuid,) = record_instances(store, "host-b", 1)
+    driver = fake_driver(conf, "host-b")
+    instance = source_instance(store, uuid)
+    driver.spawn(instance=instance, image=instance.image)
+    driver.pause(instance=instance)
+    (item,) = recover(conf, store, "host-b", resume_local=True).instances
+    assert item.outcome == Outcome.RELEASED and "its domain here is paused" in item.error
+    assert destroys == [] and driver.get_info(instance=instance).state == PowerState.PAUSED
+
+
+def test_resume_local_crashed_after_spawn_finishes_the_attaches(conf, store):
+    """A resume-local run killed between spawn and attach: the next one attaches, although
+    the domain now runs."""
+    (uuid,) = record_instances(store, "host-b", 1, volumes=1)
+    driver = fake_driver(conf, "host-b")
+    instance = source_instance(store, uuid)
+    driver.spawn(instance=instance, image=instance.image)
+    journal = RecoveryJournal(store, host="host-b")
+    claim = journal.claim(uuid, "host-b")
+    journal.note(claim, "volumes", "done")
+    journal.note(claim, "remove-stale", "done")
+    journal.record(claim, "spawn", "started")
+    journal.note(claim, "spawn", "done")
+    journal.record(claim, "attach:vdb", "started")
+    (item,) = recover(conf, store, "host-b", resume_local=True).instances
+    assert item.outcome == Outcome.RECOVERED and item.resumed
+    assert list(fake_record(conf, "host-b", uuid)["block_devices"]) == ["/dev/vdb"]
+
+
+def fake_record(conf, host, uuid):
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(conf.instances_path, f"fake-hypervisor-{host}", f"{uuid}.json")
+                      .read_text())
+
+
 def test_usage_errors(conf, store):
     with pytest.raises(InvalidRequest, match="this host"):
         recover(conf, store, "host-b", failed_host="host-b")

@@ -99,7 +99,6 @@ def _run(args: argparse.Namespace) -> int:
         volume_timeout=conf.recovery.volume_timeout,
         fence_command=conf.recovery.fence_check_command,
         fence_timeout=conf.recovery.fence_check_timeout,
-        shared_storage=conf.recovery.shared_storage,
         claim_lease=float(conf.recovery.claim_lease_seconds),
     )
     # One run per target host at a time (a dry run changes nothing: it needs no lock).

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,17 @@ def wait_console(driver, instance, pattern: str, timeout: float = 120) -> str:
     raise AssertionError(f"{pattern!r} not on the console within {timeout}s:\n{out[-2000:]}")
 
 
-def test_failed_host_instance_comes_back_with_both_luns(tmp_path):
+@dataclass
+class Bed:
+    """One run's working directory on /var/tmp (the QEMU user must reach it) and its LUNs."""
+
+    image: ImageRef
+    workdir: Path
+    luns: TargetFactory
+
+
+@pytest.fixture
+def bed() -> Iterator[Bed]:
     require(shutil.which("virsh") is not None and bool(virsh("version").strip()),
             "libvirtd with qemu:///system")
     require(tgtd_available(), "tgtd (iSCSI target)")
@@ -73,6 +85,23 @@ def test_failed_host_instance_comes_back_with_both_luns(tmp_path):
     (workdir / "luns").mkdir()
     luns = TargetFactory(workdir / "luns", os.environ.get("VIRTKIT_TEST_ISCSI_PORTAL",
                                                           "127.0.0.1:3260"))
+    try:
+        yield Bed(image, workdir, luns)
+    finally:
+        luns.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def recover_cli(config: Path, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "virt.cli.recover", "--config", str(config), "--format", "json",
+         *args], capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, **(env or {})})
+
+
+def test_failed_host_instance_comes_back_with_both_luns(bed):
+    image, workdir, luns = bed.image, bed.workdir, bed.luns
     config_a, config_b = write_conf(workdir, "host-a"), write_conf(workdir, "host-b")
     uuid = new_uuid()
     instance = Instance(uuid=uuid, name=f"vk-recover-{uuid[:6]}",
@@ -129,5 +158,47 @@ def test_failed_host_instance_comes_back_with_both_luns(tmp_path):
         for drv in (driver_b, driver_for(config_a, "host-a")):
             if drv is not None:
                 drv.destroy(instance=instance)
-        luns.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def qemu_io(disk: str, command: str, *, read_only: bool = False) -> str:
+    """Run one qemu-io command on a qcow2 file (-U: the running guest holds its lock)."""
+    argv = ["qemu-io", "-f", "qcow2", *(["-r", "-U"] if read_only else []), "-c", command, disk]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_resume_local_starts_the_shut_off_domain_keeping_its_disk(bed):
+    """After a reboot libvirt keeps the domain defined, shut off: resume-local must start it
+    with its root disk as it was (not rebuilt from the image) and its volume once."""
+    config = write_conf(bed.workdir, "host-b")
+    uuid = new_uuid()
+    instance = Instance(uuid=uuid, name=f"vk-resume-{uuid[:6]}",
+                        flavor=Flavor("tiny", 1, 128, 1), image=bed.image, host="host-b")
+    lun = bed.luns.create(size_mb=16)
+    bdm = BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), "/dev/vdb")
+    driver = driver_for(config, "host-b")
+    try:
+        driver.spawn(instance=instance, image=bed.image, block_devices=[bdm])
+        wait_console(driver, instance, r"name=vdb sectors=")
+        with Store(build_conf(str(config)).state_connection) as store:
+            store.create_instance(instance, vm_state=VmState.ACTIVE)
+            store.add_block_device(uuid, bdm)
+        driver.power_off(instance=instance, timeout=0)  # as a host reboot leaves it
+        disk = os.path.join(build_conf(str(config)).instances_path, uuid, "disk")
+        qemu_io(disk, "write -P 0x5a 8M 64k")  # data that lives only on its root disk
+        inode = os.stat(disk).st_ino
+
+        done = recover_cli(config, "--resume-local")
+        assert done.returncode == 0, done.stdout + done.stderr
+        (item,) = json.loads(done.stdout)["instances"]
+        assert item["outcome"] == "recovered" and item["power_state"] == "running"
+        assert "power on its existing domain (disks kept)" in item["steps"]
+        assert os.stat(disk).st_ino == inode
+        assert "Pattern verification failed" not in qemu_io(disk, "read -P 0x5a 8M 64k",
+                                                            read_only=True)
+        wait_console(driver, instance, rf"name=vdb sectors={lun.size_bytes // 512}")
+        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert len(re.findall(r"^\s*vdb\s", virsh("domblklist", uuid), re.M)) == 1
+    finally:
+        driver.destroy(instance=instance)
