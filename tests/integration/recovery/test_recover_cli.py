@@ -54,30 +54,52 @@ def fake_record(conf, host: str, uuid: str) -> dict:
                       .read_text())
 
 
+def barrier_fence(tmp_path: Path, parties: int) -> Path:
+    """A fence check that says "fenced" only once `parties` recoverers are all in it, so
+    none of them may claim anything before every one of them can."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    script = tmp_path / "barrier-fence.sh"
+    script.write_text(f"#!/bin/sh\ntouch {gate}/$PPID\ni=0\n"
+                      f"while [ $(ls {gate} | wc -l) -lt {parties} ]; do\n"
+                      "  i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.05\ndone\n")
+    script.chmod(0o755)
+    return script
+
+
 @pytest.mark.slow
 def test_two_recoverers_on_postgres_recover_each_instance_once(tmp_path, pg_url):  # noqa: F811
     config = write_conf(tmp_path, pg_url, spawn_latency_ms=20)
+    with config.open("a") as handle:  # both start claiming at the same moment
+        handle.write(f"[recovery]\nfence_check_command = {barrier_fence(tmp_path, 2)}\n"
+                     "claim_lease_seconds = 8\n")
     with Store(pg_url) as store:
         uuids = record_instances(store, "host-a", 50, volumes=1)
     procs = [subprocess.Popen(
         [*RECOVER, "--config", str(config), "--format", "json", "--failed-host", "host-a",
-         "--confirm-fenced", "--volume-check", "none", "--parallel", "4", "--host", host],
+         "--volume-check", "none", "--parallel", "4", "--host", host],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for host in ("host-b", "host-c")]
     reports = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         reports.append(json.loads(out))
-    recovered = {h: {i["uuid"] for i in r["instances"] if i["outcome"] == "recovered"}
+    assert all(r["fenced"].startswith("fence check") for r in reports)
+    recovered = {h: [i["uuid"] for i in r["instances"] if i["outcome"] == "recovered"]
                  for h, r in zip(("host-b", "host-c"), reports, strict=True)}
-    assert not recovered["host-b"] & recovered["host-c"]
-    assert recovered["host-b"] | recovered["host-c"] == set(uuids)
+    # Contention, not one after the other: each took a share, and nobody took one twice.
+    assert recovered["host-b"] and recovered["host-c"], {h: len(u) for h, u in recovered.items()}
+    assert sorted(recovered["host-b"] + recovered["host-c"]) == sorted(uuids)
     domains_b, domains_c = fake_domains(config, "host-b"), fake_domains(config, "host-c")
     assert sorted(domains_b + domains_c) == sorted(uuids)  # each spawned exactly once
     with Store(pg_url) as store:
+        journal = RecoveryJournal(store, host="x")
         for uuid in uuids:
             host = store.get_instance(uuid).host
             assert uuid in (domains_b if host == "host-b" else domains_c)
+            spawns = [e for e in journal.entries(uuid)
+                      if e["step"] == "spawn" and e["status"] == "done"]
+            assert len(spawns) == 1 and spawns[0]["actor"].startswith(f"{host}/")
 
 
 def test_crash_between_spawn_and_attach_resumes(tmp_path):
