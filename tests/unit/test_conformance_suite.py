@@ -25,6 +25,7 @@ from virt.driver import Capability, ComputeDriver
 from virt.errors import (
     HypervisorUnavailable, ImageNotFound, InstanceNotFound, InvalidState, UnsupportedOperation,
 )
+from virt.events import LifecycleEvent, Transition
 from virt.model import ImageRef
 
 
@@ -74,15 +75,23 @@ class BrokenDriver(FakeDriver):
 
 
 class PartialDriver(FakeDriver):
-    """Declares neither pause, rescue nor suspend; still implements suspend by mistake."""
+    """Declares neither pause, rescue, suspend nor events; still implements suspend by
+    mistake, and emits a ghost event after a destroy."""
 
     name = "vk_partial"
     capabilities = frozenset(Capability) - {Capability.PAUSE, Capability.RESCUE,
-                                            Capability.SUSPEND}
+                                            Capability.SUSPEND, Capability.LIFECYCLE_EVENTS}
     pause = ComputeDriver.pause
     unpause = ComputeDriver.unpause
     rescue = ComputeDriver.rescue
     unrescue = ComputeDriver.unrescue
+
+    def destroy(self, *, instance, block_devices=(), destroy_disks=True):
+        existed = self.instance_exists(instance=instance)
+        super().destroy(instance=instance, block_devices=block_devices,
+                        destroy_disks=destroy_disks)
+        if existed:
+            self.emit_event(LifecycleEvent(instance.uuid, Transition.STARTED))
 '''
 
 CONFIG = """
@@ -244,6 +253,15 @@ def test_undeclared_but_implemented_operation_fails(partial_run):
     assert "declare capability 'suspend'" in json.dumps(column["operations"]["suspend"])
 
 
+def test_event_order_is_checked_for_a_driver_that_does_not_declare_events(partial_run):
+    _, column, outcomes = partial_run
+    assert outcomes["test_lifecycle_events_arrive_in_order"] == "skipped"
+    assert outcomes["test_events_that_arrive_are_in_a_valid_order"] == "failed"
+    reasons = [t.get("reason", "") for t in column["operations"]["destroy"]["tests"]
+               if t["test"] == "test_events_that_arrive_are_in_a_valid_order"]
+    assert any("after the final stopped one" in r for r in reasons), reasons
+
+
 def test_config_can_only_narrow_declared_capabilities(partial_run):
     _, column, outcomes = partial_run
     assert outcomes["test_inject_file"] == "skipped"
@@ -303,3 +321,30 @@ def test_bad_config_is_a_usage_error(tmp_path):
     )
     assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
     assert "flavor" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("story, problem", [
+    ([], None),
+    (["started", "stopped", "started", "stopped"], None),
+    (["started", "resumed", "stopped", "started"], None),  # libvirt's start may add resumed
+    (["started", "started", "stopped"], None),  # a debounced stop was never delivered
+    (["started"], None),
+    (["stopped", "started"], "before the instance's first started event"),
+    (["started", "stopped", "started", "stopped", "started"], "after the final stopped one"),
+    (["started", "paused", "stopped"], "paused without a pause"),
+])
+def test_event_order_judge(story, problem):
+    from virt.conformance.test_contracts import _order_problem
+    from virt.events import LifecycleEvent, Transition
+
+    events = [LifecycleEvent("u", Transition(t)) for t in story]
+    found = _order_problem(events)
+    assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+def test_event_order_judge_refuses_events_delivered_out_of_seq_order():
+    from virt.conformance.test_contracts import _order_problem
+    from virt.events import LifecycleEvent, Transition
+
+    first, second = LifecycleEvent("u", Transition.STARTED), LifecycleEvent("u", Transition.STOPPED)
+    assert "out of their seq order" in (_order_problem([second, first]) or "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pytest
@@ -88,6 +88,12 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def is_subsequence(wanted: Sequence[Any], seen: Sequence[Any]) -> bool:
+    """Whether `wanted` occurs in `seen` in order, other items allowed in between."""
+    it = iter(seen)
+    return all(any(s == w for s in it) for w in wanted)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from virt.driver import load_driver
+from virt.conformance.fixtures import is_subsequence, wait_for
+from virt.driver import Capability, load_driver
 from virt.errors import HypervisorUnavailable, InstanceExists, InstanceNotFound, VirtError
+from virt.events import Transition
 from virt.model import HostResources, InstanceInfo, PowerOffResult, PowerState
 
 ops = pytest.mark.virtkit_operations
@@ -159,6 +162,65 @@ def test_listener_registry(driver):
     driver.register_event_listener(seen.append)
     driver.unregister_event_listener(seen.append)
     driver.unregister_event_listener(seen.append)  # unknown listener: no error
+
+
+# What a guest is after each transition; RESUMED after STARTED re-asserts "running"
+# (libvirt may report both for one start). Pause, suspend and crash have no place in
+# spawn -> power_off -> power_on -> destroy.
+_LIFE = {Transition.STARTED: "running", Transition.RESUMED: "running",
+         Transition.STOPPED: "off"}
+_SCENARIO = ("running", "off", "running", "off")
+#: How long events may still arrive after destroy returned (asynchronous engines).
+EVENT_SETTLE_S = 0.5
+
+
+def _order_problem(events: list) -> str | None:
+    """Why these events of one instance cannot come from spawn, power_off, power_on and
+    destroy, in that order; None if they can. Lost events are allowed, not invented ones."""
+    seen = [e.transition.value for e in events]
+    if [e.seq for e in events] != sorted(e.seq for e in events):
+        return f"events delivered out of their seq order: {seen}"
+    strange = [t for t in seen if Transition(t) not in _LIFE]
+    if strange:
+        return f"{', '.join(strange)} without a pause, suspend or crash: {seen}"
+    lives: list[str] = []
+    for event in events:
+        life = _LIFE[event.transition]
+        if not lives or lives[-1] != life:
+            lives.append(life)
+    if lives and lives[0] != "running":
+        return f"{seen[0]} before the instance's first started event: {seen}"
+    if not is_subsequence(lives, _SCENARIO):
+        return f"events after the final stopped one, or in an impossible order: {seen}"
+    return None
+
+
+@ops("register_event_listener", "unregister_event_listener", "spawn", "power_off",
+     "power_on", "destroy")
+def test_events_that_arrive_are_in_a_valid_order(driver, suite, guests):
+    """Any driver may emit events; whatever it emits must tell the instance's true story."""
+    instance = guests.new("order")
+    mine: list = []
+
+    def listener(event) -> None:
+        if event.instance_uuid == instance.uuid:
+            mine.append(event)
+
+    driver.register_event_listener(listener)
+    try:
+        driver.spawn(instance=instance, image=suite.image())
+        driver.power_off(instance=instance, timeout=suite.opts.power_off_timeout)
+        driver.power_on(instance=instance)
+        driver.destroy(instance=instance)
+        if driver.supports(Capability.LIFECYCLE_EVENTS):  # its destroy's event may lag
+            wait_for(lambda: mine and mine[-1].transition is Transition.STOPPED,
+                     suite.opts.event_timeout)
+        time.sleep(EVENT_SETTLE_S)  # room for an event that should never come
+    finally:
+        driver.unregister_event_listener(listener)
+        driver.destroy(instance=instance)
+    problem = _order_problem(list(mine))
+    assert problem is None, problem
 
 
 @ops("list_instances", "list_instance_uuids", "get_info")
