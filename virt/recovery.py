@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -75,6 +76,11 @@ RECOVERY_OPTS = [
                "recoverer that stays unrenewed for this long (watched on this host's clock) "
                "is taken over; its host must be fenced if it had got as far as spawning. "
                "Longer than any single spawn or attach can take. 0: never take over."),
+    cfg.BoolOpt("require_instance_disk", default=False,
+                help="Instance disks live on storage shared with the failed host: an instance "
+                "booted from an image whose root disk is not found here is left unclaimed, "
+                "named in the report (--rebuild-missing-disks rebuilds it from the image). "
+                "Needs a driver that can say where a root disk is (libvirt)."),
     cfg.BoolOpt("shared_storage", default=False, deprecated_for_removal=True,
                 deprecated_reason="recovery never removes an instance's disks any more; "
                 "the option has no effect",
@@ -116,6 +122,7 @@ class InstanceReport:
     steps: list[str] = field(default_factory=list)
     error: str | None = None
     resumed: bool = False
+    disk: str | None = None  # its root disk here, when checked: "present|missing|rebuilt PATH"
 
 
 @dataclass
@@ -162,6 +169,8 @@ class RecoveryOptions:
     fence_command: str = ""
     fence_timeout: float = 60.0
     claim_lease: float = 60.0
+    require_instance_disk: bool = False
+    rebuild_missing_disks: bool = False
 
 
 @dataclass
@@ -205,6 +214,11 @@ class Recoverer:
                 hint="use --resume-local to restart this host's own instances")
         if options.parallel < 1:
             raise InvalidRequest("--parallel must be at least 1")
+        if options.require_instance_disk and not callable(
+                getattr(driver, "instance_disk_path", None)):
+            raise InvalidRequest(
+                f"[recovery] require_instance_disk: the {driver.name} driver cannot say where "
+                "an instance's disk is", hint="unset it for this driver")
         self.driver = driver
         self.source = source
         self.journal = journal
@@ -521,6 +535,9 @@ class Recoverer:
                      item: InstanceReport) -> list[_Step]:
         at_spawn, hot = self._split_volumes(candidate)
         steps = [self._refresh_step(candidate, devices, item)]
+        if self.options.require_instance_disk and candidate.image is not None and not at_spawn:
+            steps.insert(0, _Step("disk", "check its root disk is here",
+                                  lambda: self._check_disk(instance, item), always=True))
         if not self.options.resume_local:
             steps.append(_Step("rehome", f"re-home to {self.host}",
                                lambda: self._write(lambda conn: self.source.rehome(
@@ -546,6 +563,22 @@ class Recoverer:
         steps.append(_Step("power", "record the power state",
                            lambda: self._record_power(candidate, instance, item)))
         return steps
+
+    def _check_disk(self, instance: Instance, item: InstanceReport) -> None:
+        """Release an instance whose root disk should be on shared storage and is not
+        (a wrong mount, a deleted directory), unless the operator allows rebuilding it."""
+        path = self.driver.instance_disk_path(instance=instance)  # type: ignore[attr-defined]
+        if os.path.exists(path):
+            item.disk = f"present {path}"
+            return
+        if not self.options.rebuild_missing_disks:
+            item.disk = f"missing {path}"
+            raise _Release(f"its root disk {path} is missing (is the shared instance storage "
+                           "mounted here?); left unclaimed; --rebuild-missing-disks rebuilds "
+                           "it from its image, losing what was on it")
+        item.disk = f"rebuilt {path}"
+        item.steps.append(f"root disk {path} missing: rebuilt from the image "
+                          "(--rebuild-missing-disks)")
 
     def _split_volumes(self, candidate: Candidate) -> tuple[list[VolumeRef], list[VolumeRef]]:
         """Volumes given to spawn (all for a stopped instance; the root one) and hot-attached."""
@@ -687,6 +720,8 @@ def report_lines(report: RecoveryReport) -> Sequence[str]:
         lines.append(f"  {item.outcome:<9} {item.name} {item.uuid}{extra} {item.duration_s:.2f}s")
         if report.dry_run or item.outcome == Outcome.FAILED:
             lines.extend(f"      - {step}" for step in item.steps)
+        if item.disk:
+            lines.append(f"      root disk {item.disk}")
         for vol in item.volumes:
             size = f" {vol.size_bytes} bytes" if vol.size_bytes is not None else ""
             err = f": {vol.error}" if vol.error else ""

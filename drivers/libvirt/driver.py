@@ -296,6 +296,11 @@ class LibvirtDriver(ComputeDriver):
         return self._call(lambda c: self._host.lookup(c, instance.uuid, fresh=True) is not None,
                           "look up a domain")
 
+    def instance_disk_path(self, *, instance: Instance) -> str:
+        """Where spawn keeps (or would make) the instance's root disk on this host; recovery
+        checks it is there (shared storage) before spawning."""
+        return images.root_disk_path(self._instances_path, instance.uuid)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def spawn(

@@ -196,6 +196,10 @@ def instance_dir(instances_path: str, uuid: str) -> str:
     return os.path.join(instances_path, uuid)
 
 
+def root_disk_path(instances_path: str, uuid: str) -> str:
+    return os.path.join(instance_dir(instances_path, uuid), "disk")
+
+
 def create_instance_disks(
     cache: ImageCache, instances_path: str, uuid: str, image: ImageRef, flavor: Flavor
 ) -> InstanceDisks:
@@ -213,7 +217,7 @@ def create_instance_disks(
     made_directory = _make_directory(instances_path, directory)
     created: list[str] = []
     try:
-        root = os.path.join(directory, "disk")
+        root = root_disk_path(instances_path, uuid)
         if made_directory or not _reusable_root(uuid, root):
             qcow2.write_overlay(root, backing_file=base.path, backing_format=base.format,
                                 size=size)

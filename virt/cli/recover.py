@@ -1,8 +1,8 @@
 """`virtkit-recover`: bring a failed host's instances back on this host.
 
     virtkit-recover --failed-host HOST [--instance UUID ...] [--dry-run] [--parallel N]
-                    [--confirm-fenced] [--allow-missing-volumes] [--nova-db URL]
-                    [--format table|json]
+                    [--confirm-fenced] [--allow-missing-volumes] [--rebuild-missing-disks]
+                    [--nova-db URL] [--format table|json]
     virtkit-recover --resume-local      # after this host rebooted
 
 Exit codes: 0 every instance recovered (or nothing to do), 1 some failed or were left
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the operator confirms the failed host is powered off")
     parser.add_argument("--allow-missing-volumes", action="store_true",
                         help="recover an instance even if some of its volumes cannot be reached")
+    parser.add_argument("--rebuild-missing-disks", action="store_true",
+                        help="with [recovery] require_instance_disk: an instance whose root "
+                        "disk is missing here is spawned with a new one from its image")
     parser.add_argument("--nova-db", metavar="URL",
                         help="read instances from a Nova database (writes back only host/node)")
     parser.add_argument("--host", help="this host's name (default [DEFAULT] host)")
@@ -100,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         fence_command=conf.recovery.fence_check_command,
         fence_timeout=conf.recovery.fence_check_timeout,
         claim_lease=float(conf.recovery.claim_lease_seconds),
+        require_instance_disk=conf.recovery.require_instance_disk,
+        rebuild_missing_disks=args.rebuild_missing_disks,
     )
     # One run per target host at a time (a dry run changes nothing: it needs no lock).
     with contextlib.nullcontext() if options.dry_run else run_lock(conf.state_path, host):
