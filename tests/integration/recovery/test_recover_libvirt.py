@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -202,3 +203,37 @@ def test_resume_local_starts_the_shut_off_domain_keeping_its_disk(bed):
         assert len(re.findall(r"^\s*vdb\s", virsh("domblklist", uuid), re.M)) == 1
     finally:
         driver.destroy(instance=instance)
+
+
+def test_killed_between_spawn_and_attach_resumes_with_one_domain_and_each_lun_once(bed):
+    config = write_conf(bed.workdir, "host-b")
+    uuid = new_uuid()
+    instance = Instance(uuid=uuid, name=f"vk-crash-{uuid[:6]}",
+                        flavor=Flavor("tiny", 1, 128, 1), image=bed.image, host="host-a")
+    plain, chap = bed.luns.create(size_mb=16), bed.luns.create(size_mb=24, chap=True)
+    with Store(build_conf(str(config)).state_connection) as store:  # host A's, now dead
+        store.create_instance(instance, vm_state=VmState.ACTIVE)
+        for lun, dev in ((plain, "/dev/vdb"), (chap, "/dev/vdc")):
+            store.add_block_device(uuid, BlockDevice(
+                VolumeConnection.from_connection_info(lun.connection_info()), dev))
+    args = ("--failed-host", "host-a", "--confirm-fenced")
+    try:
+        # Killed once the spawn is journaled done and the first attach is about to start.
+        crashed = recover_cli(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "attach:vdb:started"})
+        assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert not re.search(r"^\s*vd[bc]\s", virsh("domblklist", uuid), re.M)
+
+        done = recover_cli(config, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert chap.password not in done.stdout + done.stderr + crashed.stdout + crashed.stderr
+        (item,) = json.loads(done.stdout)["instances"]
+        assert item["outcome"] == "recovered" and item["resumed"]
+        assert "spawn (running) with 0 volume(s) at boot (done in an earlier run)" in item["steps"]
+        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        disks = re.findall(r"^\s*(vd[a-z])\s", virsh("domblklist", uuid), re.M)
+        assert sorted(d for d in disks if d != "vda") == ["vdb", "vdc"]
+        driver = driver_for(config, "host-b")
+        wait_console(driver, instance, rf"name=vdc sectors={chap.size_bytes // 512}")
+    finally:
+        driver_for(config, "host-b").destroy(instance=instance)
