@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.iscsi, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
 URI = "qemu:///system"
 BOOT_TIMEOUT = 90
+# Long enough that a soft reboot's stop + start falls inside it on a loaded 2-core machine.
+STOPPED_DELAY = 2.0
 
 
 def virsh(*args: str) -> str:
@@ -58,7 +60,7 @@ def wait_console(driver, instance, pattern: str, timeout: float = BOOT_TIMEOUT,
     deadline = time.monotonic() + timeout
     out = ""
     while time.monotonic() < deadline:
-        out = driver.get_console_output(instance=instance)
+        out = driver.get_console_output(instance=instance, max_bytes=1 << 20)
         if len(re.findall(pattern, out)) >= count:
             return out
         time.sleep(0.3)
@@ -108,7 +110,7 @@ def driver(workdir):
     conf.set_override("connection_uri", URI, group="libvirt")
     conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
                       group="libvirt")
-    conf.set_override("stopped_event_delay", 0.5, group="libvirt")
+    conf.set_override("stopped_event_delay", STOPPED_DELAY, group="libvirt")
     drv = LibvirtDriver(conf)
     drv.init_host(host="qemu-test")
     yield drv
@@ -118,6 +120,38 @@ def driver(workdir):
 def _instance(name: str) -> Instance:
     uid = str(uuid.uuid4())
     return Instance(uuid=uid, name=f"{name}-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+
+
+class Recorder:
+    """Lifecycle events of one instance with their arrival times, while registered."""
+
+    def __init__(self, driver, uuid: str) -> None:
+        self.driver, self.uuid = driver, uuid
+        self.events: list[tuple[float, Transition]] = []
+
+    def __call__(self, event) -> None:
+        if event.instance_uuid == self.uuid:
+            self.events.append((time.monotonic(), event.transition))
+
+    def __enter__(self) -> Recorder:
+        self.driver.register_event_listener(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.driver.unregister_event_listener(self)
+
+    def transitions(self) -> list[Transition]:
+        return [t for _, t in self.events]
+
+    def wait(self, transition: Transition, count: int = 1, timeout: float = 30) -> float:
+        """Arrival time of the `count`-th `transition`; AssertionError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            times = [at for at, t in self.events if t is transition]
+            if len(times) >= count:
+                return times[count - 1]
+            time.sleep(0.05)
+        raise AssertionError(f"{transition} x{count} not within {timeout}s: {self.events}")
 
 
 def _bdm(lun, mountpoint: str, **overrides) -> BlockDevice:
@@ -225,11 +259,19 @@ def test_pause_suspend_and_snapshot(driver, guest, workdir):
 
 def test_reboot_soft_then_hard(driver, guest):
     inst, _ = guest
-    before = driver.get_console_output(instance=inst, max_bytes=1 << 20).count("VIRTKIT-GUEST-UP")
-    driver.reboot(instance=inst, timeout=30)
-    wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=before + 1)
-    driver.reboot(instance=inst, hard=True)
-    out = wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=before + 2)
+    log = driver.get_console_output(instance=inst, max_bytes=1 << 20)
+    before, offs = log.count("VIRTKIT-GUEST-UP"), log.count("VIRTKIT-GUEST-POWEROFF")
+    with Recorder(driver, inst.uuid) as recorder:
+        driver.reboot(instance=inst, timeout=30)
+        out = wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=before + 1)
+        # The guest answered ACPI: a soft reboot, not the hard fallback.
+        assert out.count("VIRTKIT-GUEST-POWEROFF") == offs + 1
+        driver.reboot(instance=inst, hard=True)
+        out = wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=before + 2)
+        recorder.wait(Transition.STARTED, count=2)
+        time.sleep(STOPPED_DELAY + 0.5)  # a held STOPPED would have been emitted by now
+    # Each reboot's stop is followed by a start within the delay: reported as STARTED only.
+    assert Transition.STOPPED not in recorder.transitions(), recorder.events
     assert out.rstrip().endswith("VIRTKIT-DISKS-END count=2") or "VIRTKIT-DISKS-BEGIN" in out
 
 
@@ -265,11 +307,46 @@ def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
 def test_power_off_reports_clean_shutdown(driver, guest):
     inst, _ = guest
     wait_console(driver, inst, "VIRTKIT-DISKS-END")
-    result = driver.power_off(instance=inst, timeout=30, retry_interval=5)
-    assert result.clean and not result.forced
-    assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
+    with Recorder(driver, inst.uuid) as recorder:
+        result = driver.power_off(instance=inst, timeout=30, retry_interval=5)
+        returned = time.monotonic()
+        assert result.clean and not result.forced
+        assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
+        # A real shutdown is reported, once stopped_event_delay has passed without a start
+        # (power_off returns within ~0.1 s of the stop: its state poll).
+        arrived = recorder.wait(Transition.STOPPED, timeout=STOPPED_DELAY + 10)
+        assert arrived - returned >= STOPPED_DELAY - 0.3, recorder.events
     driver.power_on(instance=inst)
     assert driver.get_info(instance=inst).state is PowerState.RUNNING
+
+
+def test_a_guest_ignoring_acpi_is_rebooted_hard_and_forced_off(driver, image, caplog):
+    # Booted with acpi=off, the kernel ignores the power button: every ACPI request is lost.
+    deaf = ImageRef(image.ref, kernel=image.kernel, ramdisk=image.ramdisk,
+                    kernel_cmdline="console=ttyS0 acpi=off")
+    inst = _instance("vk-noacpi")
+    driver.spawn(instance=inst, image=deaf)
+    try:
+        wait_console(driver, inst, "VIRTKIT-DISKS-END")
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="drivers.libvirt.driver"):
+            driver.reboot(instance=inst, timeout=3)
+        assert time.monotonic() - began >= 3
+        assert any("rebooting it hard" in r.getMessage() for r in caplog.records)
+        out = wait_console(driver, inst, "VIRTKIT-GUEST-UP", count=2)
+        assert "VIRTKIT-GUEST-POWEROFF" not in out
+        wait_console(driver, inst, "VIRTKIT-DISKS-END", count=2)
+        result = driver.power_off(instance=inst, timeout=2, retry_interval=1)
+        assert result.forced and not result.clean and result.duration_s >= 2
+        assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
+        # timeout=0: no ACPI request at all, the plug is pulled at once.
+        driver.power_on(instance=inst)
+        result = driver.power_off(instance=inst, timeout=0)
+        assert result.forced and not result.clean and result.duration_s < 2
+        assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
+    finally:
+        driver.destroy(instance=inst)
+    assert leftovers(inst.uuid) == []
 
 
 def _libvirtd_pids() -> list[int]:
