@@ -348,3 +348,35 @@ def test_event_order_judge_refuses_events_delivered_out_of_seq_order():
 
     first, second = LifecycleEvent("u", Transition.STARTED), LifecycleEvent("u", Transition.STOPPED)
     assert "out of their seq order" in (_order_problem([second, first]) or "")
+
+
+def test_readme_support_matrix_block_is_the_rendered_matrix():
+    from virt.conformance.matrix import load_matrix, readme_with_matrix
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    matrix = load_matrix(REPO / "docs" / "support-matrix.json")
+    assert readme_with_matrix(readme, matrix) == readme, (
+        "README.md's support matrix differs from docs/support-matrix.json: run "
+        "scripts/run-conformance (it rewrites the block), never edit it by hand")
+
+
+def test_update_readme_rewrites_only_the_block(tmp_path):
+    from virt.conformance.matrix import (
+        README_BEGIN,
+        README_END,
+        load_matrix,
+        render_table,
+        update_readme,
+    )
+    from virt.errors import ConfigError
+
+    json_path = REPO / "docs" / "support-matrix.json"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\n| stale |\n{README_END}\n\nafter\n")
+    assert update_readme(readme, json_path) is True
+    table = "\n".join(render_table(load_matrix(json_path)))
+    assert readme.read_text() == f"# x\n\n{README_BEGIN}\n{table}\n{README_END}\n\nafter\n"
+    assert update_readme(readme, json_path) is False
+    readme.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="support-matrix:begin"):
+        update_readme(readme, json_path)

@@ -1,7 +1,8 @@
 """The support matrix: driver x operation -> supported / unsupported / failed / untested.
 
 Built from the suite's results, merged into `BASE.json` (one column per driver run, other
-columns kept) and re-rendered as `BASE.md` from the whole JSON.
+columns kept) and re-rendered as `BASE.md` from the whole JSON; its table is also the block
+between README_BEGIN and README_END in the README (`update_readme`).
 """
 
 from __future__ import annotations
@@ -150,8 +151,29 @@ def merge_column(path: str | os.PathLike[str], label: str, column: Mapping[str, 
     return json_path
 
 
+#: The README's generated block: the matrix table goes between these lines.
+README_BEGIN, README_END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
+
 _CELL = {SUPPORTED: "✅ supported", UNSUPPORTED: "➖ unsupported", FAILED: "❌ **failed**",
          UNTESTED: "❔ untested"}
+
+
+def render_table(matrix: Mapping[str, Any]) -> list[str]:
+    """The operation x driver table, as Markdown lines."""
+    drivers: Mapping[str, Any] = matrix["drivers"]
+    labels = list(drivers)
+    lines = [
+        "| operation | capability | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for op, capability in OPERATIONS.items():
+        cells = [
+            _CELL.get(drivers[label]["operations"].get(op, {}).get("status", UNTESTED), "?")
+            for label in labels
+        ]
+        gate = f"`{capability.value}`" if capability else "mandatory"
+        lines.append(f"| `{op}` | {gate} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_markdown(matrix: Mapping[str, Any]) -> str:
@@ -166,16 +188,8 @@ def render_markdown(matrix: Mapping[str, Any]) -> str:
         "worked; ➖ the driver does not declare it and raises UnsupportedOperation; "
         "❌ a test of it failed; ❔ declared but not exercised in that run (see notes).",
         "",
-        "| operation | capability | " + " | ".join(labels) + " |",
-        "|---|---|" + "---|" * len(labels),
+        *render_table(matrix),
     ]
-    for op, capability in OPERATIONS.items():
-        cells = [
-            _CELL.get(drivers[label]["operations"].get(op, {}).get("status", UNTESTED), "?")
-            for label in labels
-        ]
-        gate = f"`{capability.value}`" if capability else "mandatory"
-        lines.append(f"| `{op}` | {gate} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", ""]
     for label in labels:
         column = drivers[label]
@@ -206,3 +220,23 @@ def render_markdown(matrix: Mapping[str, Any]) -> str:
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def readme_with_matrix(text: str, matrix: Mapping[str, Any], *, where: str = "README") -> str:
+    """`text` with the block between README_BEGIN and README_END replaced by the table."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"{where} has no {README_BEGIN} ... {README_END} block",
+                          hint="put the two marker lines around the support-matrix table")
+    block = "\n".join([README_BEGIN, *render_table(matrix), ""])
+    return text[:start] + block + text[end:]
+
+
+def update_readme(readme: Path, json_path: Path) -> bool:
+    """Rewrite the README's matrix block from the matrix in `json_path`; True if it changed."""
+    text = readme.read_text(encoding="utf-8")
+    updated = readme_with_matrix(text, load_matrix(json_path), where=str(readme))
+    if updated == text:
+        return False
+    _write_atomic(readme, updated)
+    return True
