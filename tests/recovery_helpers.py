@@ -11,7 +11,7 @@ from virt.driver import load_driver
 from virt.model import BlockDevice, Flavor, ImageRef, Instance, VolumeConnection, new_uuid
 from virt.recovery import Recoverer, RecoveryOptions, RecoveryReport, register_opts
 from virt.recovery_journal import RecoveryJournal
-from virt.recovery_source import StoreSource
+from virt.recovery_source import InstanceSource, StoreSource
 from virt.store import Store, VmState
 
 FLAVOR = Flavor(name="m1.tiny", vcpus=1, memory_mb=64)
@@ -43,13 +43,15 @@ def record_instances(store: Store, host: str, count: int, *, volumes: int = 0,
     return uuids
 
 
-def recover(conf: cfg.ConfigOpts, store: Store, host: str, **options: Any) -> RecoveryReport:
-    """Run a Recoverer as `host` (fake driver unless conf says otherwise)."""
+def recover(conf: cfg.ConfigOpts, store: Store, host: str, *,
+            source: InstanceSource | None = None, **options: Any) -> RecoveryReport:
+    """Run a Recoverer as `host` (fake driver unless conf says otherwise) on the store's
+    instances, or on `source`'s."""
     register_opts(conf)
     driver = load_driver(conf.compute_driver, conf)
     driver.init_host(host=host)
     options.setdefault("volume_check", "none")
-    recoverer = Recoverer(driver=driver, source=StoreSource(store),
+    recoverer = Recoverer(driver=driver, source=source or StoreSource(store),
                           journal=RecoveryJournal(store, host=host), host=host,
                           options=RecoveryOptions(**options))
     return recoverer.run()

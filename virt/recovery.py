@@ -81,6 +81,10 @@ RECOVERY_OPTS = [
                 "booted from an image whose root disk is not found here is left unclaimed, "
                 "named in the report (--rebuild-missing-disks rebuilds it from the image). "
                 "Needs a driver that can say where a root disk is (libvirt)."),
+    cfg.StrOpt("nova_image_dir", default="",
+               help="With --nova-db: where the images of Nova's instances are, by Glance id: "
+               "Nova's image cache (<instances_path>/_base, files named sha1(image id)) or "
+               "files named by the id. Empty: image_ref goes to the driver as it is."),
     cfg.BoolOpt("shared_storage", default=False, deprecated_for_removal=True,
                 deprecated_reason="recovery never removes an instance's disks any more; "
                 "the option has no effect",
@@ -475,10 +479,10 @@ class Recoverer:
         """The steps for this instance: after a reboot, a domain still defined here is
         started as it is (its disks untouched); otherwise it is spawned."""
         if not self.options.resume_local or "spawn" in done:
-            return self._spawn_steps(candidate, instance, devices, item)
+            return self._spawn_steps(candidate, instance, devices, item, done)
         state = self._local_state(instance)
         if state is None:
-            return self._spawn_steps(candidate, instance, devices, item)
+            return self._spawn_steps(candidate, instance, devices, item, done)
         if state is PowerState.RUNNING or not candidate.should_run:
             item.steps.append(f"defined here and {state.value}, as recorded: nothing to do")
             item.power_state = state.value
@@ -532,7 +536,12 @@ class Recoverer:
                      f"re-attach volume at {volume.mountpoint} to the stopped domain", reattach)
 
     def _spawn_steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
-                     item: InstanceReport) -> list[_Step]:
+                     item: InstanceReport, done: Mapping[str, str]) -> list[_Step]:
+        if done.get("spawn") != "done":  # nothing changes for one that cannot be spawned
+            problem = candidate.problem or (
+                None if candidate.image else "it has no image to spawn from")
+            if problem:
+                raise _Release(f"{problem} (left unclaimed)")
         at_spawn, hot = self._split_volumes(candidate)
         steps = [self._refresh_step(candidate, devices, item)]
         if self.options.require_instance_disk and candidate.image is not None and not at_spawn:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +54,8 @@ class Candidate:
     image: ImageRef | None
     metadata: Mapping[str, str]
     volumes: tuple[VolumeRef, ...]
+    #: Why it cannot be spawned here (image not resolved, boots from a volume), if so.
+    problem: str | None = None
 
     def instance(self, host: str) -> Instance:
         return Instance(uuid=self.uuid, name=self.name, flavor=self.flavor, image=self.image,
@@ -163,7 +167,8 @@ class NovaSource:
     Only `instances.host` and `instances.node` are ever written.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, image_dir: str | None = None) -> None:
+        self.image_dir = image_dir or None
         try:
             self.engine = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
         except (sa.exc.ArgumentError, ImportError) as exc:
@@ -195,13 +200,31 @@ class NovaSource:
         flavor = Flavor(name=f"nova-{row['vcpus']}c-{row['memory_mb']}m", vcpus=row["vcpus"],
                         memory_mb=row["memory_mb"], root_gb=row["root_gb"] or 0,
                         ephemeral_gb=row["ephemeral_gb"] or 0)
-        image = ImageRef(row["image_ref"]) if row.get("image_ref") else None
+        image, problem = self._image(row["image_ref"], rows)
         return Candidate(
             uuid=row["uuid"], name=f"instance-{row['id']:08x}", host=row["host"],
             vm_state=row["vm_state"], should_run=row["vm_state"] == "active",
             flavor=flavor, image=image, metadata={"nova_display_name": row["display_name"] or ""},
-            volumes=volumes,
+            volumes=volumes, problem=problem,
         )
+
+    def _image(self, image_ref: str | None, bdms: Sequence[Mapping[Any, Any]]
+               ) -> tuple[ImageRef | None, str | None]:
+        """The image to spawn from, or why there is none: a Glance id is looked up in
+        `image_dir`, Nova's image cache (`_base/<sha1 of the id>`) or files named by the id."""
+        if not image_ref:
+            root = next((b for b in bdms if b.get("boot_index") == 0), None)
+            what = f" {root['volume_id']} at {root['device_name']}" if root is not None else ""
+            return None, (f"it boots from volume{what} (no image_ref): virtkit-recover cannot "
+                          "spawn from a root volume; evacuate it with Nova or by hand")
+        if self.image_dir is None:
+            return ImageRef(image_ref), None  # the driver resolves it (or says it cannot)
+        path = nova_image_path(self.image_dir, image_ref)
+        if path is None:
+            return None, (f"its image {image_ref} is not in nova_image_dir {self.image_dir} "
+                          f"(looked for {nova_cache_name(image_ref)} and {image_ref}): copy "
+                          "the image there or point nova_image_dir at Nova's _base")
+        return ImageRef(path), None
 
     def candidates(self, host: str, uuids: Sequence[str] = ()) -> list[Candidate]:
         c = self.instances.c
@@ -245,6 +268,23 @@ class NovaSource:
                 yield conn
         except sa.exc.DBAPIError as exc:
             raise StoreError(f"{self.description}: {_first_line(exc)}") from None
+
+
+def nova_cache_name(image_id: str) -> str:
+    """The file name Nova's libvirt image cache gives an image (imagecache.get_cache_fname)."""
+    return hashlib.sha1(image_id.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def nova_image_path(image_dir: str, image_id: str) -> str | None:
+    """The image file of a Glance id in `image_dir`, None if it is not there. A Glance id
+    never holds a path separator; one that does is not looked up."""
+    if "/" in image_id or image_id in (".", ".."):
+        return None
+    for name in (nova_cache_name(image_id), image_id):
+        path = os.path.join(image_dir, name)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,7 +2,7 @@
 
     virtkit-recover --failed-host HOST [--instance UUID ...] [--dry-run] [--parallel N]
                     [--confirm-fenced] [--allow-missing-volumes] [--rebuild-missing-disks]
-                    [--nova-db URL] [--format table|json]
+                    [--nova-db URL [--nova-image-dir DIR]] [--format table|json]
     virtkit-recover --resume-local      # after this host rebooted
 
 Exit codes: 0 every instance recovered (or nothing to do), 1 some failed or were left
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "disk is missing here is spawned with a new one from its image")
     parser.add_argument("--nova-db", metavar="URL",
                         help="read instances from a Nova database (writes back only host/node)")
+    parser.add_argument("--nova-image-dir", metavar="DIR",
+                        help="with --nova-db: images by Glance id, e.g. Nova's "
+                        "<instances_path>/_base (default [recovery] nova_image_dir)")
     parser.add_argument("--host", help="this host's name (default [DEFAULT] host)")
     parser.add_argument("--volume-check", choices=["probe", "none"],
                         help="probe each volume before recovering (default [recovery] "
@@ -129,7 +132,9 @@ def _recover(conf: cfg.ConfigOpts, args: argparse.Namespace, host: str,
 
     store = Store.from_conf(conf)
     try:
-        source: InstanceSource = NovaSource(args.nova_db) if args.nova_db else StoreSource(store)
+        image_dir = args.nova_image_dir or conf.recovery.nova_image_dir
+        source: InstanceSource = (NovaSource(args.nova_db, image_dir=image_dir) if args.nova_db
+                                  else StoreSource(store))
         driver = load_driver(conf.compute_driver, conf)
         driver.init_host(host=host)
 
