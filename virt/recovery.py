@@ -2,8 +2,10 @@
 
 Per instance: claim → refresh volumes → re-home → remove a stale domain → spawn → attach →
 record the power state, each step journaled `started`/`done` so a killed run resumes where it
-stopped (a step found `started` but not `done` is undone first). The volumes are checked
-before anything changes, so an instance whose volume is missing is released untouched.
+stopped (a step found `started` but not `done` is undone first). The volumes, the image
+and (optionally) the root disk are checked before anything changes, so an instance that
+cannot be finished is released untouched. No step ever deletes an instance's disks; after a
+reboot (`--resume-local`) a shut-off domain still defined here is powered on, not rebuilt.
 `--dry-run` walks the same steps and only describes the ones that change something.
 
 Journal writes are batched (see `virt.recovery_journal`): one transaction before each step
