@@ -8,6 +8,7 @@ import uuid
 import libvirt
 import pytest
 
+from drivers.libvirt import xml
 from drivers.libvirt.driver import LibvirtDriver
 from virt.config import build_conf
 from virt.conformance.fixtures import wait_for
@@ -110,6 +111,23 @@ def test_definition_carries_metadata_and_validates(driver, base, tmp_path):
     text = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     assert "</metadata><x/>" not in text and "&lt;/metadata&gt;&lt;x/&gt;" in text
     path = tmp_path / "defined.xml"
+    path.write_text(text)
+    subprocess.run(["virt-xml-validate", str(path), "domain"], check=True, timeout=60,
+                   capture_output=True)
+
+
+def test_hostile_metadata_reaches_libvirt_as_data(driver, base, tmp_path):
+    hostile = "]]><devices/>&amp; & '\"<![CDATA[x]]> </metadata>"
+    with pytest.raises(InvalidRequest, match="instance name"):
+        _instance(name="vkt-\"q\" <b>&]]>")  # names never get as far as the driver
+    inst = _instance(note=hostile, **{"k\"<&]]>": hostile})
+    driver.spawn(instance=inst, image=base, power_on=False)
+    text = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
+    defined = xml.Domain.from_xml(text)
+    assert defined.metadata is not None
+    assert defined.metadata.properties == {"note": hostile, "k\"<&]]>": hostile}
+    assert len(defined.disks) == 3  # root, ephemeral, swap: nothing injected
+    path = tmp_path / "hostile.xml"
     path.write_text(text)
     subprocess.run(["virt-xml-validate", str(path), "domain"], check=True, timeout=60,
                    capture_output=True)

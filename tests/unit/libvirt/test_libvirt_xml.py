@@ -182,6 +182,29 @@ def test_template_values_are_data_and_tokens_are_not_reexpanded(tmp_path):
     _validate(tmp_path, templated)
 
 
+@pytest.mark.parametrize("name", [HOSTILE, "vm \"q\" 'a' <b> &amp; & ]]> <![CDATA[x]]>"])
+def test_hostile_domain_name_is_data_built_and_templated(tmp_path, name):
+    # Instance refuses such names (virt.model); xml.py has no policy and must escape them.
+    def domain(value: str) -> xml.Domain:
+        built = _domain(FLAVORS[1], kernel=True, volumes=1, chap=True, nics=NICS[1],
+                        metadata={"k": name})
+        built.name = value
+        built.metadata.name = value  # type: ignore[union-attr]
+        return built
+
+    token = "tok-name-0123456789"
+    template = xml.Template(domain(token).to_element(), [token])
+    templated = xml.to_text(template.render({token: name})[0], "domain")
+    assert templated == domain(name).to_xml()
+    root = xml.parse(templated)
+    assert root.find("name").text == name
+    assert len(root.findall("devices/disk")) == 4 and root.find(".//evil") is None  # root, eph, swap, vol
+    parsed = xml.Domain.from_xml(templated)
+    assert parsed.name == name and parsed.metadata is not None
+    assert parsed.metadata.name == name and parsed.metadata.properties == {"k": name}
+    _validate(tmp_path, templated)
+
+
 def test_template_refuses_control_characters_like_a_full_build():
     with pytest.raises(InvalidRequest, match="control characters"):
         _template_case(FLAVORS[0], kernel=False, nics=[], metadata={"note": "bell\x07"})
