@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -24,7 +25,9 @@ from virt.config import build_conf, configured_flavors, make_state_dir
 from virt.driver import Capability, ComputeDriver, load_driver
 from virt.errors import (
     HypervisorUnavailable,
+    InstanceExists,
     InstanceNotFound,
+    InstanceNotRunning,
     InvalidRequest,
     InvalidState,
     UnsupportedOperation,
@@ -79,6 +82,7 @@ POWER_VM_STATE = {
 }
 
 _SETTLED = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
+_PASSWORD_STATES = (VmState.ACTIVE,)
 
 
 def _vm_state_for(power: PowerState, fallback: str) -> str:
@@ -289,10 +293,9 @@ class ComputeService:
             raise InvalidRequest(f"two volumes at {mountpoint}")
         with self.store.transaction() as conn:
             if self.store.list_instances(name=name, conn=conn):
-                raise InvalidRequest(
-                    f"an instance named {name!r} already exists",
-                    hint="choose another name or delete the existing instance",
-                )
+                exists = InstanceExists(name)
+                exists.hint = "choose another name or delete the existing instance"
+                raise exists
             for bdm in block_devices:
                 self._refuse_attached_elsewhere(bdm, instance.uuid, conn=conn)
             self.store.create_instance(
@@ -388,8 +391,11 @@ class ComputeService:
 
     def stop(self, ref: str, *, timeout: float = 60) -> tuple[InstanceRecord, PowerOffResult]:
         """Shut the guest down cleanly, forcing it off after `timeout` seconds."""
-        if timeout < 0:
-            raise InvalidRequest(f"stop timeout must not be negative, got {timeout}")
+        if not math.isfinite(timeout) or timeout < 0:
+            raise InvalidRequest(
+                f"stop timeout must be a finite number of seconds, 0 or more, got {timeout}",
+                hint="0 forces the guest off at once",
+            )
 
         def call(instance: Instance, _record: InstanceRecord) -> PowerOffResult:
             return self.driver.power_off(instance=instance, timeout=timeout,
@@ -456,12 +462,22 @@ class ComputeService:
         record = self.get_owned(ref, "read the console of")
         return self.driver.get_console_output(instance=record.to_instance(), max_bytes=max_bytes)
 
+    def check_set_password(self, ref: str) -> InstanceRecord:
+        """Refuse now what set_password would refuse (so a CLI asks for no password in
+        vain): the driver's capability, an instance of this host, active and running."""
+        record = self._admit(ref, "set-password", _PASSWORD_STATES,
+                             capability=Capability.SET_ADMIN_PASSWORD)
+        if self._power_state(record.to_instance()) not in (PowerState.RUNNING,
+                                                           PowerState.UNKNOWN):
+            raise InstanceNotRunning(record.name, "set-password")
+        return record
+
     def set_password(self, ref: str, password: str) -> InstanceRecord:
         """Set the guest's admin password through the driver (the password is never logged)."""
         if not password:
             raise InvalidRequest("the new password must not be empty")
         return self._operate(
-            ref, "set-password", TaskState.UPDATING_PASSWORD, (VmState.ACTIVE,),
+            ref, "set-password", TaskState.UPDATING_PASSWORD, _PASSWORD_STATES,
             lambda instance, _r: self.driver.set_admin_password(
                 instance=instance, password=password),
             capability=Capability.SET_ADMIN_PASSWORD,
@@ -591,14 +607,7 @@ class ComputeService:
         detail: Callable[[T], str] | None = None,
     ) -> tuple[InstanceRecord, T]:
         """Claim the instance with `task_state`, run `call`, record the outcome."""
-        if capability is not None and not self.driver.supports(capability):
-            raise UnsupportedOperation(self.driver.name, operation)
-        record = self.get_owned(ref, operation)
-        if record.vm_state not in allowed:
-            raise InvalidState(
-                f"cannot {operation} instance {record.name}: it is {record.vm_state}",
-                hint=f"{operation} needs it {' or '.join(str(s) for s in allowed)}",
-            )
+        record = self._admit(ref, operation, allowed, capability=capability)
         record = self.store.update_instance(
             record.uuid,
             expected_task_state=None,
@@ -629,6 +638,25 @@ class ComputeService:
             self.store.add_event(record.uuid, operation.replace(" ", "_"), host=self.host,
                                  detail=text, conn=conn)
         return updated, result
+
+    def _admit(
+        self,
+        ref: str,
+        operation: str,
+        allowed: Sequence[str],
+        *,
+        capability: Capability | None = None,
+    ) -> InstanceRecord:
+        """The instance `ref`, if the driver can do `operation` and its vm_state allows it."""
+        if capability is not None and not self.driver.supports(capability):
+            raise UnsupportedOperation(self.driver.name, operation)
+        record = self.get_owned(ref, operation)
+        if record.vm_state not in allowed:
+            raise InvalidState(
+                f"cannot {operation} instance {record.name}: it is {record.vm_state}",
+                hint=f"{operation} needs it {' or '.join(str(s) for s in allowed)}",
+            )
+        return record
 
     def _record_failure(
         self,

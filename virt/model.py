@@ -121,9 +121,22 @@ class PowerState(enum.Enum):
     UNKNOWN = "unknown"
 
 
+#: Upper bounds of a flavor: above any real host, low enough that a typo (an extra digit
+#: or ten) is refused instead of reaching an engine. memory_mb and swap_mb 16 TiB in MiB,
+#: vcpus 4096, root_gb and ephemeral_gb 1 PiB in GiB.
+FLAVOR_LIMITS = {
+    "vcpus": 4096,
+    "memory_mb": 16 * 1024 * 1024,
+    "root_gb": 1024 * 1024,
+    "ephemeral_gb": 1024 * 1024,
+    "swap_mb": 16 * 1024 * 1024,
+}
+_LIMITS_HINT = "a flavor has at most 4096 vCPUs, 16 TiB of memory or swap, 1 PiB of disk"
+
+
 @dataclass(frozen=True)
 class Flavor:
-    """The size of an instance."""
+    """The size of an instance (bounded by FLAVOR_LIMITS)."""
 
     name: str
     vcpus: int
@@ -143,6 +156,11 @@ class Flavor:
         _require(self.memory_mb >= 1, f"flavor memory_mb must be positive, got {self.memory_mb}")
         for attr in ("root_gb", "ephemeral_gb", "swap_mb"):
             _require(getattr(self, attr) >= 0, f"flavor {attr} must not be negative")
+        for attr, limit in FLAVOR_LIMITS.items():
+            value = getattr(self, attr)
+            if value > limit:
+                raise InvalidRequest(f"flavor {attr} must be at most {limit}, got {value}",
+                                     hint=_LIMITS_HINT)
         _require_mapping(self.extra_specs, "flavor extra_specs")
         object.__setattr__(self, "extra_specs", _frozen_mapping(self.extra_specs))
 

@@ -299,6 +299,7 @@ class FakeDriver(ComputeDriver):
         power_on: bool = True,
     ) -> None:
         _check_instance(instance)
+        self._check_capacity(instance)
         for bdm in block_devices:
             self._check_block_device(bdm)
         mountpoints = [b.mountpoint for b in block_devices]
@@ -517,6 +518,24 @@ class FakeDriver(ComputeDriver):
         self._mutate(instance, change)
 
     # -- volumes ---------------------------------------------------------------------------
+
+    def _check_capacity(self, instance: Instance) -> None:
+        """Refuse a flavor bigger than the whole host, as a real engine cannot start it.
+
+        Only one instance against the host: the sum may exceed it (overcommit is the
+        scheduler's business, as in Nova).
+        """
+        fake, flavor = self.conf.fake, instance.flavor
+        problems = [f"{wanted} {unit} but this host has {has}" for wanted, has, unit in (
+            (flavor.vcpus, fake.vcpus, "vCPUs"),
+            (flavor.memory_mb, fake.memory_mb, "MiB of memory"),
+            (flavor.root_gb + flavor.ephemeral_gb, fake.local_gb, "GiB of disk"),
+        ) if wanted > has]
+        if problems:
+            raise InvalidRequest(
+                f"flavor {flavor.name!r} does not fit this fake host: " + "; ".join(problems),
+                hint="use a smaller flavor or raise [fake] vcpus, memory_mb or local_gb",
+            )
 
     @staticmethod
     def _check_block_device(bdm: BlockDevice) -> None:

@@ -135,6 +135,10 @@ def test_exit_codes_for_usage_not_found_and_failed(cli, tmp_path):
     bad.write_text("{not json")
     cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--volume",
             f"{bad}:vdb", expect=2)
+    for huge in (["--vcpus", "1", "--memory-mb", "99999999999999999999"],
+                 ["--vcpus", "5000", "--memory-mb", "64"]):
+        err = cli.run("boot", "vm", "--image", "cirros", *huge, expect=2).stderr
+        assert "must be at most" in err
     cli.run("delete", "nope", expect=3)
     error = cli.json("show", "nope", expect=3)["error"]
     assert error == {"exit_code": 3, "type": "InstanceNotFound",
@@ -143,11 +147,27 @@ def test_exit_codes_for_usage_not_found_and_failed(cli, tmp_path):
     cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", "--stopped")
     cli.run("volume", "attach", "vm", str(bad), "vdb", expect=2)
     cli.run("volume", "detach", "vm", "vdz", expect=3)
+    err = cli.run("boot", "vm", "--image", "cirros", "--flavor", "m1.tiny", expect=1).stderr
+    assert "instance vm already exists" in err
+    for timeout in ("nan", "inf", "-1"):
+        err = cli.run("stop", "vm", f"--timeout={timeout}", expect=2).stderr
+        assert "stop timeout must be a finite number of seconds" in err
     failed = cli.run("pause", "vm", expect=1)
     assert "cannot pause instance vm: it is stopped" in failed.stderr
     debug = subprocess.run([*_command(), "--debug", "show", "nope"], capture_output=True,
                            text=True, env=cli.env, timeout=60)
     assert debug.returncode == 3 and "Traceback" in debug.stderr
+
+
+def test_usage_errors_in_json_mode_are_one_line_and_a_json_document(cli):
+    for args in (["--format", "json", "boot"], ["list", "--format=json", "--bogus"]):
+        proc = cli.run(*args, expect=2)
+        assert "virtkit: error: " in proc.stderr and "--help" in proc.stderr
+        error = json.loads(proc.stdout)["error"]
+        assert error["exit_code"] == 2 and error["type"] == "UsageError"
+        assert error["hint"].startswith("see 'virtkit")
+    assert cli.run("--format", "xml", "list", expect=2).stdout == ""  # json not legible
+    assert cli.run("list", expect=0).stdout  # a valid command is untouched
 
 
 def test_failed_boot_is_error_with_reason_and_exit_1(tmp_path):
@@ -221,6 +241,11 @@ def test_set_password_from_stdin_never_in_argv_logs_or_state(cli):
             assert password.encode() not in path.read_bytes(), path
     assert "admin password changed" in cli.run("console", "vm").stdout
     cli.run("set-password", "vm", stdin="\n", expect=2)  # empty
+    cli.run("stop", "vm", "--timeout", "0")
+    # refused before the password is read: an empty one would be exit 2
+    err = cli.run("set-password", "vm", stdin="\n", expect=1).stderr
+    assert "cannot set-password instance vm: it is stopped" in err
+    cli.run("set-password", "ghost", stdin="\n", expect=3)
 
 
 def test_set_password_prompts_twice_on_a_terminal(cli):

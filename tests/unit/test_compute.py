@@ -10,7 +10,9 @@ from tests.volumes import CHAP_SECRET
 from virt.compute import ComputeService
 from virt.driver import Capability
 from virt.errors import (
+    InstanceExists,
     InstanceNotFound,
+    InstanceNotRunning,
     InvalidRequest,
     InvalidState,
     SpawnError,
@@ -49,8 +51,10 @@ def test_boot_records_active_with_the_driver_power_state(service):
 def test_boot_stopped_and_duplicate_name(service):
     record = boot(service, power_on=False)
     assert (record.vm_state, record.power_state) == ("stopped", PowerState.SHUTDOWN)
-    with pytest.raises(InvalidRequest, match="already exists"):
+    with pytest.raises(InstanceExists, match="instance vm1 already exists") as err:
         boot(service)
+    assert err.value.exit_code == 1 and "choose another name" in str(err.value)
+    assert len(service.list_instances()) == 1
 
 
 def test_failed_spawn_is_error_with_reason_and_nothing_on_the_hypervisor(conf):
@@ -199,6 +203,36 @@ def test_set_password_and_refresh(service):
     assert live is PowerState.RUNNING and record.power_state is PowerState.RUNNING
 
 
+def test_set_password_is_checked_before_a_password_is_asked(service):
+    record = boot(service)
+    assert service.check_set_password("vm1").uuid == record.uuid
+    other = FakeDriver(service.conf)  # another process: its events do not reach `service`
+    other.init_host(host=service.host)
+    other.power_off(instance=record.to_instance(), timeout=0)
+    with pytest.raises(InstanceNotRunning, match="must exist and be running"):
+        service.check_set_password("vm1")
+    service.stop("vm1", timeout=0)
+    with pytest.raises(InvalidState, match="cannot set-password instance vm1: it is stopped"):
+        service.check_set_password("vm1")
+    with pytest.raises(InstanceNotFound):
+        service.check_set_password("ghost")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0])
+def test_stop_timeout_must_be_finite_and_not_negative(service, timeout):
+    boot(service)
+    with pytest.raises(InvalidRequest, match="finite number of seconds"):
+        service.stop("vm1", timeout=timeout)
+    assert service.get("vm1").vm_state == "active"
+
+
+def test_a_flavor_bigger_than_the_fake_host_is_refused_and_nothing_runs(service):
+    with pytest.raises(InvalidRequest, match="64 vCPUs but this host has 16"):
+        service.boot("big", image=IMAGE, flavor=service.flavor(vcpus=64, memory_mb=64))
+    assert service.driver.list_instances() == []
+    assert service.get("big").vm_state == "error"
+
+
 def test_flavors(service):
     assert service.flavor("m1.small").memory_mb == 2048
     custom = service.flavor(vcpus=2, memory_mb=256, disk_gb=3)
@@ -211,6 +245,8 @@ def test_flavors(service):
         service.flavor()
     with pytest.raises(InvalidRequest):
         service.flavor(vcpus=0, memory_mb=1)
+    with pytest.raises(InvalidRequest, match="memory_mb must be at most 16777216"):
+        service.flavor(vcpus=1, memory_mb=99999999999999999999)
 
 
 # -- hosts sharing one store ----------------------------------------------------------------

@@ -38,6 +38,16 @@ def test_flavor_rejects_bad_values(kw, words):
         flavor(**kw)
 
 
+def test_flavor_sizes_are_bounded():
+    assert flavor(vcpus=4096, memory_mb=16 * 1024 * 1024, root_gb=1024 * 1024,
+                  ephemeral_gb=1024 * 1024, swap_mb=16 * 1024 * 1024).vcpus == 4096
+    for kw in ({"vcpus": 4097}, {"memory_mb": 16 * 1024 * 1024 + 1},
+               {"root_gb": 1024 * 1024 + 1}, {"ephemeral_gb": 10**20}, {"swap_mb": 10**12}):
+        with pytest.raises(InvalidRequest, match=f"{next(iter(kw))} must be at most") as err:
+            flavor(**kw)
+        assert "16 TiB" in str(err.value)
+
+
 def test_instance_rejects_malformed_uuid_and_name():
     with pytest.raises(InvalidRequest, match="not a valid UUID"):
         Instance(uuid="nope", name="vm", flavor=flavor())

@@ -266,7 +266,7 @@ def read_password(*, prompt: str = "New password: ") -> str:
 
 
 def cmd_set_password(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.service.get_owned(args.instance, "set-password")  # fail before prompting
+    ctx.service.check_set_password(args.instance)  # fail before prompting
     password = read_password()
     with ctx.out.progress(f"Setting the admin password of {args.instance}"):
         record = ctx.service.set_password(args.instance, password)

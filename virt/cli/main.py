@@ -31,11 +31,20 @@ EPILOG = (
 )
 
 
+class _UsageError(Exception):
+    """A command line argparse refused; main() reports it like every other error."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (exit 2), pointing at --help."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"virtkit: error: {message} (see '{self.prog} --help')\n")
+        raise _UsageError(message, f"see '{self.prog} --help'")
 
 
 def _common() -> _Parser:
@@ -198,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+    except _UsageError as exc:
+        _json_error(argparse.Namespace(format=_requested_format(argv)), EXIT_USAGE,
+                    "UsageError", exc.message, exc.hint)
+        return _fail(False, f"{exc.message} ({exc.hint})", EXIT_USAGE)
+    except SystemExit as exc:  # argparse: --help
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     for name, default in (("config", None), ("format", "table"), ("debug", False)):
         if not hasattr(args, name):
@@ -229,6 +242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.close()
         except Exception as exc:  # closing must not hide the command's own outcome
             logging.getLogger(__name__).debug("closing the service failed: %s", exc)
+
+
+def _requested_format(argv: Sequence[str] | None) -> str:
+    """The --format of a command line that did not parse (table unless json is legible)."""
+    probe = _Parser(add_help=False)
+    probe.add_argument("--format", choices=FORMATS, default="table")
+    try:
+        known, _rest = probe.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    except _UsageError:
+        return "table"
+    return str(known.format)
 
 
 def _discard_stdout() -> None:
