@@ -134,6 +134,11 @@ class ComputeDriver(abc.ABC):
         """This host as a storage initiator."""
         raise self._unsupported("get_volume_connector")
 
+    def instance_disk_path(self, *, instance: Instance) -> str | None:
+        """Where this host keeps (or would make) the instance's root disk as a file, or None
+        for a driver that keeps none; recovery checks it is there on shared storage."""
+        return None
+
     # -- state -----------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -220,8 +220,8 @@ class Recoverer:
                 hint="use --resume-local to restart this host's own instances")
         if options.parallel < 1:
             raise InvalidRequest("--parallel must be at least 1")
-        if options.require_instance_disk and not callable(
-                getattr(driver, "instance_disk_path", None)):
+        if options.require_instance_disk and (
+                type(driver).instance_disk_path is ComputeDriver.instance_disk_path):
             raise InvalidRequest(
                 f"[recovery] require_instance_disk: the {driver.name} driver cannot say where "
                 "an instance's disk is", hint="unset it for this driver")
@@ -578,7 +578,9 @@ class Recoverer:
     def _check_disk(self, instance: Instance, item: InstanceReport) -> None:
         """Release an instance whose root disk should be on shared storage and is not
         (a wrong mount, a deleted directory), unless the operator allows rebuilding it."""
-        path = self.driver.instance_disk_path(instance=instance)  # type: ignore[attr-defined]
+        path = self.driver.instance_disk_path(instance=instance)
+        if path is None:  # refused at construction: the driver keeps no disk file
+            return
         if os.path.exists(path):
             item.disk = f"present {path}"
             return
