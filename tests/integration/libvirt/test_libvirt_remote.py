@@ -1,0 +1,141 @@
+"""The driver on a remote URI: qemu+ssh:// through the test bed's sshd to its real libvirtd.
+
+`scripts/testbed up` runs a private sshd on 127.0.0.1 and exports VIRTKIT_TEST_SSH_URI
+(key login, the host key checked, virt-ssh-helper on the far side). The "remote" host is
+this one, so instances_path and images_path are the same paths on both ends: the driver
+writes disks, kernel and console log locally and the remote libvirtd finds them there.
+One tiny-guest boot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from drivers.libvirt.driver import LibvirtDriver
+from tests.testbed import env, require
+from virt.config import build_conf
+from virt.events import Transition
+from virt.model import Flavor, ImageRef, Instance, PowerState
+
+pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.slow]
+BOOT_TIMEOUT = 90
+STOPPED_DELAY = 0.5
+
+
+def virsh(*args: str) -> str:
+    """virsh on the local socket: what libvirtd itself holds, not what the driver says."""
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
+                          text=True, timeout=60, check=False).stdout
+
+
+def ssh_children() -> list[str]:
+    """Command lines of this process's ssh children (libvirt's ssh transport)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != os.getpid():
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if any(Path(a.decode(errors="replace")).name == "ssh" for a in argv[:1]):
+            found.append(" ".join(a.decode(errors="replace") for a in argv))
+    return found
+
+
+@pytest.fixture(scope="module")
+def uri() -> str:
+    value = env("VIRTKIT_TEST_SSH_URI")
+    require(value.startswith("qemu+ssh://"), "VIRTKIT_TEST_SSH_URI (a qemu+ssh:// URI)")
+    return value
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    # QEMU runs as libvirt-qemu: every directory above its files must be traversable.
+    path = Path(tempfile.mkdtemp(prefix="virtkit-remote-", dir="/var/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def driver(uri, workdir):
+    conf = build_conf(overrides={"state_path": str(workdir / "state"), "host": "remote-test"})
+    LibvirtDriver.register_opts(conf)
+    conf.set_override("connection_uri", uri, group="libvirt")
+    conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
+                      group="libvirt")
+    conf.set_override("stopped_event_delay", STOPPED_DELAY, group="libvirt")
+    drv = LibvirtDriver(conf)
+    drv.init_host(host="remote-test")
+    yield drv
+    drv.cleanup_host(host="remote-test")
+
+
+class Recorder:
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.transitions: list[Transition] = []
+
+    def __call__(self, event) -> None:
+        if event.instance_uuid == self.uuid:
+            self.transitions.append(event.transition)
+
+    def wait(self, transition: Transition, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while transition not in self.transitions:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{transition} not within {timeout}s: {self.transitions}")
+            time.sleep(0.05)
+
+
+def test_a_guest_over_qemu_ssh(driver, uri, workdir):
+    image = ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
+                     ramdisk=env("VIRTKIT_TEST_RAMDISK"))
+    uid = str(uuid.uuid4())
+    inst = Instance(uuid=uid, name=f"vk-remote-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+    # The driver's connection is the ssh transport (an ssh child of this process).
+    assert driver.host.connection().getURI() == uri
+    assert any("127.0.0.1" in argv for argv in ssh_children()), ssh_children()
+    recorder = Recorder(uid)
+    driver.register_event_listener(recorder)
+    try:
+        driver.spawn(instance=inst, image=image)
+        try:
+            recorder.wait(Transition.STARTED)
+            deadline = time.monotonic() + BOOT_TIMEOUT
+            out = ""
+            while "VIRTKIT-GUEST-UP" not in out:
+                assert time.monotonic() < deadline, f"no marker within {BOOT_TIMEOUT}s:\n{out}"
+                time.sleep(0.3)
+                out = driver.get_console_output(instance=inst, max_bytes=1 << 20)
+            assert driver.get_info(instance=inst).state is PowerState.RUNNING
+            assert inst.name in driver.list_instances()
+            assert uid in driver.list_instance_uuids()
+            # The domain is on the libvirtd the local socket reaches: one daemon, two paths.
+            assert uid in virsh("list", "--uuid")
+            resources = driver.get_available_resource()
+            assert resources.hypervisor_type == "QEMU" and resources.vcpus >= 1
+
+            result = driver.power_off(instance=inst, timeout=30, retry_interval=5)
+            assert result.clean or result.forced, result
+            recorder.wait(Transition.STOPPED, timeout=STOPPED_DELAY + 15)
+            assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
+        finally:
+            driver.destroy(instance=inst)
+    finally:
+        driver.unregister_event_listener(recorder)
+    assert uid not in virsh("list", "--all", "--uuid")
+    assert not driver.instance_exists(instance=inst)
+    assert inst.name not in driver.list_instances()
+    assert not list(workdir.rglob(f"*{uid}*"))  # its directory, disks, console log
