@@ -293,9 +293,8 @@ class ComputeService:
             raise InvalidRequest(f"two volumes at {mountpoint}")
         with self.store.transaction() as conn:
             if self.store.list_instances(name=name, conn=conn):
-                exists = InstanceExists(name)
-                exists.hint = "choose another name or delete the existing instance"
-                raise exists
+                raise InstanceExists(
+                    name, hint="choose another name or delete the existing instance")
             for bdm in block_devices:
                 self._refuse_attached_elsewhere(bdm, instance.uuid, conn=conn)
             self.store.create_instance(

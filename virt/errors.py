@@ -61,8 +61,8 @@ class InstanceNotFound(VirtError):
 
 
 class InstanceExists(VirtError):
-    def __init__(self, instance: str) -> None:
-        super().__init__(f"instance {instance} already exists")
+    def __init__(self, instance: str, *, hint: str | None = None) -> None:
+        super().__init__(f"instance {instance} already exists", hint=hint)
         self.instance = instance
 
 
