@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := libvirt,docker,postgresql,test
+EXTRAS := libvirt,docker,postgresql,mysql,test
 
 .PHONY: demo test deps venv testbed lint unit conformance bench clean
 

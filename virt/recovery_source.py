@@ -20,7 +20,9 @@ from virt.store import (
     Store,
     VmState,
     block_devices,
+    database_url,
     instances,
+    server_connect_args,
 )
 
 ROOT_DEVICES = frozenset({"vda", "sda", "xvda", "hda"})
@@ -169,9 +171,18 @@ class NovaSource:
 
     def __init__(self, url: str, *, image_dir: str | None = None) -> None:
         self.image_dir = image_dir or None
+        # A plain mysql:// is PyMySQL and postgresql:// psycopg 3, as for state_connection.
+        parsed = database_url(url, what="--nova-db")
         try:
-            self.engine = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
-        except (sa.exc.ArgumentError, ImportError) as exc:
+            self.engine = sa.create_engine(parsed, hide_parameters=True, pool_pre_ping=True,
+                                           connect_args=server_connect_args(parsed))
+        except ImportError as exc:
+            backend = parsed.get_backend_name()
+            extra = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}.get(backend)
+            raise ConfigError(
+                f"--nova-db {parsed.drivername}: its driver is not installed ({exc})",
+                hint=f"pip install 'virtkit[{extra}]'" if extra else None) from None
+        except sa.exc.ArgumentError as exc:
             raise ConfigError(f"--nova-db is not a usable SQLAlchemy URL: {exc}") from None
         self.description = f"Nova database {self.engine.url.render_as_string(hide_password=True)}"
         try:

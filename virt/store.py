@@ -88,6 +88,13 @@ PG_STATEMENT_TIMEOUT_MS = 120_000
 PG_DEFAULT_DRIVER = "psycopg"
 #: PostgreSQL drivers that take libpq's connect_timeout and options (the timeouts above).
 PG_DRIVERS = ("psycopg", "psycopg2")
+#: The driver of a plain mysql:// or mariadb:// URL (the `mysql` extra installs it).
+MYSQL_DEFAULT_DRIVER = "pymysql"
+#: MySQL drivers that take connect_timeout, read_timeout and init_command.
+MYSQL_DRIVERS = ("pymysql", "mysqldb")
+MYSQL_CONNECT_TIMEOUT_S = 10
+MYSQL_LOCK_WAIT_TIMEOUT_S = 30
+MYSQL_READ_TIMEOUT_S = 120
 
 
 class _Any:
@@ -134,10 +141,12 @@ def _column_value(key: str, value: Any) -> Any:
 
 
 def database_url(url: str, *, what: str = "state_connection") -> sa.URL:
-    """`url` parsed, a plain postgresql:// made postgresql+psycopg:// (ConfigError if invalid).
+    """`url` parsed, a plain postgresql:// made postgresql+psycopg:// and a plain mysql:// or
+    mariadb:// made mysql+pymysql:// or mariadb+pymysql:// (ConfigError if invalid).
 
     SQLAlchemy's own choice for a plain postgresql:// is psycopg2 up to 2.0 and psycopg (3)
-    from 2.1; naming one keeps the URL meaning what the `postgresql` extra installs.
+    from 2.1, for mysql:// mysqlclient (a C build); naming one keeps the URL meaning what
+    the `postgresql` or `mysql` extra installs.
     """
     try:
         parsed = sa.make_url(url)
@@ -148,11 +157,20 @@ def database_url(url: str, *, what: str = "state_connection") -> sa.URL:
         ) from None
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername=f"postgresql+{PG_DEFAULT_DRIVER}")
+    elif parsed.drivername in ("mysql", "mariadb"):  # SQLAlchemy's own choice: mysqlclient
+        parsed = parsed.set(drivername=f"{parsed.drivername}+{MYSQL_DEFAULT_DRIVER}")
     return parsed
 
 
 def server_connect_args(url: sa.URL) -> dict[str, Any]:
-    """connect_args bounding a PostgreSQL connection attempt, lock wait and statement."""
+    """connect_args bounding a PostgreSQL connection attempt, lock wait and statement (on
+    MySQL/MariaDB: the connection attempt, InnoDB's lock wait and each wait for a reply)."""
+    if url.get_backend_name() in ("mysql", "mariadb") and url.get_driver_name() in MYSQL_DRIVERS:
+        return {
+            "connect_timeout": MYSQL_CONNECT_TIMEOUT_S,
+            "read_timeout": MYSQL_READ_TIMEOUT_S,
+            "init_command": f"SET SESSION innodb_lock_wait_timeout={MYSQL_LOCK_WAIT_TIMEOUT_S}",
+        }
     if url.get_backend_name() != "postgresql" or url.get_driver_name() not in PG_DRIVERS:
         return {}
     return {

@@ -330,6 +330,52 @@ def test_postgresql_urls_use_their_driver_with_timeouts(url, driver):
     assert "hunter2" not in store.where
 
 
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://nova:pw@db.example/nova", "mysql+pymysql"),
+    ("mariadb://nova@db.example/nova", "mariadb+pymysql"),
+    ("mysql+mysqldb://nova@db.example/nova", "mysql+mysqldb"),
+    ("postgresql://u@db.example/nova", "postgresql+psycopg"),
+    ("sqlite:///x.sqlite", "sqlite"),
+])
+def test_database_url_names_the_driver_of_the_extras(url, expected):
+    from virt.store import database_url
+
+    parsed = database_url(url, what="--nova-db")
+    assert parsed.drivername == expected
+    assert parsed.database == sa.make_url(url).database
+
+
+def test_mysql_connect_args_bound_connect_lock_wait_and_reads():
+    from virt.store import database_url, server_connect_args
+
+    args = server_connect_args(database_url("mysql://nova@db.example/nova"))
+    assert args == {"connect_timeout": 10, "read_timeout": 120,
+                    "init_command": "SET SESSION innodb_lock_wait_timeout=30"}
+    assert server_connect_args(database_url("mariadb+mysqldb://n@h/nova")) == args
+    assert server_connect_args(database_url("mysql+asyncmy://n@h/nova")) == {}
+    assert server_connect_args(database_url("sqlite:///x.sqlite")) == {}
+
+
+@pytest.mark.skipif(not _has_module("pymysql"), reason="PyMySQL is not installed")
+def test_mysql_connect_args_reach_pymysql():
+    from virt.store import database_url, server_connect_args
+
+    url = database_url("mysql://nova:hunter2@db.example/nova")
+    engine = sa.create_engine(url, connect_args=server_connect_args(url))
+    captured: dict = {}
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _capture(_dialect, _record, _cargs, cparams):
+        captured.update(cparams)
+        raise RuntimeError("captured")
+
+    with pytest.raises(RuntimeError, match="captured"):
+        engine.connect()
+    assert engine.dialect.driver == "pymysql"
+    assert captured["connect_timeout"] == 10 and captured["read_timeout"] == 120
+    assert captured["init_command"] == "SET SESSION innodb_lock_wait_timeout=30"
+
+
 def test_from_conf_creates_the_state_directory(conf, state_dir):
     with Store.from_conf(conf) as store:
         store.create_instance(make_instance())
