@@ -1,21 +1,27 @@
-"""virtkit-recover as a real process: two recoverers on PostgreSQL, crash-resume, Nova schema."""
+"""virtkit-recover as a real process: two recoverers on PostgreSQL, crash-resume, Nova schema
+(on PostgreSQL and on MariaDB)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid as uuid_module
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from tests.iscsi_target import iscsi_targets  # noqa: F401  (fixture)
-from tests.pg import pg_url  # noqa: F401  (fixture)
-from tests.recovery_helpers import record_instances
+from tests.pg import fresh_database, pg_url  # noqa: F401  (fixture)
+from tests.recovery_helpers import iscsi_info, record_instances
+from tests.testbed import env, require
 from virt.config import build_conf
 from virt.driver import load_driver
 from virt.model import Flavor, ImageRef, Instance
@@ -234,93 +240,261 @@ def test_usage_and_fencing_exit_codes(tmp_path):
     assert done.returncode == 2
 
 
-NOVA_DDL = [
-    """CREATE TABLE instances (id INTEGER PRIMARY KEY, uuid VARCHAR(36) NOT NULL UNIQUE,
-       display_name VARCHAR(255), hostname VARCHAR(255), host VARCHAR(255), node VARCHAR(255),
-       vm_state VARCHAR(255), task_state VARCHAR(255), power_state INTEGER,
-       vcpus INTEGER, memory_mb INTEGER, root_gb INTEGER, ephemeral_gb INTEGER,
-       image_ref VARCHAR(255), launched_on TEXT, deleted INTEGER DEFAULT 0,
-       created_at TIMESTAMP, updated_at TIMESTAMP)""",
-    """CREATE TABLE block_device_mapping (id SERIAL PRIMARY KEY,
-       instance_uuid VARCHAR(36), device_name VARCHAR(255), volume_id VARCHAR(36),
-       source_type VARCHAR(255), destination_type VARCHAR(255), connection_info TEXT,
-       disk_bus VARCHAR(255), delete_on_termination BOOLEAN, deleted INTEGER DEFAULT 0)""",
-]
+# Nova's cell database as each engine has it (nova/db/main/models.py: MediumText is
+# MEDIUMTEXT on MySQL and TEXT on PostgreSQL, Boolean TINYINT(1), soft-delete `deleted` an
+# INT set to the row's id), the columns recovery reads plus some it must leave alone.
+NOVA_DDL = {
+    "postgresql": [
+        """CREATE TABLE instances (created_at TIMESTAMP, updated_at TIMESTAMP,
+           deleted_at TIMESTAMP, id SERIAL PRIMARY KEY, user_id VARCHAR(255),
+           project_id VARCHAR(255), image_ref VARCHAR(255), power_state INTEGER,
+           vm_state VARCHAR(255), memory_mb INTEGER, vcpus INTEGER, hostname VARCHAR(255),
+           host VARCHAR(255), user_data TEXT, display_name VARCHAR(255), locked BOOLEAN,
+           launched_on TEXT, uuid VARCHAR(36) NOT NULL, task_state VARCHAR(255),
+           root_gb INTEGER, ephemeral_gb INTEGER, node VARCHAR(255), deleted INTEGER,
+           cleaned INTEGER, compute_id BIGINT,
+           CONSTRAINT uniq_instances0uuid UNIQUE (uuid))""",
+        """CREATE TABLE block_device_mapping (created_at TIMESTAMP, updated_at TIMESTAMP,
+           deleted_at TIMESTAMP, id SERIAL PRIMARY KEY, device_name VARCHAR(255),
+           delete_on_termination BOOLEAN, snapshot_id VARCHAR(36), volume_id VARCHAR(36),
+           volume_size INTEGER, no_device BOOLEAN, connection_info TEXT,
+           instance_uuid VARCHAR(36) REFERENCES instances (uuid), deleted INTEGER,
+           source_type VARCHAR(255), destination_type VARCHAR(255), guest_format VARCHAR(255),
+           device_type VARCHAR(255), disk_bus VARCHAR(255), boot_index INTEGER,
+           image_id VARCHAR(36), attachment_id VARCHAR(36), uuid VARCHAR(36))""",
+    ],
+    "mysql": [
+        """CREATE TABLE instances (created_at DATETIME, updated_at DATETIME,
+           deleted_at DATETIME, id INT NOT NULL AUTO_INCREMENT, user_id VARCHAR(255),
+           project_id VARCHAR(255), image_ref VARCHAR(255), power_state INT,
+           vm_state VARCHAR(255), memory_mb INT, vcpus INT, hostname VARCHAR(255),
+           host VARCHAR(255), user_data MEDIUMTEXT, display_name VARCHAR(255),
+           locked TINYINT(1), launched_on MEDIUMTEXT, uuid VARCHAR(36) NOT NULL,
+           task_state VARCHAR(255), root_gb INT, ephemeral_gb INT, node VARCHAR(255),
+           deleted INT, cleaned INT, compute_id BIGINT, locked_by ENUM('owner', 'admin'),
+           PRIMARY KEY (id), UNIQUE KEY uniq_instances0uuid (uuid),
+           KEY instances_host_deleted_cleaned_idx (host, deleted, cleaned)
+           ) ENGINE=InnoDB DEFAULT CHARSET=utf8""",
+        """CREATE TABLE block_device_mapping (created_at DATETIME, updated_at DATETIME,
+           deleted_at DATETIME, id INT NOT NULL AUTO_INCREMENT, device_name VARCHAR(255),
+           delete_on_termination TINYINT(1), snapshot_id VARCHAR(36), volume_id VARCHAR(36),
+           volume_size INT, no_device TINYINT(1), connection_info MEDIUMTEXT,
+           instance_uuid VARCHAR(36), deleted INT, source_type VARCHAR(255),
+           destination_type VARCHAR(255), guest_format VARCHAR(255), device_type VARCHAR(255),
+           disk_bus VARCHAR(255), boot_index INT, image_id VARCHAR(36),
+           attachment_id VARCHAR(36), uuid VARCHAR(36), PRIMARY KEY (id),
+           KEY block_device_mapping_instance_uuid_idx (instance_uuid),
+           CONSTRAINT block_device_mapping_instance_uuid_fkey FOREIGN KEY (instance_uuid)
+           REFERENCES instances (uuid)) ENGINE=InnoDB DEFAULT CHARSET=utf8""",
+    ],
+}
+
+NOVA_IMAGE = "c0ffee00-0000-4000-8000-000000000000"
 
 
-def test_nova_schema_with_real_iscsi(tmp_path, pg_url, iscsi_targets):  # noqa: F811
+@contextlib.contextmanager
+def fresh_mysql_database(base_url: str) -> Iterator[str]:
+    """A uniquely named database on the test bed's MariaDB, dropped afterwards."""
+    base = sa.make_url(base_url)
+    name = f"virtkit_t_{uuid_module.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        require(False, f"MariaDB at {base.render_as_string()} ({exc.orig})")
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def nova_url(request) -> Iterator[str]:
+    """An empty database with Nova's two tables, on PostgreSQL or on MariaDB."""
+    if request.param == "postgresql":
+        databases = fresh_database(env("VIRTKIT_TEST_PG_URL"))
+    else:
+        databases = fresh_mysql_database(env("VIRTKIT_TEST_MYSQL_URL"))
+    with databases as url:
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                for ddl in NOVA_DDL[engine.dialect.name]:
+                    conn.exec_driver_sql(ddl)
+        finally:
+            engine.dispose()
+        yield url
+
+
+def add_nova_instance(conn: sa.Connection, id: int, uuid: str, **values: object) -> None:
+    row = {"id": id, "uuid": uuid, "host": "nova-a", "node": "nova-a.example",
+           "hostname": f"web-{id}", "display_name": f"web {id}", "vm_state": "active",
+           "power_state": 1, "vcpus": 1, "memory_mb": 64, "root_gb": 1, "ephemeral_gb": 0,
+           "image_ref": NOVA_IMAGE, "launched_on": "nova-a", "deleted": 0, "cleaned": 0,
+           "locked": False, "user_id": "u1", "project_id": "p1",
+           "created_at": datetime.datetime(2024, 5, 1, 12, 0, 0),
+           "updated_at": datetime.datetime(2024, 5, 2, 12, 0, 0), **values}
+    conn.execute(sa.table("instances", *map(sa.column, row)).insert().values(row))
+    # Nova's own BDM of an image-booted instance: its root disk, local, no connection_info.
+    add_nova_bdm(conn, uuid, "/dev/vda", None, source_type="image", destination_type="local",
+                 boot_index=0, image_id=NOVA_IMAGE, volume_id=None)
+
+
+def add_nova_bdm(conn: sa.Connection, instance_uuid: str, device: str,
+                 info: dict | None, **values: object) -> None:
+    row = {"instance_uuid": instance_uuid, "device_name": device, "source_type": "volume",
+           "destination_type": "volume", "deleted": 0, "delete_on_termination": False,
+           "disk_bus": "virtio", "device_type": "disk", "boot_index": None,
+           "volume_id": (info or {}).get("serial"),
+           "connection_info": None if info is None else json.dumps(info),
+           "created_at": datetime.datetime(2024, 5, 1, 12, 0, 1), **values}
+    conn.execute(sa.table("block_device_mapping", *map(sa.column, row)).insert().values(row))
+
+
+def nova_rows(engine: sa.Engine) -> dict[str, list[dict]]:
+    """Every row of Nova's two tables, every column."""
+    with engine.connect() as conn:
+        return {t: [dict(r) for r in conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY id"))
+                    .mappings()] for t in ("instances", "block_device_mapping")}
+
+
+def nova_iscsi_info(lun, **overrides) -> dict:
+    """What Cinder's iSCSI driver hands Nova, as Nova stores it in connection_info."""
+    info = lun.connection_info(access_mode="rw", encrypted=False, qos_specs=None,
+                               discard=False, cacheable=False, **overrides)
+    info["connector"] = {"host": "nova-a", "initiator": "iqn.1993-08.org.debian:01:nova-a",
+                         "ip": "192.0.2.10", "multipath": False, "platform": "x86_64"}
+    return info
+
+
+def test_nova_schema_with_real_iscsi(tmp_path, nova_url, iscsi_targets):  # noqa: F811
     plain, chap = iscsi_targets.create(size_mb=16), iscsi_targets.create(size_mb=8, chap=True)
-    nova = sa.create_engine(pg_url)
+    nova = sa.create_engine(nova_url)
     uuids = ["6f2c7d7e-0000-4000-8000-000000000001", "6f2c7d7e-0000-4000-8000-000000000002"]
+    deleted, elsewhere = ("6f2c7d7e-0000-4000-8000-00000000000d",
+                          "6f2c7d7e-0000-4000-8000-00000000000e")
     with nova.begin() as conn:
-        for ddl in NOVA_DDL:
-            conn.exec_driver_sql(ddl)
-        for n, uuid in enumerate(uuids, start=1):
-            conn.execute(sa.text(
-                "INSERT INTO instances (id, uuid, display_name, host, node, vm_state, power_state,"
-                " vcpus, memory_mb, root_gb, ephemeral_gb, image_ref, launched_on)"
-                " VALUES (:id, :uuid, :name, 'nova-a', 'nova-a.example', :vm, 1, 1, 64, 1, 0,"
-                " 'c0ffee00-0000-4000-8000-000000000000', 'untouched')"),
-                {"id": n, "uuid": uuid, "name": f"web {n}",
-                 "vm": "active" if n == 1 else "stopped"})
+        add_nova_instance(conn, 1, uuids[0])
+        add_nova_instance(conn, 2, uuids[1], vm_state="stopped", power_state=4)
+        add_nova_instance(conn, 13, deleted, deleted=13,  # Nova's soft delete: deleted = id
+                          deleted_at=datetime.datetime(2024, 5, 3))
+        add_nova_instance(conn, 14, elsewhere, host="nova-c", node="nova-c.example")
         for dev, lun in (("/dev/vdb", plain), ("/dev/vdc", chap)):
-            conn.execute(sa.text(
-                "INSERT INTO block_device_mapping (instance_uuid, device_name, volume_id,"
-                " source_type, destination_type, connection_info, deleted)"
-                " VALUES (:u, :dev, :vol, 'volume', 'volume', :info, 0)"),
-                {"u": uuids[0], "dev": dev, "vol": lun.volume_id,
-                 "info": json.dumps(lun.connection_info())})
+            add_nova_bdm(conn, uuids[0], dev, nova_iscsi_info(lun))
+        # A detached volume (soft-deleted BDM) is not attached again.
+        add_nova_bdm(conn, uuids[0], "/dev/vdd", nova_iscsi_info(plain), deleted=99)
+    before = nova_rows(nova)
     config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
+    # A plain mysql:// (postgresql://) URL, as an operator writes it: PyMySQL (psycopg 3).
+    plain_url = sa.make_url(nova_url).set(drivername=nova.dialect.name)
     done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db",
-                       pg_url, "--host", "nova-b")
+                       plain_url.render_as_string(hide_password=False), "--host", "nova-b")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert chap.password not in done.stdout + done.stderr
+    assert sorted(i["uuid"] for i in report["instances"]) == uuids
+    assert {i["outcome"] for i in report["instances"]} == {"recovered"}
     first = next(i for i in report["instances"] if i["uuid"] == uuids[0])
     assert first["name"] == "instance-00000001" and first["power_state"] == "running"
     assert sorted((v["mountpoint"], v["size_bytes"]) for v in first["volumes"]) == [
         ("/dev/vdb", 16 << 20), ("/dev/vdc", 8 << 20)]
-    with nova.begin() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT uuid, host, node, vm_state, power_state, launched_on FROM instances"
-            " ORDER BY id")).all()
-    assert [tuple(r)[1:] for r in rows] == [("nova-b", "nova-b", "active", 1, "untouched"),
-                                            ("nova-b", "nova-b", "stopped", 1, "untouched")]
+    after = nova_rows(nova)
     nova.dispose()
+    # Written back: host and node of the two recovered instances, nothing else anywhere.
+    assert after["block_device_mapping"] == before["block_device_mapping"]
+    expected = [dict(r, host="nova-b", node="nova-b") if r["uuid"] in uuids else r
+                for r in before["instances"]]
+    assert after["instances"] == expected
     conf = build_conf(str(config))
     driver = load_driver("fake", conf)
     driver.init_host(host="nova-b")
+    assert sorted(driver.list_instance_uuids()) == uuids
+    assert sorted(fake_record(conf, "nova-b", uuids[0])["block_devices"]) == [
+        "/dev/vdb", "/dev/vdc"]
     second = Instance(uuid=uuids[1], name="instance-00000002",
                       flavor=Flavor(name="x", vcpus=1, memory_mb=64), image=ImageRef("x"))
     assert driver.get_info(instance=second).state.value == "shutdown"
 
 
-def test_nova_wrong_chap_leaves_instance_unclaimed(tmp_path, pg_url, iscsi_targets):  # noqa: F811
+def test_nova_wrong_chap_leaves_instance_unclaimed(tmp_path, nova_url, iscsi_targets):  # noqa: F811
     lun = iscsi_targets.create(size_mb=8, chap=True)
-    nova = sa.create_engine(pg_url)
+    nova = sa.create_engine(nova_url)
     uuid = "6f2c7d7e-0000-4000-8000-000000000003"
     with nova.begin() as conn:
-        for ddl in NOVA_DDL:
-            conn.exec_driver_sql(ddl)
-        conn.execute(sa.text(
-            "INSERT INTO instances (id, uuid, host, vm_state, power_state, vcpus, memory_mb,"
-            " root_gb, ephemeral_gb, image_ref) VALUES (3, :u, 'nova-a', 'active', 1, 1, 64, 1,"
-            " 0, 'img')"), {"u": uuid})
-        conn.execute(sa.text(
-            "INSERT INTO block_device_mapping (instance_uuid, device_name, volume_id,"
-            " source_type, destination_type, connection_info, deleted)"
-            " VALUES (:u, '/dev/vdb', 'v', 'volume', 'volume', :info, 0)"),
-            {"u": uuid, "info": json.dumps(lun.connection_info(auth_password="wrong-pass"))})
+        add_nova_instance(conn, 3, uuid, image_ref="img")
+        add_nova_bdm(conn, uuid, "/dev/vdb", nova_iscsi_info(lun, auth_password="wrong-pass"))
+    before = nova_rows(nova)
     config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
     done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db",
-                       pg_url, "--host", "nova-b")
+                       nova_url, "--host", "nova-b")
     assert done.returncode == 1
     (item,) = json.loads(done.stdout)["instances"]
     assert item["outcome"] == "released" and "VolumeAuthError" not in item["error"]
     assert "refused CHAP" in item["error"] and "wrong-pass" not in done.stdout
-    with nova.begin() as conn:
-        assert conn.execute(sa.text("SELECT host FROM instances")).scalar() == "nova-a"
+    assert nova_rows(nova) == before  # nothing written
     nova.dispose()
+
+
+@pytest.mark.parametrize("url, extra", [("mysql://nova:hunter2@db.example/nova", "mysql"),
+                                        ("mariadb://nova:hunter2@db.example/nova", "mysql")])
+def test_nova_db_without_its_driver_names_the_extra(tmp_path, url, extra):
+    """No PyMySQL (an import that fails, as when the extra is not installed): the error
+    says what to install, not that the URL is unusable."""
+    blocker = tmp_path / "site" / "pymysql"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pymysql'\", name='pymysql')\n")
+    config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
+    path = os.pathsep.join([str(blocker.parent), *sys.path])
+    done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db", url,
+                       "--host", "nova-b", env={"PYTHONPATH": path})
+    assert done.returncode == 2, done.stderr
+    assert f"pip install 'virtkit[{extra}]'" in done.stderr
+    assert "No module named 'pymysql'" in done.stderr
+    assert "not a usable SQLAlchemy URL" not in done.stderr and "Traceback" not in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_two_recoverers_on_one_nova_database(tmp_path, pg_url, nova_url):  # noqa: F811
+    """Claims live in virtkit's (shared PostgreSQL) store, whatever engine Nova's DB is on:
+    two recoverers re-home each Nova instance exactly once, to the one that spawned it."""
+    config = write_conf(tmp_path, pg_url, spawn_latency_ms=20)
+    with config.open("a") as handle:
+        handle.write(f"[recovery]\nfence_check_command = {barrier_fence(tmp_path, 2)}\n"
+                     "claim_lease_seconds = 8\n")  # contested claims are re-checked each 2 s
+    nova = sa.create_engine(nova_url)
+    uuids = [f"6f2c7d7e-0000-4000-8000-{n:012d}" for n in range(100, 130)]
+    with nova.begin() as conn:
+        for n, uuid in enumerate(uuids, start=100):
+            add_nova_instance(conn, n, uuid)
+            add_nova_bdm(conn, uuid, "/dev/vdb", iscsi_info(n))
+    before = nova_rows(nova)
+    procs = [subprocess.Popen(
+        [*RECOVER, "--config", str(config), "--format", "json", "--failed-host", "nova-a",
+         "--volume-check", "none", "--parallel", "4", "--host", host, "--nova-db", nova_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for host in ("host-b", "host-c")]
+    recovered = {}
+    for host, proc in zip(("host-b", "host-c"), procs, strict=True):
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        recovered[host] = {i["uuid"] for i in json.loads(out)["instances"]
+                           if i["outcome"] == "recovered"}
+    assert recovered["host-b"] and recovered["host-c"], {h: len(u) for h, u in recovered.items()}
+    assert not recovered["host-b"] & recovered["host-c"]
+    assert recovered["host-b"] | recovered["host-c"] == set(uuids)
+    for host in ("host-b", "host-c"):
+        assert set(fake_domains(config, host)) == recovered[host]  # each spawned once
+    after = nova_rows(nova)
+    nova.dispose()
+    assert after["block_device_mapping"] == before["block_device_mapping"]
+    owner = {u: h for h, us in recovered.items() for u in us}
+    assert after["instances"] == [dict(r, host=owner[r["uuid"]], node=owner[r["uuid"]])
+                                  for r in before["instances"]]
 
 
 @pytest.mark.slow
