@@ -66,6 +66,15 @@ class InstanceExists(VirtError):
         self.instance = instance
 
 
+class InstanceMoved(VirtError):
+    """The instance is no longer on the host it was to be recovered from."""
+
+    def __init__(self, instance: str, where: str | None) -> None:
+        super().__init__(f"instance {instance} is on {where or 'no host'} now, not on the "
+                         "failed host: another recoverer or Nova took it")
+        self.instance = instance
+
+
 class InstanceNotRunning(VirtError):
     def __init__(self, instance: str, operation: str) -> None:
         super().__init__(f"instance {instance} must exist and be running for {operation}")

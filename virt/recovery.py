@@ -36,6 +36,7 @@ from virt.errors import (
     EXIT_FAILED,
     EXIT_OK,
     HypervisorUnavailable,
+    InstanceMoved,
     InstanceNotFound,
     InvalidRequest,
     NotFenced,
@@ -551,8 +552,7 @@ class Recoverer:
                                   lambda: self._check_disk(instance, item), always=True))
         if not self.options.resume_local:
             steps.append(_Step("rehome", f"re-home to {self.host}",
-                               lambda: self._write(lambda conn: self.source.rehome(
-                                   candidate.uuid, host=self.host, node=self.node, conn=conn))))
+                               lambda: self._rehome(candidate)))
         steps.append(_Step("remove-stale", "remove any stale domain of it here",
                            lambda: self._remove_domain(instance)))
 
@@ -621,6 +621,16 @@ class Recoverer:
 
         return _Step(f"attach:{volume.device}", f"attach volume at {volume.mountpoint}",
                      attach, undo=undo)
+
+    def _rehome(self, candidate: Candidate) -> Effect | None:
+        def write(conn: sa.Connection | None) -> None:
+            self.source.rehome(candidate.uuid, host=self.host, node=self.node,
+                               from_host=self.source_host, conn=conn)
+
+        try:
+            return self._write(write)
+        except InstanceMoved as moved:  # before anything changed here
+            raise _Release(moved.message) from None
 
     def _write(self, *writes: Callable[[sa.Connection | None], None]) -> Effect | None:
         """Source writes: handed back to commit with the journal when the source is the

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from virt.errors import ConfigError, InstanceNotFound, StoreError
+from virt.errors import ConfigError, InstanceMoved, InstanceNotFound, StoreError
 from virt.model import Flavor, ImageRef, Instance, PowerState
 from virt.store import (
     BlockDeviceRecord,
@@ -77,8 +77,11 @@ class InstanceSource(Protocol):
         """True if writes can join a transaction of `store` (`conn=` below)."""
         ...
 
-    def rehome(self, uuid: str, *, host: str, node: str | None,
-               conn: sa.Connection | None = None) -> None: ...
+    def rehome(self, uuid: str, *, host: str, node: str | None, from_host: str,
+               conn: sa.Connection | None = None) -> None:
+        """Record the instance on `host`; InstanceMoved if it is on neither `from_host`
+        nor `host` by now."""
+        ...
 
     def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
                        conn: sa.Connection | None = None) -> None: ...
@@ -123,8 +126,9 @@ class StoreSource:
     def joins(self, store: Store) -> bool:
         return store is self.store
 
-    def rehome(self, uuid: str, *, host: str, node: str | None,
+    def rehome(self, uuid: str, *, host: str, node: str | None, from_host: str,
                conn: sa.Connection | None = None) -> None:
+        # The claim in this same store already makes the recoverer the only writer.
         self.store.set_instance_fields(uuid, host=host, node=node, conn=conn)
 
     def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
@@ -257,11 +261,19 @@ class NovaSource:
     def joins(self, store: Store) -> bool:
         return False  # another database: its writes commit on their own
 
-    def rehome(self, uuid: str, *, host: str, node: str | None,
+    def rehome(self, uuid: str, *, host: str, node: str | None, from_host: str,
                conn: sa.Connection | None = None) -> None:
+        # Compare-and-set: recoverers with separate stores (or Nova itself) may share this
+        # database, and only one of them may take the instance.
+        rows = self.instances.c
         with self._conn() as nova:
-            nova.execute(self.instances.update().where(self.instances.c.uuid == uuid)
-                         .values(host=host, node=node or host))
+            changed = nova.execute(
+                self.instances.update()
+                .where(rows.uuid == uuid, rows.host.in_([from_host, host]))
+                .values(host=host, node=node or host)).rowcount
+            if not changed:
+                where = nova.execute(sa.select(rows.host).where(rows.uuid == uuid)).scalar()
+                raise InstanceMoved(uuid, where)
 
     def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
                        conn: sa.Connection | None = None) -> None:

@@ -550,3 +550,47 @@ def claims_of(store: Store, host: str | None = None) -> list[dict]:
         query = query.where(claims.c.target_host == host)
     with store.transaction() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
+
+
+@pytest.mark.slow
+def test_recoverers_with_separate_stores_take_each_nova_instance_once(tmp_path, nova_url):
+    """No shared claims: re-homing in Nova's database is a compare-and-set, so of two
+    recoverers with their own SQLite stores exactly one takes each instance; the other
+    releases it before changing anything on its host."""
+    gate = barrier_fence(tmp_path, 2)
+    configs = {}
+    for host in ("host-b", "host-c"):
+        home = tmp_path / host
+        home.mkdir()
+        configs[host] = write_conf(home, f"sqlite:///{home / 'store.sqlite'}",
+                                   spawn_latency_ms=20)
+        with configs[host].open("a") as handle:
+            handle.write(f"[recovery]\nfence_check_command = {gate}\n")
+    nova = sa.create_engine(nova_url)
+    uuids = [f"6f2c7d7e-0000-4000-8000-{n:012d}" for n in range(200, 220)]
+    with nova.begin() as conn:
+        for n, uuid in enumerate(uuids, start=200):
+            add_nova_instance(conn, n, uuid)
+    procs = {host: subprocess.Popen(
+        [*RECOVER, "--config", str(config), "--format", "json", "--failed-host", "nova-a",
+         "--volume-check", "none", "--parallel", "2", "--host", host, "--nova-db", nova_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for host, config in configs.items()}
+    recovered, released = {}, {}
+    for host, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode in (0, 1), err
+        report = json.loads(out)["instances"]
+        recovered[host] = {i["uuid"] for i in report if i["outcome"] == "recovered"}
+        released[host] = {i["uuid"] for i in report if i["outcome"] == "released"}
+        assert all("another recoverer" in i["error"] for i in report
+                   if i["outcome"] == "released"), report
+    assert not recovered["host-b"] & recovered["host-c"]
+    assert recovered["host-b"] | recovered["host-c"] == set(uuids)
+    for host, config in configs.items():
+        assert set(fake_domains(config, host)) == recovered[host]  # nothing spawned twice
+    with nova.connect() as conn:
+        hosts = dict(conn.execute(sa.text("SELECT uuid, host FROM instances")).all())
+    nova.dispose()
+    owner = {u: h for h, us in recovered.items() for u in us}
+    assert {u: hosts[u] for u in uuids} == owner
