@@ -96,10 +96,12 @@ _END_OWNED = claims.update().where(*_OURS).values(
 _CLAIM_ROW = sa.select(claims).where(claims.c.instance_uuid == sa.bindparam("b_uuid"))
 _LOCK_CLAIM_ROW = _CLAIM_ROW.with_for_update(skip_locked=True)
 _INSERT_ENTRIES = journal.insert()
+# RETURNING says whether the row went in: an INSERT's rowcount is -1 with psycopg 3.
 _INSERT_CLAIM_UNLESS_ANY: dict[str, sa.Insert] = {
-    "sqlite": sqlite.insert(claims).on_conflict_do_nothing(index_elements=["instance_uuid"]),
+    "sqlite": sqlite.insert(claims).on_conflict_do_nothing(index_elements=["instance_uuid"])
+    .returning(claims.c.instance_uuid),
     "postgresql": postgresql.insert(claims).on_conflict_do_nothing(
-        index_elements=["instance_uuid"]),
+        index_elements=["instance_uuid"]).returning(claims.c.instance_uuid),
 }
 
 
@@ -409,7 +411,7 @@ def _insert_claim(conn: sa.Connection, values: dict[str, Any]) -> bool:
     """
     insert = _INSERT_CLAIM_UNLESS_ANY.get(conn.dialect.name)
     if insert is not None:
-        return bool(conn.execute(insert, values).rowcount)
+        return conn.execute(insert, values).first() is not None
     try:
         with conn.begin_nested():
             conn.execute(claims.insert(), values)
