@@ -27,7 +27,8 @@ def _race(url: str) -> None:
             start = threading.Barrier(len(journals))
 
             def claim(journal: RecoveryJournal, instance: str = instance,
-                      start: threading.Barrier = start) -> None:
+                      start: threading.Barrier = start,
+                      results: list[Claim | ClaimRefused] = results) -> None:
                 start.wait()
                 results.append(journal.claim(instance, "host-a"))
 
