@@ -41,29 +41,33 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The checks below build their messages only on failure: models are made on hot paths
+# (an InstanceInfo per get_info).
+
 def _require_text(value: Any, what: str) -> None:
     """A non-empty string."""
-    _require(isinstance(value, str) and bool(value.strip()),
-             f"{what} must be a non-empty string, got {_json_type(value)}")
+    if not (isinstance(value, str) and value.strip()):
+        raise InvalidRequest(f"{what} must be a non-empty string, got {_json_type(value)}")
 
 
 def _require_optional_str(value: Any, what: str) -> None:
     """A string or None (stored records may hold empty strings: they stay valid)."""
-    _require(value is None or isinstance(value, str),
-             f"{what} must be a string or null, got {_json_type(value)}")
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be a string or null, got {_json_type(value)}")
 
 
 def _require_count(value: Any, what: str, *, optional: bool = False) -> None:
     """A non-negative integer (or None when `optional`)."""
     if optional and value is None:
         return
-    _require(_is_int(value) and value >= 0,
-             f"{what} must be a non-negative integer, got {value!r}")
+    if not (_is_int(value) and value >= 0):
+        raise InvalidRequest(f"{what} must be a non-negative integer, got {value!r}")
 
 
 def _require_mapping(value: Any, what: str) -> None:
-    _require(value is None or isinstance(value, Mapping),
-             f"{what} must be a mapping (a JSON object), got {_json_type(value)}")
+    if value is not None and not isinstance(value, Mapping):
+        raise InvalidRequest(
+            f"{what} must be a mapping (a JSON object), got {_json_type(value)}")
 
 
 def validate_uuid(value: str, what: str = "uuid") -> str:
@@ -338,11 +342,20 @@ class InstanceInfo:
     cpu_time_ns: int | None = None
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.state, PowerState),
-                 f"instance info state must be a PowerState, got {self.state!r}")
+        # One expression for the usual case: get_info makes one of these per call.
+        m, k, n, c = self.max_mem_kb, self.mem_kb, self.num_cpu, self.cpu_time_ns
+        if (type(self.state) is PowerState
+                and (self.internal_id is None or type(self.internal_id) is str)
+                and (m is None or type(m) is int and m >= 0)
+                and (k is None or type(k) is int and k >= 0)
+                and (n is None or type(n) is int and n >= 0)
+                and (c is None or type(c) is int and c >= 0)):
+            return
+        if not isinstance(self.state, PowerState):
+            raise InvalidRequest(f"instance info state must be a PowerState, got {self.state!r}")
         _require_optional_str(self.internal_id, "instance info internal_id")
         for attr in ("max_mem_kb", "mem_kb", "num_cpu", "cpu_time_ns"):
-            _require_count(getattr(self, attr), f"instance info {attr}", optional=True)
+            _require_count(getattr(self, attr), "instance info " + attr, optional=True)
 
 
 @dataclass(frozen=True)
