@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -22,8 +20,18 @@ import pytest
 
 from drivers.libvirt import xml
 from drivers.libvirt.driver import LibvirtDriver
-from tests.iscsi_target import TargetFactory, tgtd_available
-from tests.testbed import env, require
+from tests.iscsi_target import tgtd_available
+from tests.libvirt_helpers import (
+    URI,
+    libvirt_up,
+    lun_device,
+    lun_factory,
+    qemu_workdir,
+    tiny_guest_image,
+    virsh,
+    wait_console,
+)
+from tests.testbed import require
 from virt.config import build_conf
 from virt.errors import (
     HypervisorUnavailable,
@@ -35,36 +43,12 @@ from virt.errors import (
     VolumeUnreachable,
 )
 from virt.events import Transition
-from virt.model import BlockDevice, Flavor, ImageRef, Instance, PowerState, VolumeConnection
+from virt.model import Flavor, ImageRef, Instance, PowerState
 
 pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.iscsi, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
-URI = "qemu:///system"
-BOOT_TIMEOUT = 90
 # Long enough that a soft reboot's stop + start falls inside it on a loaded 2-core machine.
 STOPPED_DELAY = 2.0
-
-
-def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
-                          timeout=60, check=False).stdout
-
-
-def _libvirt_up() -> bool:
-    return shutil.which("virsh") is not None and bool(virsh("version").strip())
-
-
-def wait_console(driver, instance, pattern: str, timeout: float = BOOT_TIMEOUT,
-                 count: int = 1) -> str:
-    """Poll get_console_output until `pattern` (a regex) occurs `count` times."""
-    deadline = time.monotonic() + timeout
-    out = ""
-    while time.monotonic() < deadline:
-        out = driver.get_console_output(instance=instance, max_bytes=1 << 20)
-        if len(re.findall(pattern, out)) >= count:
-            return out
-        time.sleep(0.3)
-    raise AssertionError(f"{pattern!r} x{count} not on the console within {timeout}s:\n{out[-3000:]}")
 
 
 def leftovers(uid: str) -> list[str]:
@@ -79,28 +63,21 @@ def leftovers(uid: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir():
-    require(_libvirt_up(), "libvirtd with qemu:///system")
+    require(libvirt_up(), "libvirtd with qemu:///system")
     require(tgtd_available(), "tgtd (iSCSI target)")
-    # QEMU runs as libvirt-qemu: every directory above its files must be traversable.
-    path = Path(tempfile.mkdtemp(prefix="virtkit-libvirt-", dir="/var/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with qemu_workdir("virtkit-libvirt-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def luns(workdir):
-    (workdir / "luns").mkdir()
-    factory = TargetFactory(workdir / "luns", os.environ.get("VIRTKIT_TEST_ISCSI_PORTAL",
-                                                             "127.0.0.1:3260"))
-    yield factory
-    factory.cleanup()
+    with lun_factory(workdir) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
 def image():
-    return ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
-                    ramdisk=env("VIRTKIT_TEST_RAMDISK"))
+    return tiny_guest_image()
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +131,6 @@ class Recorder:
         raise AssertionError(f"{transition} x{count} not within {timeout}s: {self.events}")
 
 
-def _bdm(lun, mountpoint: str, **overrides) -> BlockDevice:
-    return BlockDevice(VolumeConnection.from_connection_info(lun.connection_info(**overrides)),
-                       mountpoint)
-
-
 @pytest.fixture(scope="module")
 def initiator(driver) -> str:
     """The connector's initiator name: the only one the test LUNs bound to it admit."""
@@ -170,7 +142,7 @@ def guest(driver, image, luns, initiator):
     """The shared guest, spawned with a 64 MiB CHAP LUN at /dev/vdb (connector's IQN only)."""
     lun = luns.create(size_mb=64, chap=True, initiators=[initiator])
     inst = _instance("vk-qemu")
-    driver.spawn(instance=inst, image=image, block_devices=[_bdm(lun, "/dev/vdb")])
+    driver.spawn(instance=inst, image=image, block_devices=[lun_device(lun, "/dev/vdb")])
     yield inst, lun
     driver.destroy(instance=inst)
     assert leftovers(inst.uuid) == []
@@ -197,7 +169,7 @@ def test_hot_attach_and_detach(driver, guest, luns, initiator):
     inst, _ = guest
     wait_console(driver, inst, r"VIRTKIT-DISKS-END")
     lun = luns.create(size_mb=32, chap=True, initiators=[initiator])
-    bdm = _bdm(lun, "/dev/vdc")
+    bdm = lun_device(lun, "/dev/vdc")
     driver.attach_volume(instance=inst, block_device=bdm)
     wait_console(driver, inst, rf"name=vdc sectors={lun.size_bytes // 512}")
     assert re.search(r"^\s*vdc\s", virsh("domblklist", inst.uuid), re.M)
@@ -230,7 +202,7 @@ def test_detach_from_a_booting_guest_is_requested_again(driver, image, luns):
     inst = _instance("vk-early")
     driver.spawn(instance=inst, image=image)
     try:
-        bdm = _bdm(lun, "/dev/vdb")
+        bdm = lun_device(lun, "/dev/vdb")
         driver.attach_volume(instance=inst, block_device=bdm)
         driver.detach_volume(instance=inst, block_device=bdm)
         assert not re.search(r"^\s*vdb\s", virsh("domblklist", inst.uuid), re.M)
@@ -282,11 +254,11 @@ def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
     instances = workdir / "state" / "instances"
     cases = [
         (ImageNotFound, dict(image=ImageRef(str(tmp_path / "no-such.qcow2")))),
-        (InvalidRequest, dict(block_devices=[_bdm(lun, "/dev/vdb", target_iqn=None)])),
-        (VolumeAuthError, dict(block_devices=[_bdm(lun, "/dev/vdb", auth_password="wrong-pw")])),
-        (VolumeUnreachable, dict(block_devices=[_bdm(lun, "/dev/vdb",
+        (InvalidRequest, dict(block_devices=[lun_device(lun, "/dev/vdb", target_iqn=None)])),
+        (VolumeAuthError, dict(block_devices=[lun_device(lun, "/dev/vdb", auth_password="wrong-pw")])),
+        (VolumeUnreachable, dict(block_devices=[lun_device(lun, "/dev/vdb",
                                                      target_portal="127.0.0.1:9")])),
-        (VolumeNotFound, dict(block_devices=[_bdm(other, "/dev/vdb")])),
+        (VolumeNotFound, dict(block_devices=[lun_device(other, "/dev/vdb")])),
     ]
     for error, kwargs in cases:
         inst = _instance("vk-bad")
@@ -300,7 +272,7 @@ def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
     with pytest.raises(InstanceNotFound):
         driver.get_info(instance=ghost)
     with pytest.raises(InstanceNotFound):
-        driver.attach_volume(instance=ghost, block_device=_bdm(lun, "/dev/vdd"))
+        driver.attach_volume(instance=ghost, block_device=lun_device(lun, "/dev/vdd"))
     assert leftovers(ghost.uuid) == []
 
 

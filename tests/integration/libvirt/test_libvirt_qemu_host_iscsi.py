@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import stat
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -35,25 +33,22 @@ if _MISSING:
                 allow_module_level=True)
 
 from drivers.libvirt.driver import LibvirtDriver  # noqa: E402
-from tests.iscsi_target import TargetFactory, tgtd_available  # noqa: E402
-from tests.testbed import env, require  # noqa: E402
-from virt.config import build_conf  # noqa: E402
-from virt.model import (  # noqa: E402
-    BlockDevice,
-    Flavor,
-    ImageRef,
-    Instance,
-    VolumeConnection,
+from tests.iscsi_target import tgtd_available  # noqa: E402
+from tests.libvirt_helpers import (  # noqa: E402
+    URI,
+    libvirt_up,
+    lun_device,
+    lun_factory,
+    qemu_workdir,
+    tiny_guest_image,
+    virsh,
+    wait_console,
 )
+from tests.testbed import require  # noqa: E402
+from virt.config import build_conf  # noqa: E402
+from virt.model import Flavor, Instance  # noqa: E402
 
 pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.iscsi, pytest.mark.slow]
-URI = "qemu:///system"
-BOOT_TIMEOUT = 90
-
-
-def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
-                          timeout=60, check=False).stdout
 
 
 def sessions() -> str:
@@ -64,22 +59,16 @@ def sessions() -> str:
 
 @pytest.fixture(scope="module")
 def workdir():
-    require(shutil.which("virsh") is not None and bool(virsh("version").strip()),
-            "libvirtd with qemu:///system")
+    require(libvirt_up(), "libvirtd with qemu:///system")
     require(tgtd_available(), "tgtd (iSCSI target)")
-    path = Path(tempfile.mkdtemp(prefix="virtkit-hostiscsi-", dir="/var/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with qemu_workdir("virtkit-hostiscsi-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def luns(workdir):
-    (workdir / "luns").mkdir()
-    factory = TargetFactory(workdir / "luns", os.environ.get("VIRTKIT_TEST_ISCSI_PORTAL",
-                                                             "127.0.0.1:3260"))
-    yield factory
-    factory.cleanup()
+    with lun_factory(workdir) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
@@ -96,35 +85,17 @@ def driver(workdir):
     drv.cleanup_host(host="hostiscsi")
 
 
-def _bdm(lun, mountpoint: str) -> BlockDevice:
-    return BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), mountpoint)
-
-
-def _console(driver, instance, pattern: str) -> str:
-    import time
-
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    out = ""
-    while time.monotonic() < deadline:
-        out = driver.get_console_output(instance=instance, max_bytes=1 << 20)
-        if re.search(pattern, out):
-            return out
-        time.sleep(0.3)
-    raise AssertionError(f"{pattern!r} not on the console within {BOOT_TIMEOUT}s:\n{out[-3000:]}")
-
-
 def test_host_mode_attach_at_spawn_hot_attach_detach_and_destroy(driver, luns):
-    image = ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
-                     ramdisk=env("VIRTKIT_TEST_RAMDISK"))
+    image = tiny_guest_image()
     initiator = driver.get_volume_connector().initiator  # os-brick's connector properties
     lun = luns.create(size_mb=64, chap=True, initiators=[initiator])
     extra = luns.create(size_mb=32, chap=True, initiators=[initiator])
     uid = str(uuid.uuid4())
     inst = Instance(uuid=uid, name=f"vk-hostiscsi-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
-    bdm, bdm_extra = _bdm(lun, "/dev/vdb"), _bdm(extra, "/dev/vdc")
+    bdm, bdm_extra = lun_device(lun, "/dev/vdb"), lun_device(extra, "/dev/vdc")
     driver.spawn(instance=inst, image=image, block_devices=[bdm])
     try:
-        out = _console(driver, inst, r"VIRTKIT-DISKS-END")
+        out = wait_console(driver, inst, r"VIRTKIT-DISKS-END")
         assert f"name=vdb sectors={lun.size_bytes // 512}" in out
         assert lun.iqn in sessions()
         dumped = virsh("dumpxml", uid)
@@ -133,7 +104,7 @@ def test_host_mode_attach_at_spawn_hot_attach_detach_and_destroy(driver, luns):
         assert lun.password not in dumped and uid not in virsh("secret-list")
 
         driver.attach_volume(instance=inst, block_device=bdm_extra)
-        _console(driver, inst, rf"name=vdc sectors={extra.size_bytes // 512}")
+        wait_console(driver, inst, rf"name=vdc sectors={extra.size_bytes // 512}")
         assert re.search(r"^\s*vdc\s", virsh("domblklist", uid), re.M)
         driver.detach_volume(instance=inst, block_device=bdm_extra)
         assert not re.search(r"^\s*vdc\s", virsh("domblklist", uid), re.M)

@@ -10,9 +10,6 @@ One tiny-guest boot.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,20 +17,14 @@ from pathlib import Path
 import pytest
 
 from drivers.libvirt.driver import LibvirtDriver
+from tests.libvirt_helpers import qemu_workdir, tiny_guest_image, virsh, wait_console
 from tests.testbed import env, require
 from virt.config import build_conf
 from virt.events import Transition
-from virt.model import Flavor, ImageRef, Instance, PowerState
+from virt.model import Flavor, Instance, PowerState
 
 pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.slow]
-BOOT_TIMEOUT = 90
 STOPPED_DELAY = 0.5
-
-
-def virsh(*args: str) -> str:
-    """virsh on the local socket: what libvirtd itself holds, not what the driver says."""
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
-                          text=True, timeout=60, check=False).stdout
 
 
 def ssh_children() -> list[str]:
@@ -61,11 +52,8 @@ def uri() -> str:
 
 @pytest.fixture(scope="module")
 def workdir():
-    # QEMU runs as libvirt-qemu: every directory above its files must be traversable.
-    path = Path(tempfile.mkdtemp(prefix="virtkit-remote-", dir="/var/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with qemu_workdir("virtkit-remote-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +88,7 @@ class Recorder:
 
 
 def test_a_guest_over_qemu_ssh(driver, uri, workdir):
-    image = ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
-                     ramdisk=env("VIRTKIT_TEST_RAMDISK"))
+    image = tiny_guest_image()
     uid = str(uuid.uuid4())
     inst = Instance(uuid=uid, name=f"vk-remote-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
     # The driver's connection is the ssh transport (an ssh child of this process).
@@ -113,12 +100,7 @@ def test_a_guest_over_qemu_ssh(driver, uri, workdir):
         driver.spawn(instance=inst, image=image)
         try:
             recorder.wait(Transition.STARTED)
-            deadline = time.monotonic() + BOOT_TIMEOUT
-            out = ""
-            while "VIRTKIT-GUEST-UP" not in out:
-                assert time.monotonic() < deadline, f"no marker within {BOOT_TIMEOUT}s:\n{out}"
-                time.sleep(0.3)
-                out = driver.get_console_output(instance=inst, max_bytes=1 << 20)
+            wait_console(driver, inst, "VIRTKIT-GUEST-UP")
             assert driver.get_info(instance=inst).state is PowerState.RUNNING
             assert inst.name in driver.list_instances()
             assert uid in driver.list_instance_uuids()

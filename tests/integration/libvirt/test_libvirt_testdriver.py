@@ -10,6 +10,7 @@ import pytest
 
 from drivers.libvirt import xml
 from drivers.libvirt.driver import LibvirtDriver
+from tests.libvirt_helpers import qcow2_base, validate_domain_xml
 from virt.config import build_conf
 from virt.conformance.fixtures import wait_for
 from virt.errors import (
@@ -29,10 +30,7 @@ from virt.model import BlockDevice, Flavor, ImageRef, Instance, PowerState, Volu
 
 @pytest.fixture
 def base(tmp_path):
-    path = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True,
-                   timeout=60)
-    return ImageRef(str(path))
+    return qcow2_base(tmp_path / "base.qcow2")
 
 
 @pytest.fixture
@@ -110,10 +108,7 @@ def test_definition_carries_metadata_and_validates(driver, base, tmp_path):
     driver.spawn(instance=inst, image=base, power_on=False)
     text = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     assert "</metadata><x/>" not in text and "&lt;/metadata&gt;&lt;x/&gt;" in text
-    path = tmp_path / "defined.xml"
-    path.write_text(text)
-    subprocess.run(["virt-xml-validate", str(path), "domain"], check=True, timeout=60,
-                   capture_output=True)
+    validate_domain_xml(tmp_path, text)
 
 
 def test_hostile_metadata_reaches_libvirt_as_data(driver, base, tmp_path):
@@ -127,10 +122,7 @@ def test_hostile_metadata_reaches_libvirt_as_data(driver, base, tmp_path):
     assert defined.metadata is not None
     assert defined.metadata.properties == {"note": hostile, "k\"<&]]>": hostile}
     assert len(defined.disks) == 3  # root, ephemeral, swap: nothing injected
-    path = tmp_path / "hostile.xml"
-    path.write_text(text)
-    subprocess.run(["virt-xml-validate", str(path), "domain"], check=True, timeout=60,
-                   capture_output=True)
+    validate_domain_xml(tmp_path, text)
 
 
 def test_spawn_failures_leave_nothing(driver, base, tmp_path):

@@ -5,32 +5,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests import libvirt_helpers as guest
 from tests.iscsi_target import TargetFactory, tgtd_available
-from tests.testbed import env, require
+from tests.testbed import require
 from virt.config import build_conf
 from virt.driver import load_driver
-from virt.model import BlockDevice, Flavor, ImageRef, Instance, VolumeConnection, new_uuid
+from virt.model import Flavor, ImageRef, Instance, new_uuid
 from virt.store import Store, VmState
 
 pytestmark = [pytest.mark.slow]
-URI = "qemu:///system"
-
-
-def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True,
-                          timeout=60, check=False).stdout
 
 
 def write_conf(workdir: Path, host: str) -> Path:
@@ -40,7 +32,7 @@ def write_conf(workdir: Path, host: str) -> Path:
         "[DEFAULT]", "compute_driver = libvirt", f"host = {host}",
         f"state_path = {workdir / host}",
         f"state_connection = sqlite:///{workdir / 'store.sqlite'}",
-        "[libvirt]", f"connection_uri = {URI}",
+        "[libvirt]", f"connection_uri = {guest.URI}",
         f"virt_type = {os.environ.get('VIRTKIT_TEST_VIRT_TYPE', 'auto')}",
         f"images_path = {workdir / 'images'}",
     ]) + "\n")
@@ -54,15 +46,9 @@ def driver_for(config: Path, host: str):
     return driver
 
 
-def wait_console(driver, instance, pattern: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    out = ""
-    while time.monotonic() < deadline:
-        out = driver.get_console_output(instance=instance)
-        if re.search(pattern, out):
-            return out
-        time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} not on the console within {timeout}s:\n{out[-2000:]}")
+def wait_console(driver, instance, pattern: str) -> str:
+    """The console's last 64 KiB (the driver's default), up to 120 s."""
+    return guest.wait_console(driver, instance, pattern, timeout=120, max_bytes=64 * 1024)
 
 
 @dataclass
@@ -76,21 +62,11 @@ class Bed:
 
 @pytest.fixture
 def bed() -> Iterator[Bed]:
-    require(shutil.which("virsh") is not None and bool(virsh("version").strip()),
-            "libvirtd with qemu:///system")
+    require(guest.libvirt_up(), "libvirtd with qemu:///system")
     require(tgtd_available(), "tgtd (iSCSI target)")
-    image = ImageRef(env("VIRTKIT_TEST_DISK"), kernel=env("VIRTKIT_TEST_KERNEL"),
-                     ramdisk=env("VIRTKIT_TEST_RAMDISK"))
-    workdir = Path(tempfile.mkdtemp(prefix="virtkit-recover-", dir="/var/tmp"))
-    workdir.chmod(0o711)
-    (workdir / "luns").mkdir()
-    luns = TargetFactory(workdir / "luns", os.environ.get("VIRTKIT_TEST_ISCSI_PORTAL",
-                                                          "127.0.0.1:3260"))
-    try:
-        yield Bed(image, workdir, luns)
-    finally:
-        luns.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with guest.qemu_workdir("virtkit-recover-") as workdir, \
+            guest.lun_factory(workdir) as luns:
+        yield Bed(guest.tiny_guest_image(), workdir, luns)
 
 
 def recover_cli(config: Path, *args: str, env: dict[str, str] | None = None,
@@ -110,7 +86,7 @@ def test_failed_host_instance_comes_back_with_both_luns(bed):
     driver_b = None
     try:
         plain, chap = luns.create(size_mb=32), luns.create(size_mb=48, chap=True)
-        bdms = [BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), dev)
+        bdms = [guest.lun_device(lun, dev)
                 for lun, dev in ((plain, "/dev/vdb"), (chap, "/dev/vdc"))]
         # Host A runs the guest, and the store says so.
         driver_a = driver_for(config_a, "host-a")
@@ -121,9 +97,9 @@ def test_failed_host_instance_comes_back_with_both_luns(bed):
             for bdm in bdms:
                 store.add_block_device(uuid, bdm)
         # Host A fails: its domain is gone, its record still says host-a.
-        virsh("destroy", uuid)
-        virsh("undefine", uuid)
-        assert uuid not in virsh("list", "--all", "--uuid")
+        guest.virsh("destroy", uuid)
+        guest.virsh("undefine", uuid)
+        assert uuid not in guest.virsh("list", "--all", "--uuid")
 
         done = subprocess.run(
             [sys.executable, "-m", "virt.cli.recover", "--config", str(config_b),
@@ -141,7 +117,7 @@ def test_failed_host_instance_comes_back_with_both_luns(bed):
         out = wait_console(driver_b, instance,
                            rf"name=vdb sectors={plain.size_bytes // 512} marker={plain.marker}")
         assert re.search(rf"name=vdc sectors={chap.size_bytes // 512} marker={chap.marker}", out)
-        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert guest.virsh("list", "--all", "--uuid").split().count(uuid) == 1
         assert plain.read_marker() == plain.marker and chap.read_marker() == chap.marker
         with Store(build_conf(str(config_b)).state_connection) as store:
             record = store.get_instance(uuid)
@@ -153,8 +129,8 @@ def test_failed_host_instance_comes_back_with_both_luns(bed):
              "--failed-host", "host-a", "--confirm-fenced", "--format", "json"],
             capture_output=True, text=True, timeout=120, check=False)
         assert again.returncode == 0 and json.loads(again.stdout)["instances"] == []
-        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
-        assert len(re.findall(r"^\s*vd[bc]\s", virsh("domblklist", uuid), re.M)) == 2
+        assert guest.virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert len(re.findall(r"^\s*vd[bc]\s", guest.virsh("domblklist", uuid), re.M)) == 2
     finally:
         for drv in (driver_b, driver_for(config_a, "host-a")):
             if drv is not None:
@@ -177,7 +153,7 @@ def test_resume_local_starts_the_shut_off_domain_keeping_its_disk(bed):
     instance = Instance(uuid=uuid, name=f"vk-resume-{uuid[:6]}",
                         flavor=Flavor("tiny", 1, 128, 1), image=bed.image, host="host-b")
     lun = bed.luns.create(size_mb=16)
-    bdm = BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), "/dev/vdb")
+    bdm = guest.lun_device(lun, "/dev/vdb")
     driver = driver_for(config, "host-b")
     try:
         driver.spawn(instance=instance, image=bed.image, block_devices=[bdm])
@@ -199,8 +175,8 @@ def test_resume_local_starts_the_shut_off_domain_keeping_its_disk(bed):
         assert "Pattern verification failed" not in qemu_io(disk, "read -P 0x5a 8M 64k",
                                                             read_only=True)
         wait_console(driver, instance, rf"name=vdb sectors={lun.size_bytes // 512}")
-        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
-        assert len(re.findall(r"^\s*vdb\s", virsh("domblklist", uuid), re.M)) == 1
+        assert guest.virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert len(re.findall(r"^\s*vdb\s", guest.virsh("domblklist", uuid), re.M)) == 1
     finally:
         driver.destroy(instance=instance)
 
@@ -214,15 +190,14 @@ def test_killed_between_spawn_and_attach_resumes_with_one_domain_and_each_lun_on
     with Store(build_conf(str(config)).state_connection) as store:  # host A's, now dead
         store.create_instance(instance, vm_state=VmState.ACTIVE)
         for lun, dev in ((plain, "/dev/vdb"), (chap, "/dev/vdc")):
-            store.add_block_device(uuid, BlockDevice(
-                VolumeConnection.from_connection_info(lun.connection_info()), dev))
+            store.add_block_device(uuid, guest.lun_device(lun, dev))
     args = ("--failed-host", "host-a", "--confirm-fenced")
     try:
         # Killed once the spawn is journaled done and the first attach is about to start.
         crashed = recover_cli(config, *args, env={"VIRTKIT_RECOVER_CRASH_AT": "attach:vdb:started"})
         assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
-        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
-        assert not re.search(r"^\s*vd[bc]\s", virsh("domblklist", uuid), re.M)
+        assert guest.virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        assert not re.search(r"^\s*vd[bc]\s", guest.virsh("domblklist", uuid), re.M)
 
         done = recover_cli(config, *args)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -230,8 +205,8 @@ def test_killed_between_spawn_and_attach_resumes_with_one_domain_and_each_lun_on
         (item,) = json.loads(done.stdout)["instances"]
         assert item["outcome"] == "recovered" and item["resumed"]
         assert "spawn (running) with 0 volume(s) at boot (done in an earlier run)" in item["steps"]
-        assert virsh("list", "--all", "--uuid").split().count(uuid) == 1
-        disks = re.findall(r"^\s*(vd[a-z])\s", virsh("domblklist", uuid), re.M)
+        assert guest.virsh("list", "--all", "--uuid").split().count(uuid) == 1
+        disks = re.findall(r"^\s*(vd[a-z])\s", guest.virsh("domblklist", uuid), re.M)
         assert sorted(d for d in disks if d != "vda") == ["vdb", "vdc"]
         driver = driver_for(config, "host-b")
         wait_console(driver, instance, rf"name=vdc sectors={chap.size_bytes // 512}")

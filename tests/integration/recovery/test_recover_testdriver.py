@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from drivers.libvirt.driver import LibvirtDriver
+from tests.libvirt_helpers import qcow2_base
 from tests.recovery_helpers import record_instances, recover
 from virt.errors import InvalidRequest
-from virt.model import ImageRef
 from virt.recovery import Outcome
 from virt.recovery_source import StoreSource
 from virt.store import Store
@@ -34,10 +34,7 @@ def store(libvirt_conf):
 
 @pytest.fixture
 def image(tmp_path):
-    path = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True,
-                   timeout=60)
-    return ImageRef(str(path))
+    return qcow2_base(tmp_path / "base.qcow2")
 
 
 def driver_on(conf, host):

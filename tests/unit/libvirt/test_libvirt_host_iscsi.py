@@ -29,6 +29,7 @@ from drivers.libvirt import designer, volumes_host, xml
 from drivers.libvirt.driver import LibvirtDriver
 from drivers.libvirt.images import InstanceDisks
 from tests.iscsi_target import TargetFactory, tgtd_available
+from tests.libvirt_helpers import libvirt_up, validate_domain_xml
 from tests.testbed import require
 from virt.config import build_conf
 from virt.errors import ConfigError, VolumeError, VolumeUnreachable
@@ -127,15 +128,6 @@ def _instance() -> Instance:
     return Instance(uuid=uid, name=f"hostiscsi-{uid[:6]}", flavor=Flavor("tiny", 1, 64, 1))
 
 
-def _validate(tmp_path: Path, text: str) -> None:
-    assert shutil.which("virt-xml-validate"), "virt-xml-validate (libvirt-clients) is needed"
-    path = tmp_path / "domain.xml"
-    path.write_text(text)
-    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr + proc.stdout + text
-
-
 @pytest.fixture
 def no_libiscsi(monkeypatch):
     """The probe without libiscsi-bin: a bounded TCP connect to the portal."""
@@ -173,7 +165,7 @@ def test_prepare_connects_with_the_connection_data_and_maps_a_raw_block_disk(
     domain = designer.domain_xml(instance=_instance(), image=ImageRef(str(base)),
                                  virt_type="qemu", disks=InstanceDisks(directory=str(tmp_path), root=str(base)),
                                  volume_disks=[disk], vifs=(), cache_mode="none")
-    _validate(tmp_path, domain)
+    validate_domain_xml(tmp_path, domain)
     assert f"dev=\"{path}\"" in domain or f"dev='{path}'" in domain
     for text in (domain, caplog.text):
         assert PASSWORD not in text and "chapuser" not in domain
@@ -390,15 +382,9 @@ def test_this_machine_lacks_iscsi_tcp_and_says_so():
 
 # -- through the driver, on real libvirt (defined, never started) ---------------------------
 
-def _libvirt_up() -> bool:
-    return shutil.which("virsh") is not None and subprocess.run(
-        ["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=30,
-        check=False).returncode == 0
-
-
 @pytest.fixture
 def qemu_driver(brick, tmp_path):
-    require(_libvirt_up(), "libvirtd with qemu:///system")
+    require(libvirt_up(), "libvirtd with qemu:///system")
     conf = build_conf(overrides={"state_path": str(tmp_path / "state"), "host": "h"})
     LibvirtDriver.register_opts(conf)
     conf.set_override("connection_uri", "qemu:///system", group="libvirt")
@@ -460,14 +446,14 @@ def test_spawn_attach_detach_destroy_connect_and_disconnect(qemu_driver, lun_fac
     defined = _dumpxml(instance.uuid)
     disk = next(d for d in xml.Domain.from_xml(defined).disks if d.target_dev == "vdb")
     assert (disk.source_type, disk.source_path, disk.driver_type) == ("block", path_b, "raw")
-    _validate(tmp_path, defined)
+    validate_domain_xml(tmp_path, defined)
 
     drv.attach_volume(instance=instance, block_device=bdm_c)
     assert brick.of("connect")[1] == dict(bdm_c.connection.data)
     defined = _dumpxml(instance.uuid)
     disk_c = next(d for d in xml.Domain.from_xml(defined).disks if d.target_dev == "vdc")
     assert disk_c.source_type == "block" and disk_c.source_path == "/dev/sdc"
-    _validate(tmp_path, defined)
+    validate_domain_xml(tmp_path, defined)
     assert drv.get_volume_connector().initiator == INITIATOR
 
     drv.detach_volume(instance=instance, block_device=bdm_c)

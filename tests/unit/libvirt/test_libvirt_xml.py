@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 
 import pytest
 
 from drivers.libvirt import designer, xml
 from drivers.libvirt.images import InstanceDisks
+from tests.libvirt_helpers import validate_domain_xml
 from virt.errors import InvalidRequest
 from virt.model import Flavor, ImageRef, Instance, Vif
 
 UUID = "0b6c0b0e-5f9f-4a55-9b0c-3f1e6a4c2a11"
 HOSTILE = "</name><devices><disk type='file'><source file='/etc/shadow'/></disk></devices>&amp;\"'"
-
-
-def _validate(tmp_path, text: str) -> None:
-    """Check `text` against libvirt's own domain schema with virt-xml-validate."""
-    assert shutil.which("virt-xml-validate"), "virt-xml-validate (libvirt-clients) is needed"
-    path = tmp_path / "domain.xml"
-    path.write_text(text)
-    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr + proc.stdout + text
 
 
 def _iscsi_disk(dev: str, chap: bool) -> xml.Disk:
@@ -70,12 +59,12 @@ FLAVORS = [Flavor("tiny", 1, 64), Flavor("big", 4, 8192, 20, 10, 512)]
 def test_every_combination_validates_against_libvirt_schema(tmp_path, flavor, kernel, volumes,
                                                              chap, nics):
     domain = _domain(flavor, kernel=kernel, volumes=volumes, chap=chap, nics=nics)
-    _validate(tmp_path, domain.to_xml())
+    validate_domain_xml(tmp_path, domain.to_xml())
 
 
 @pytest.mark.parametrize("virt_type", ["kvm", "test"])
-def test_other_domain_types_validate(tmp_path, virt_type):
-    _validate(tmp_path, _domain(FLAVORS[1], kernel=True, volumes=1, chap=True, nics=NICS[2],
+def test_other_domain_typesvalidate_domain_xml(tmp_path, virt_type):
+    validate_domain_xml(tmp_path, _domain(FLAVORS[1], kernel=True, volumes=1, chap=True, nics=NICS[2],
                                 virt_type=virt_type).to_xml())
 
 
@@ -105,7 +94,7 @@ def test_hostile_strings_are_data_not_markup(tmp_path):
     root = xml.parse(text)
     assert len(root.findall("devices/disk")) == 1  # nothing injected
     assert root.find(".//evil") is None
-    _validate(tmp_path, text)
+    validate_domain_xml(tmp_path, text)
     parsed = xml.Domain.from_xml(text)
     assert parsed.metadata is not None
     assert parsed.metadata.flavor == HOSTILE
@@ -179,7 +168,7 @@ def test_template_values_are_data_and_tokens_are_not_reexpanded(tmp_path):
                                      image=ImageRef(HOSTILE))
     assert templated == full
     assert xml.parse(templated).find(".//evil") is None
-    _validate(tmp_path, templated)
+    validate_domain_xml(tmp_path, templated)
 
 
 @pytest.mark.parametrize("name", [HOSTILE, "vm \"q\" 'a' <b> &amp; & ]]> <![CDATA[x]]>"])
@@ -202,7 +191,7 @@ def test_hostile_domain_name_is_data_built_and_templated(tmp_path, name):
     parsed = xml.Domain.from_xml(templated)
     assert parsed.name == name and parsed.metadata is not None
     assert parsed.metadata.name == name and parsed.metadata.properties == {"k": name}
-    _validate(tmp_path, templated)
+    validate_domain_xml(tmp_path, templated)
 
 
 def test_template_refuses_control_characters_like_a_full_build():
