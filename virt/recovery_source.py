@@ -21,6 +21,7 @@ from virt.store import (
     VmState,
     block_devices,
     database_url,
+    driver_hint,
     instances,
     server_connect_args,
 )
@@ -181,11 +182,9 @@ class NovaSource:
             self.engine = sa.create_engine(parsed, hide_parameters=True, pool_pre_ping=True,
                                            connect_args=server_connect_args(parsed))
         except ImportError as exc:
-            backend = parsed.get_backend_name()
-            extra = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql"}.get(backend)
             raise ConfigError(
                 f"--nova-db {parsed.drivername}: its driver is not installed ({exc})",
-                hint=f"pip install 'virtkit[{extra}]'" if extra else None) from None
+                hint=driver_hint(parsed)) from None
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"--nova-db is not a usable SQLAlchemy URL: {exc}") from None
         self.description = f"Nova database {self.engine.url.render_as_string(hide_password=True)}"

@@ -72,6 +72,7 @@ __all__ = [
     "VmState",
     "block_devices",
     "database_url",
+    "driver_hint",
     "hosts",
     "instance_events",
     "instances",
@@ -92,6 +93,8 @@ PG_DRIVERS = ("psycopg", "psycopg2")
 MYSQL_DEFAULT_DRIVER = "pymysql"
 #: MySQL drivers that take connect_timeout, read_timeout and init_command.
 MYSQL_DRIVERS = ("pymysql", "mysqldb")
+#: The extra that installs the default driver of each server backend.
+DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 MYSQL_CONNECT_TIMEOUT_S = 10
 MYSQL_LOCK_WAIT_TIMEOUT_S = 30
 MYSQL_READ_TIMEOUT_S = 120
@@ -180,6 +183,12 @@ def server_connect_args(url: sa.URL) -> dict[str, Any]:
     }
 
 
+def driver_hint(url: sa.URL) -> str | None:
+    """What to install when `url`'s database driver is missing (None: no extra has it)."""
+    extra = DRIVER_EXTRAS.get(url.get_backend_name())
+    return f"pip install 'virtkit[{extra}]'" if extra else None
+
+
 def _make_engine(url: str) -> sa.Engine:
     parsed = database_url(url)
     options: dict[str, Any] = {"hide_parameters": True, "future": True}
@@ -196,11 +205,8 @@ def _make_engine(url: str) -> sa.Engine:
     try:
         engine = sa.create_engine(parsed, **options)
     except ImportError as error:
-        raise ConfigError(
-            f"cannot use state_connection: {error}",
-            hint="pip install 'virtkit[postgresql]' for PostgreSQL (psycopg 3)"
-            if parsed.get_backend_name() == "postgresql" else None,
-        ) from None
+        raise ConfigError(f"cannot use state_connection: {error}",
+                          hint=driver_hint(parsed)) from None
     except exc.ArgumentError as error:
         raise ConfigError(f"cannot use state_connection: {error}") from None
     if engine.dialect.name == "sqlite":
