@@ -20,7 +20,6 @@ import importlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -28,9 +27,16 @@ from typing import Any
 
 from drivers.libvirt import xml
 from drivers.libvirt.volumes import PreparedVolume
-from virt.errors import ConfigError, VirtError, VolumeError, VolumeUnreachable
-from virt.model import MASK, BlockDevice, Instance
-from virt.volume.iscsi import READCAPACITY, IscsiConnector, IscsiTarget, parse_iscsi_target
+from virt.errors import ConfigError, VirtError, VolumeError
+from virt.model import BlockDevice, Instance
+from virt.volume.iscsi import (
+    READCAPACITY,
+    IscsiConnector,
+    IscsiTarget,
+    parse_iscsi_target,
+    reachable_path,
+    scrub,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -139,10 +145,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _scrub(text: str, target: IscsiTarget) -> str:
-    return text.replace(target.auth_password, MASK) if target.auth_password else text
-
-
 class IscsiHostVolumes:
     """Log the host in to iSCSI LUNs with os-brick and hand the block devices to libvirt."""
 
@@ -212,7 +214,7 @@ class IscsiHostVolumes:
         except Exception as exc:  # os-brick's errors: BrickException, ProcessExecutionError …
             raise VolumeError(f"os-brick could not connect iSCSI volume {target.source_name} at "
                               f"{target.portal}: {type(exc).__name__}: "
-                              f"{_scrub(str(exc), target)}",
+                              f"{scrub(str(exc), target.auth_password)}",
                               hint="check the target, the CHAP credentials and iscsid") from None
         path = info.get("path") if isinstance(info, dict) else None
         if not isinstance(info, dict) or info.get("type") != "block" or \
@@ -276,18 +278,8 @@ class IscsiHostVolumes:
         if shutil.which(READCAPACITY):
             IscsiConnector(initiator=self.initiator).probe(block_device.connection,
                                                            timeout=self._timeout)
-            return
-        failures = []
-        for path in target.all_paths():
-            try:
-                with socket.create_connection((path.portal.host, path.portal.port),
-                                              timeout=min(self._timeout, 5.0)):
-                    return
-            except OSError as exc:
-                failures.append(f"{path.portal}: {exc.strerror or exc}")
-        raise VolumeUnreachable(f"iSCSI volume {target.source_name}: no portal reachable "
-                                f"({'; '.join(failures)})",
-                                hint="check the storage network and that the target is up")
+        else:
+            reachable_path(target, self._timeout)
 
     def _disconnect(self, target: IscsiTarget, props: dict[str, Any],
                     info: dict[str, Any] | None, *, force: bool = False) -> None:
@@ -296,7 +288,7 @@ class IscsiHostVolumes:
         except Exception as exc:
             raise VolumeError(f"os-brick could not disconnect iSCSI volume "
                               f"{target.source_name}: {type(exc).__name__}: "
-                              f"{_scrub(str(exc), target)}",
+                              f"{scrub(str(exc), target.auth_password)}",
                               hint="the host may keep its session; see iscsiadm -m session") from None
         LOG.info("iSCSI volume %s at %s disconnected", target.source_name, target.portal)
 

@@ -257,17 +257,7 @@ class IscsiConnector:
         VolumeNotFound (no such target or LUN), VolumeError (anything else).
         """
         target = parse_iscsi_target(conn)
-        failures: list[str] = []
-        for path in target.all_paths():
-            reason = _tcp_reachable(path.portal, timeout)
-            if reason:
-                failures.append(reason)
-                continue
-            return self._read_capacity(target, path, timeout)
-        raise VolumeUnreachable(
-            f"iSCSI volume {target.source_name}: no portal reachable ({'; '.join(failures)})",
-            hint="check the storage network and that the target is up",
-        )
+        return self._read_capacity(target, reachable_path(target, timeout), timeout)
 
     def connect(self, conn: VolumeConnection, *, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
         """Check the LUN and return how QEMU's own initiator reaches it (no secrets).
@@ -312,10 +302,25 @@ class IscsiConnector:
                 f"iSCSI login to {path.portal} for {target.source_name} did not finish "
                 f"within {timeout:g}s"
             ) from None
-        output = _scrub(done.stdout + done.stderr, target.auth_password)
+        output = scrub(done.stdout + done.stderr, target.auth_password)
         if done.returncode == 0:
             return _parse_capacity(output, path)
         raise _login_error(output, target, path)
+
+
+def reachable_path(target: IscsiTarget, timeout: float) -> IscsiPath:
+    """The first of the target's paths (multipath in order) whose portal accepts a TCP
+    connection; VolumeUnreachable naming why each failed if none does."""
+    failures: list[str] = []
+    for path in target.all_paths():
+        reason = _tcp_reachable(path.portal, timeout)
+        if reason is None:
+            return path
+        failures.append(reason)
+    raise VolumeUnreachable(
+        f"iSCSI volume {target.source_name}: no portal reachable ({'; '.join(failures)})",
+        hint="check the storage network and that the target is up",
+    )
 
 
 def _tcp_reachable(portal: Portal, timeout: float) -> str | None:
@@ -329,7 +334,8 @@ def _tcp_reachable(portal: Portal, timeout: float) -> str | None:
         return f"{portal}: {exc.strerror or exc}"
 
 
-def _scrub(text: str, secret: str | None) -> str:
+def scrub(text: str, secret: str | None) -> str:
+    """`text` with `secret` masked (for errors quoting a tool's or library's output)."""
     return text.replace(secret, MASK) if secret else text
 
 
