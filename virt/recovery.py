@@ -192,6 +192,10 @@ class _Step:
     run: Callable[[], Effect | None]
     undo: Callable[[], None] | None = None
     always: bool = False  # read-only or idempotent: run again even when journaled done
+    #: Journaled durably on both sides: `started` committed before it runs (a crash leaves
+    #: it to undo, even for a recoverer taking the claim over) and `done` right after (a
+    #: crash after it does not redo it). For the spawn: undoing or redoing it costs a boot.
+    durable: bool = False
 
 
 class _Release(Exception):
@@ -457,12 +461,13 @@ class Recoverer:
                 continue
             if step.undo and (status in ("started", "failed") or (
                     status is None and claim.resumed and not spawned_here)):
-                # A step with no entry in a resumed claim may still have happened: on SQLite
-                # with synchronous=NORMAL a power cut can lose the last committed
-                # transactions, write-ahead entries included (see docs/recovery.md, "Power
-                # cuts"). Undoing is harmless when it did not happen.
+                # A step with no entry in a resumed claim may still have happened: an
+                # attach's entries wait in the buffer for the claim's end, and on SQLite with
+                # synchronous=NORMAL a power cut can lose the last committed transactions,
+                # write-ahead entries included (see docs/recovery.md, "Power cuts").
+                # Undoing is harmless when it did not happen.
                 step.undo()
-            if step.undo:  # write-ahead: a crash from here on leaves something to undo
+            if step.durable:  # write-ahead: a crash from here on leaves something to undo
                 self.journal.record(claim, step.name, "started")
             else:
                 self.journal.note(claim, step.name, "started")
@@ -474,6 +479,8 @@ class Recoverer:
                 self.journal.note(claim, step.name, "failed", _describe(exc))
                 raise
             self.journal.note(claim, step.name, "done", effect=effect)
+            if step.durable:
+                self.journal.flush(claim)
             item.steps.append(step.describe)
             spawned_here = spawned_here or step.name == "spawn"
 
@@ -568,7 +575,7 @@ class Recoverer:
 
         power = "running" if candidate.should_run else "stopped"
         steps.append(_Step("spawn", f"spawn ({power}) with {len(at_spawn)} volume(s) at boot",
-                           spawn, undo=lambda: self._remove_domain(instance)))
+                           spawn, undo=lambda: self._remove_domain(instance), durable=True))
         for volume in hot:
             steps.append(self._attach_step(instance, volume, devices))
         steps.append(_Step("power", "record the power state",

@@ -6,9 +6,9 @@ recoverers never take the same instance. The journal records each step of each c
 `started` before and `done`/`failed` after, which is what makes a run resumable.
 
 Entries are batched per claim: `note` buffers one (with the time it happened), `record`
-makes everything buffered durable in one transaction. A step whose effect must be undone
-after a crash (spawn, attach) is `record`ed `started` before it runs (write-ahead); other
-entries ride along with the next one. A store write of a step (re-home, power state) is
+makes everything buffered durable in one transaction. The recoverer `record`s the spawn's
+`started` before it runs (write-ahead) and flushes its `done` after it; other entries ride
+along with the next flush. A store write of a step (re-home, power state) is
 committed in the same transaction as its `done` entry, so the two cannot disagree. Every
 flush also checks that the claim is still this run's (a compare-and-swap on the claim row),
 so a recoverer whose claim was taken over stops before its next side effect.
@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from virt.errors import VirtError
 from virt.store import Store
+from virt.store_direct import DirectStatement
 from virt.store_records import utcnow
 
 recovery_metadata = sa.MetaData()
@@ -81,27 +82,33 @@ class ClaimState(enum.StrEnum):
     FAILED = "failed"
 
 
-# Statements run for every instance, built once: building a Core statement (and its cache
-# key) costs about as much as running it on SQLite. Bind names must differ from columns'.
+# Statements run for every instance, built once and run directly on the DBAPI cursor (see
+# virt.store_direct): each instance runs them a dozen times. Bind names must differ from
+# columns'.
 _OURS = (claims.c.claim_id == sa.bindparam("b_claim"), claims.c.run_id == sa.bindparam("b_run"),
          claims.c.state == ClaimState.CLAIMED)
 #: Renew the lease if the claim is still this run's (the compare-and-swap of every flush).
-_RENEW_OWNED = claims.update().where(*_OURS).values(
-    updated_at=sa.bindparam("b_now", type_=claims.c.updated_at.type))
+_RENEW_OWNED = DirectStatement(claims.update().where(*_OURS).values(
+    updated_at=sa.bindparam("b_now", type_=claims.c.updated_at.type)))
 #: The same, ending the claim in the same statement.
-_END_OWNED = claims.update().where(*_OURS).values(
+_END_OWNED = DirectStatement(claims.update().where(*_OURS).values(
     updated_at=sa.bindparam("b_now", type_=claims.c.updated_at.type),
     state=sa.bindparam("b_state", type_=claims.c.state.type),
-    reason=sa.bindparam("b_reason", type_=claims.c.reason.type))
+    reason=sa.bindparam("b_reason", type_=claims.c.reason.type)))
 _CLAIM_ROW = sa.select(claims).where(claims.c.instance_uuid == sa.bindparam("b_uuid"))
 _LOCK_CLAIM_ROW = _CLAIM_ROW.with_for_update(skip_locked=True)
-_INSERT_ENTRIES = journal.insert()
+_ENTRY_COLUMNS = ("claim_id", "run_id", "instance_uuid", "step", "status", "actor", "detail",
+                  "timestamp")
+_INSERT_ENTRIES = DirectStatement(journal.insert(), columns=_ENTRY_COLUMNS)
+_CLAIM_COLUMNS = tuple(c.name for c in claims.columns)
 # RETURNING says whether the row went in: an INSERT's rowcount is -1 with psycopg 3.
-_INSERT_CLAIM_UNLESS_ANY: dict[str, sa.Insert] = {
-    "sqlite": sqlite.insert(claims).on_conflict_do_nothing(index_elements=["instance_uuid"])
-    .returning(claims.c.instance_uuid),
-    "postgresql": postgresql.insert(claims).on_conflict_do_nothing(
-        index_elements=["instance_uuid"]).returning(claims.c.instance_uuid),
+_INSERT_CLAIM_UNLESS_ANY: dict[str, DirectStatement] = {
+    "sqlite": DirectStatement(
+        sqlite.insert(claims).on_conflict_do_nothing(index_elements=["instance_uuid"])
+        .returning(claims.c.instance_uuid), columns=_CLAIM_COLUMNS),
+    "postgresql": DirectStatement(
+        postgresql.insert(claims).on_conflict_do_nothing(index_elements=["instance_uuid"])
+        .returning(claims.c.instance_uuid), columns=_CLAIM_COLUMNS),
 }
 
 
@@ -312,15 +319,15 @@ class RecoveryJournal:
         try:
             with self.store.transaction() as conn:
                 if end is None:
-                    owned = conn.execute(_RENEW_OWNED, ours).rowcount
+                    owned = _RENEW_OWNED.execute(conn, ours).rowcount
                 else:
-                    owned = conn.execute(
-                        _END_OWNED, {**ours, "b_state": end[0], "b_reason": end[1]}).rowcount
+                    owned = _END_OWNED.execute(
+                        conn, {**ours, "b_state": end[0], "b_reason": end[1]}).rowcount
                 if not owned:
                     raise ClaimLost(f"the claim on {claim.instance_uuid} is no longer this "
                                     f"run's: {_holder_text(conn, claim.instance_uuid)}")
                 if rows:
-                    conn.execute(_INSERT_ENTRIES, rows)
+                    _INSERT_ENTRIES.executemany(conn, rows)
                 for write in [*writes, *([effect] if effect else [])]:
                     write(conn)
         except ClaimLost:
@@ -411,7 +418,7 @@ def _insert_claim(conn: sa.Connection, values: dict[str, Any]) -> bool:
     """
     insert = _INSERT_CLAIM_UNLESS_ANY.get(conn.dialect.name)
     if insert is not None:
-        return conn.execute(insert, values).first() is not None
+        return insert.execute(conn, values).fetchone() is not None
     try:
         with conn.begin_nested():
             conn.execute(claims.insert(), values)

@@ -35,6 +35,7 @@ from virt.errors import (
     VolumeNotFound,
 )
 from virt.model import BlockDevice, Instance, PowerState, Vif, validate_uuid
+from virt.store_direct import DirectStatement
 from virt.store_records import (
     BlockDeviceRecord,
     EventRecord,
@@ -470,7 +471,7 @@ class Store:
         params = {f"b_{key}": _column_value(key, value) for key, value in values.items()}
         params.update(b_updated_at=utcnow(), b_uuid=uuid)
         with self._use(conn) as c:
-            if not c.execute(_update_statement(tuple(sorted(values)), False), params).rowcount:
+            if not _set_fields_statement(tuple(sorted(values))).execute(c, params).rowcount:
                 self.get_instance(uuid, conn=c)  # raises InstanceNotFound
 
     def delete_instance(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
@@ -711,6 +712,13 @@ def _update_statement(keys: tuple[str, ...], returning: bool) -> sa.Update:
         .values({key: sa.bindparam(f"b_{key}", type_=instances.c[key].type) for key in columns})
     )
     return query.returning(instances) if returning else query
+
+
+@functools.lru_cache(maxsize=128)
+def _set_fields_statement(keys: tuple[str, ...]) -> DirectStatement:
+    """`_update_statement` without RETURNING, run directly: recovery runs it twice per
+    instance."""
+    return DirectStatement(_update_statement(keys, False))
 
 
 def _expect(query: sa.Update, column: sa.Column[Any], expected: Any) -> sa.Update:
