@@ -82,9 +82,14 @@ def new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def mask_secrets(value: Any) -> Any:
     """A deep copy of a JSON-like value with every secret replaced by '***'."""
-    if isinstance(value, Mapping):
+    if type(value) in _SCALARS:  # most leaves; cheaper than the isinstance checks below
+        return value
+    if type(value) is dict or isinstance(value, Mapping):
         return {
             k: (MASK if k in SECRET_KEYS and v not in (None, "") else mask_secrets(v))
             for k, v in value.items()

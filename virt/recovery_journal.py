@@ -191,7 +191,7 @@ class RecoveryJournal:
         after every reboot). `take_over` replaces another recoverer's claim, but only if it
         is still exactly as the caller saw it go stale.
         """
-        with self.store.transaction() as conn:
+        with self.store.kept_transaction() as conn:
             if take_over is None and conn.dialect.name in _INSERT_CLAIM_UNLESS_ANY:
                 # The usual case, an instance never claimed: one statement. A row already
                 # there (or being inserted) makes it a no-op, and the checks below decide.
@@ -317,7 +317,7 @@ class RecoveryJournal:
         writes = [w for _, w in pending.items if w is not None]
         ours = {"b_claim": claim.claim_id, "b_run": self.run_id, "b_now": utcnow()}
         try:
-            with self.store.transaction() as conn:
+            with self.store.kept_transaction() as conn:
                 if end is None:
                     owned = _RENEW_OWNED.execute(conn, ours).rowcount
                 else:

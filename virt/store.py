@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,9 @@ def _make_engine(url: str) -> sa.Engine:
             options["poolclass"] = StaticPool
         else:
             store_migrate.private_sqlite_file(Path(database).expanduser())
+            # A file's connections are cheap, and threads may keep one each
+            # (`kept_transaction`): never make a thread wait for one.
+            options["max_overflow"] = -1
     else:
         options["pool_pre_ping"] = True
         options["connect_args"] = server_connect_args(parsed)
@@ -259,6 +263,9 @@ class Store:
         outdated one (StoreError: run `virtkit db upgrade`)."""
         self.url = url
         self.engine = _make_engine(url)
+        self._kept: list[sa.Connection] = []
+        self._kept_lock = threading.Lock()
+        self._local = threading.local()
         self.where = self.engine.url.render_as_string(hide_password=True)
         self.metadata = metadata
         if migrate or check_schema:
@@ -276,6 +283,10 @@ class Store:
                    migrate=conf.db_auto_upgrade if migrate is None else migrate)
 
     def close(self) -> None:
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        for conn in kept:
+            conn.close()
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -307,6 +318,27 @@ class Store:
             yield conn
 
     session = transaction
+
+    @contextlib.contextmanager
+    def kept_transaction(self) -> Iterator[sa.Connection]:
+        """`transaction()`, on SQLite on a connection this thread keeps until `close()`.
+
+        For callers committing many small transactions (the recovery journal, several per
+        instance): on SQLite, taking a connection from the pool and giving it back costs as
+        much as their statements. Elsewhere the pool stays in the way on purpose: its
+        pre-ping replaces a connection the server dropped.
+        """
+        if self.engine.dialect.name != "sqlite" or isinstance(self.engine.pool, StaticPool):
+            with self.transaction() as conn:
+                yield conn
+            return
+        kept: sa.Connection | None = getattr(self._local, "conn", None)
+        if kept is None or kept.closed:
+            kept = self._local.conn = self.engine.connect()
+            with self._kept_lock:
+                self._kept.append(kept)
+        with self._errors(), kept.begin():
+            yield kept
 
     @contextlib.contextmanager
     def _use(self, conn: sa.Connection | None) -> Iterator[sa.Connection]:

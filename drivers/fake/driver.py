@@ -115,21 +115,22 @@ def _image_record(image: ImageRef) -> dict[str, Any]:
     }
 
 
-def _console(record: dict[str, Any], line: str) -> None:
-    """Append a line to the instance's console log (bounded)."""
-    uptime = 0.0
-    if record.get("running_since"):
-        uptime = max(0.0, time.time() - record["running_since"])
-    record["console"].append(f"[{uptime:12.6f}] {line}")
-    del record["console"][:-CONSOLE_MAX_LINES]
+def _console(record: dict[str, Any], *lines: str) -> None:
+    """Append lines to the instance's console log (bounded)."""
+    since = record.get("running_since")
+    uptime = max(0.0, time.time() - since) if since else 0.0
+    console = record["console"]
+    console.extend(f"[{uptime:12.6f}] {line}" for line in lines)
+    if len(console) > CONSOLE_MAX_LINES:
+        del console[:-CONSOLE_MAX_LINES]
 
 
 def _start(record: dict[str, Any]) -> None:
     record["state"] = PowerState.RUNNING.value
     record["running_since"] = time.time()
-    _console(record, f"Linux version 6.1.0-fake ({record['name']}) booting")
-    _console(record, f"virtkit-fake: root disk from image {record['image']['ref']}")
-    _console(record, f"{record['name']} login:")
+    _console(record, f"Linux version 6.1.0-fake ({record['name']}) booting",
+             f"virtkit-fake: root disk from image {record['image']['ref']}",
+             f"{record['name']} login:")
 
 
 def _stop(record: dict[str, Any], how: str) -> None:
@@ -193,8 +194,9 @@ class FakeDriver(ComputeDriver):
             record = txn.record
             if record is None:
                 raise (missing or InstanceNotFound)(instance.uuid)
-            events = change(record, txn) or []
-        self._emit(instance.uuid, events)
+            events = change(record, txn)
+        if events:
+            self._emit(instance.uuid, events)
 
     def _record(self, instance: Instance) -> dict[str, Any]:
         _check_instance(instance)
@@ -206,9 +208,8 @@ class FakeDriver(ComputeDriver):
     def _check_image(self, image: ImageRef, txn: Change) -> None:
         if not isinstance(image, ImageRef):
             raise InvalidRequest(f"image must be a virt.model.ImageRef, got {type(image).__name__}")
-        paths = [image.ref] + [p for p in (image.kernel, image.ramdisk) if p]
-        for path in paths:
-            if path.startswith("/") and not Path(path).exists():
+        for path in (image.ref, image.kernel, image.ramdisk):
+            if path and path.startswith("/") and not Path(path).exists():
                 raise ImageNotFound(
                     f"image file {path} does not exist", hint="give an existing image path"
                 )
@@ -299,15 +300,17 @@ class FakeDriver(ComputeDriver):
         power_on: bool = True,
     ) -> None:
         _check_instance(instance)
-        self._check_capacity(instance)
+        fake = self.conf.fake
+        self._check_capacity(instance, fake)
         for bdm in block_devices:
             self._check_block_device(bdm)
         mountpoints = [b.mountpoint for b in block_devices]
         if len(set(mountpoints)) != len(mountpoints):
             raise InvalidRequest(f"two block devices of instance {instance.uuid} share a mountpoint")
+        prefix = fake.fail_spawn_on_name_prefix
+        attached = {b.mountpoint: self._bdm_record(b) for b in block_devices}
         # The engine's work happens outside the lock, so spawns on one host overlap.
         self._sleep("spawn_latency_ms")
-        prefix = self.conf.fake.fail_spawn_on_name_prefix
         with self._hypervisor.transaction(instance.uuid) as txn:
             if txn.record is not None:
                 raise InstanceExists(instance.uuid)
@@ -318,8 +321,10 @@ class FakeDriver(ComputeDriver):
                     f"[fake] fail_spawn_on_name_prefix={prefix!r}"
                 )
             record = _instance_record(instance, image, PowerState.SHUTDOWN)
-            for bdm in block_devices:
-                record["block_devices"][bdm.mountpoint] = self._bdm_record(bdm)
+            now = time.time()
+            for entry in attached.values():
+                entry["attached_at"] = now
+            record["block_devices"] = attached
             record["vifs"] = [{"id": v.id, "address": v.address, "network": v.network}
                               for v in vifs]
             if admin_password:
@@ -519,13 +524,13 @@ class FakeDriver(ComputeDriver):
 
     # -- volumes ---------------------------------------------------------------------------
 
-    def _check_capacity(self, instance: Instance) -> None:
+    def _check_capacity(self, instance: Instance, fake: Any) -> None:
         """Refuse a flavor bigger than the whole host, as a real engine cannot start it.
 
         Only one instance against the host: the sum may exceed it (overcommit is the
         scheduler's business, as in Nova).
         """
-        fake, flavor = self.conf.fake, instance.flavor
+        flavor = instance.flavor
         problems = [f"{wanted} {unit} but this host has {has}" for wanted, has, unit in (
             (flavor.vcpus, fake.vcpus, "vCPUs"),
             (flavor.memory_mb, fake.memory_mb, "MiB of memory"),
@@ -556,6 +561,7 @@ class FakeDriver(ComputeDriver):
 
     @staticmethod
     def _bdm_record(bdm: BlockDevice) -> dict[str, Any]:
+        """A block device's entry in the record; `attached_at` is reset once attached."""
         return {
             "volume_id": bdm.volume_id,
             "mountpoint": bdm.mountpoint,
@@ -566,6 +572,7 @@ class FakeDriver(ComputeDriver):
 
     def attach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
         self._check_block_device(block_device)
+        entry = self._bdm_record(block_device)  # before the wait: it needs no state
         self._sleep("volume_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> None:
@@ -579,7 +586,8 @@ class FakeDriver(ComputeDriver):
             ):
                 raise VolumeError(
                     f"volume {block_device.volume_id} is already attached to {instance.uuid}")
-            attached[block_device.mountpoint] = self._bdm_record(block_device)
+            entry["attached_at"] = time.time()
+            attached[block_device.mountpoint] = entry
             _console(record, f"virtio_blk: [{block_device.device_name}] attached")
 
         self._mutate(instance, change)

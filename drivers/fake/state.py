@@ -10,9 +10,10 @@ A change is a transaction on one instance (and, if it touches them, the images):
 exclusive lock, read that one record, mutate it, write a temp file and rename it over the old
 one (a killed process leaves the old file or the new one, never half of one), skip the write
 when nothing changed. So an operation costs O(1) whatever the number of instances, and
-listing is one directory scan. Nothing is cached: every read sees the files as they are now,
-hand edits included. The old single-file format (`fake-hypervisor-<host>.json`, version 1)
-is migrated on first use.
+listing is one directory scan. Every read sees the files as they are now, hand edits
+included: all that is kept in memory is each record last written with its bytes, used only
+while the file still holds exactly those bytes (to skip decoding them). The old single-file
+format (`fake-hypervisor-<host>.json`, version 1) is migrated on first use.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ LEGACY_VERSION = 1
 HOST_FILE = "_host.json"
 LOCK_FILE = ".lock"
 _SUFFIX = ".json"
+_READ_SIZE = 1 << 16  # more than a record holds: one read, and one more that finds the end
+_MEMO_SIZE = 128  # records remembered per process: more than the instances changed at once
+
+# Built once, not per call. Records are trees (no cycles to look for).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
 
 
 def _encode(value: Any) -> bytes:
-    return (json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+    return (_ENCODER.encode(value) + "\n").encode("utf-8")
 
 
 def _unusable(path: str | Path, exc: OSError) -> HypervisorUnavailable:
@@ -97,6 +103,10 @@ class HostState:
         self._local = threading.local()
         self._lock_str = str(self._lock_path)
         self._dir_str = str(directory)
+        # The records this process last wrote, with their bytes: the next transaction on one
+        # that reads back just those bytes takes it instead of decoding them. The bytes read
+        # decide, so a change by another process or by hand is seen all the same.
+        self._written: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
     # -- locking and set-up -----------------------------------------------------------------
 
@@ -182,30 +192,50 @@ class HostState:
         return f"{self._dir_str}/{uuid}{_SUFFIX}"  # a string: cheaper than a Path
 
     @staticmethod
-    def _load(path: str | Path, hint: str) -> tuple[Any, bytes | None]:
-        """The JSON in `path` and its bytes; (None, None) if it does not exist."""
+    def _read(path: str | Path) -> bytes | None:
+        """The bytes in `path`; None if it does not exist."""
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            # os.read, not open(): a file object costs five more syscalls (fstat, ioctl, lseek).
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, _READ_SIZE)
+                while chunk := os.read(fd, _READ_SIZE):
+                    data += chunk
+            finally:
+                os.close(fd)
         except FileNotFoundError:
-            return None, None
+            return None
         except OSError as exc:
             raise HypervisorUnavailable(
                 f"fake hypervisor state {path} is unreadable: {exc.strerror}") from None
+        return data
+
+    @staticmethod
+    def _decode(path: str | Path, data: bytes, hint: str) -> Any:
         try:
-            return json.loads(data), data
+            return json.loads(data)
         except ValueError as exc:
             raise HypervisorUnavailable(
                 f"fake hypervisor state {path} is unreadable: {exc}", hint=hint) from None
 
     def _parse(self, path: str | Path, hint: str) -> Any:
-        return self._load(path, hint)[0]
+        data = self._read(path)
+        return None if data is None else self._decode(path, data, hint)
 
-    def _read_record(self, uuid: str) -> tuple[dict[str, Any] | None, bytes | None]:
-        """One instance's record and the bytes it was read from."""
+    def _read_record(
+        self, uuid: str, known: tuple[bytes, dict[str, Any]] | None = None
+    ) -> tuple[dict[str, Any] | None, bytes | None]:
+        """One instance's record and the bytes it was read from. `known` is bytes and the
+        record they encode, taken instead of decoding the file if it holds just those bytes."""
         path = self._instance_path(uuid)
-        record, data = self._load(path, "remove the file to forget that instance")
-        if record is not None and not (isinstance(record, dict) and record.get("uuid") == uuid):
+        data = self._read(path)
+        if data is None:
+            return None, None
+        if known is not None and known[0] == data:
+            record: Any = known[1]
+        else:
+            record = self._decode(path, data, "remove the file to forget that instance")
+        if not (isinstance(record, dict) and record.get("uuid") == uuid):
             raise HypervisorUnavailable(
                 f"fake hypervisor state {path} is not the record of instance {uuid}",
                 hint="remove the file to forget that instance")
@@ -214,8 +244,8 @@ class HostState:
     def _write(self, path: str | Path, value: Any) -> None:
         """Write atomically: a temp file renamed over the old one. The exclusive lock is
         held, so one fixed temp name per file is enough."""
-        head, name = os.path.split(path)
-        tmp = os.path.join(head, f".{name}.tmp")
+        head, sep, name = os.fspath(path).rpartition("/")
+        tmp = f"{head}{sep}.{name}.tmp"
         data = value if isinstance(value, bytes) else _encode(value)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -236,6 +266,13 @@ class HostState:
             pass
         except OSError as exc:
             raise _unusable(path, exc) from None
+
+    def _remember(self, uuid: str, data: bytes, record: dict[str, Any]) -> None:
+        """Keep `record` and its bytes for the next transaction on it (under the lock)."""
+        written = self._written
+        written[uuid] = (data, record)
+        if len(written) > _MEMO_SIZE:
+            del written[next(iter(written))]  # the oldest
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -290,22 +327,57 @@ class HostState:
 
     # -- changing ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self, uuid: str) -> Iterator[Change]:
-        """Yield instance `uuid`'s record for changes; write what changed unless the block
-        raises."""
-        with self._flock(fcntl.LOCK_EX):
-            before, before_data = self._read_record(uuid)
-            change = Change(self, before)
-            yield change
-            if change.record is None:
-                if before is not None:
-                    self._remove(self._instance_path(uuid))
-            else:
-                # Compared with the bytes read: files are written in this same encoding, so
-                # an unchanged record is not rewritten (a hand-edited one may be, once).
-                data = _encode(change.record)
-                if data != before_data:
-                    self._write(self._instance_path(uuid), data)
-            if change.images_changed():
-                self._write(self._host_path, self._host_record(change.images))
+    def transaction(self, uuid: str) -> Transaction:
+        """A context for changes to instance `uuid`'s record: it yields a `Change` and writes
+        what changed unless the block raises. The record is kept for the next transaction:
+        do not change it after the block."""
+        return Transaction(self, uuid)
+
+    def _begin(self, uuid: str) -> tuple[Change, bytes | None]:
+        """Under the exclusive lock: the record to change and the bytes it was read from."""
+        # Taken out of the memo: the record is the block's to change, back once written.
+        record, data = self._read_record(uuid, self._written.pop(uuid, None))
+        return Change(self, record), data
+
+    def _commit(self, uuid: str, change: Change, before: bytes | None) -> None:
+        """Under the exclusive lock: write what `change` changed."""
+        if change.record is None:
+            if before is not None:
+                self._remove(self._instance_path(uuid))
+        else:
+            # Compared with the bytes read: files are written in this same encoding, so an
+            # unchanged record is not rewritten (a hand-edited one may be, once).
+            data = _encode(change.record)
+            if data != before:
+                self._write(self._instance_path(uuid), data)
+            self._remember(uuid, data, change.record)
+        if change.images_changed():
+            self._write(self._host_path, self._host_record(change.images))
+
+
+class Transaction:
+    """`HostState.transaction`: a class rather than a generator context, as every
+    operation goes through it."""
+
+    def __init__(self, state: HostState, uuid: str) -> None:
+        self._state = state
+        self._uuid = uuid
+
+    def __enter__(self) -> Change:
+        state = self._state
+        state._prepare()
+        self._fd = fd = state._lock_fd()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            self._change, self._before = state._begin(self._uuid)
+        except BaseException:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
+        return self._change
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._state._commit(self._uuid, self._change, self._before)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)

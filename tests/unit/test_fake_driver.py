@@ -340,6 +340,27 @@ def test_state_file_edited_by_hand_is_noticed(conf, driver):
     assert driver.list_instances() == ["renamed-by-hand"]
 
 
+def test_changes_by_others_between_operations_are_seen(conf, driver):
+    # The driver remembers what it wrote last; another writer's bytes must win all the same.
+    inst = make_instance()
+    driver.spawn(instance=inst, image=IMAGE)
+    driver.attach_volume(instance=inst, block_device=chap_volume())
+    other = load_driver("fake", conf)
+    other.init_host(host="test-host")
+    other.detach_volume(instance=inst, block_device=chap_volume())
+    driver.attach_volume(instance=inst, block_device=chap_volume())
+    record = json.loads(open(state_path(conf, inst), encoding="utf-8").read())
+    record["block_devices"] = {}
+    record["state"] = "paused"
+    with open(state_path(conf, inst), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, sort_keys=True, separators=(",", ":"))
+    with pytest.raises(VolumeNotFound):
+        driver.detach_volume(instance=inst, block_device=chap_volume())
+    driver.unpause(instance=inst)
+    record = json.loads(open(state_path(conf, inst), encoding="utf-8").read())
+    assert record["state"] == "running" and record["block_devices"] == {}
+
+
 def test_unchanged_transaction_does_not_rewrite_the_file(conf, driver):
     inst = make_instance()
     driver.spawn(instance=inst, image=IMAGE)

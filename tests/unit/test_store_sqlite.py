@@ -53,3 +53,51 @@ def test_update_returns_the_new_record_and_keeps_compare_and_swap(store):
     assert store.get_instance(instance.uuid).host == "h3"
     with pytest.raises(InstanceNotFound):
         store.update_instance(new_uuid(), host="x")
+
+
+def test_kept_transactions_reuse_one_connection_per_thread_until_close(tmp_path):
+    import threading
+
+    store = Store(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    seen: list[object] = []
+
+    def twice() -> None:
+        for _ in range(2):
+            with store.kept_transaction() as conn:
+                seen.append(conn)
+
+    twice()
+    worker = threading.Thread(target=twice)
+    worker.start()
+    worker.join()
+    assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
+    store.close()
+    assert all(conn.closed for conn in seen)
+
+
+def test_a_failed_kept_transaction_leaves_its_connection_usable(tmp_path, monkeypatch):
+    from virt.errors import StoreError
+
+    monkeypatch.setattr("virt.store.SQLITE_BUSY_TIMEOUT_S", 1)
+    store = Store(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    instance = Instance(uuid=new_uuid(), name="vm", flavor=Flavor("t", 1, 64))
+    store.create_instance(instance)
+    with store.kept_transaction():
+        pass
+    other = sqlite3.connect(tmp_path / "state.sqlite", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError, match="locked"):  # BEGIN IMMEDIATE waits, then gives up
+            with store.kept_transaction():
+                pytest.fail("ran without the write lock")
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    with pytest.raises(RuntimeError):  # an error in the block rolls back
+        with store.kept_transaction() as conn:
+            store.set_instance_fields(instance.uuid, host="h-lost", conn=conn)
+            raise RuntimeError
+    with store.kept_transaction() as conn:
+        store.set_instance_fields(instance.uuid, host="h2", conn=conn)
+    assert store.get_instance(instance.uuid).host == "h2"
+    store.close()
