@@ -34,7 +34,7 @@ LEGACY_VERSION = 1
 HOST_FILE = "_host.json"
 LOCK_FILE = ".lock"
 _SUFFIX = ".json"
-_READ_SIZE = 1 << 16  # more than a record holds: one read, and one more that finds the end
+_READ_SIZE = 1 << 16  # more than a record holds: one read
 _MEMO_SIZE = 128  # records remembered per process: more than the instances changed at once
 
 # Built once, not per call. Records are trees (no cycles to look for).
@@ -198,8 +198,9 @@ class HostState:
             # os.read, not open(): a file object costs five more syscalls (fstat, ioctl, lseek).
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                data = os.read(fd, _READ_SIZE)
-                while chunk := os.read(fd, _READ_SIZE):
+                data = chunk = os.read(fd, _READ_SIZE)
+                while len(chunk) == _READ_SIZE:  # a regular file reads short only at its end
+                    chunk = os.read(fd, _READ_SIZE)
                     data += chunk
             finally:
                 os.close(fd)
