@@ -71,22 +71,28 @@ class _Prepared:
         compiled = statement.compile(dialect=dialect, column_keys=list(columns) or None)
         assert isinstance(compiled, SQLCompiler)
         self.sql = compiled.string
-        self._order: tuple[str, ...] | None = (
-            tuple(compiled.positiontup or ()) if compiled.positional else None)
-        self._processors: dict[str, Callable[[Any], Any]] = {}
-        for name, bind in compiled.binds.items():
+        self._positional = compiled.positional
+        self._names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(
+            compiled.binds)
+        #: Per value: its bind name, the dialect's conversion, and the value when the
+        #: statement fixes it (e.g. `state == 'claimed'`), already converted.
+        self._plan: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
+        for name in self._names:
+            bind = compiled.binds[name]
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                self._processors[name] = processor
-        # Values fixed in the statement itself (e.g. `state == 'claimed'`).
-        self._fixed = {name: bind.value for name, bind in compiled.binds.items()
-                       if not bind.required and name not in columns}
+            if bind.required or name in columns:
+                self._plan.append((name, processor, _GIVEN))
+            else:
+                value = bind.value if processor is None else processor(bind.value)
+                self._plan.append((name, None, value))
 
     def values(self, params: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
-        merged = {**self._fixed, **params}
-        for name, processor in self._processors.items():
-            if name in merged:
-                merged[name] = processor(merged[name])
-        if self._order is None:
-            return merged
-        return tuple(merged[name] for name in self._order)
+        values = [
+            value if value is not _GIVEN
+            else params[name] if processor is None else processor(params[name])
+            for name, processor, value in self._plan
+        ]
+        return tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
+
+
+_GIVEN = object()  # a value the caller gives
