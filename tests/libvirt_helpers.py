@@ -1,8 +1,8 @@
 """Helpers for the libvirt tests: the test bed's libvirtd + QEMU and libvirt's own schema.
 
-virsh on the local socket, the tiny guest's image (paths from scripts/testbed), console
-waits, work directories the QEMU user can reach, tgtd LUN factories, qcow2 base images, and
-domain XML checked with virt-xml-validate. Fixtures are built from these in each test module
+virsh on the local socket, a driver on the test bed's libvirtd, the tiny guest's image
+(paths from scripts/testbed), console waits, work directories the QEMU user can reach, tgtd
+LUN factories, qcow2 base images, and domain XML checked with virt-xml-validate. Fixtures are built from these in each test module
 (their scope and options differ).
 """
 
@@ -18,8 +18,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from drivers.libvirt.driver import LibvirtDriver
 from tests.iscsi_target import TargetFactory
 from tests.testbed import env
+from virt.config import build_conf
 from virt.model import BlockDevice, ImageRef, VolumeConnection
 
 URI = "qemu:///system"
@@ -34,6 +36,26 @@ def virsh(*args: str) -> str:
 
 def libvirt_up() -> bool:
     return shutil.which("virsh") is not None and bool(virsh("version").strip())
+
+
+@contextlib.contextmanager
+def libvirt_driver(workdir: Path, host: str, *, uri: str = URI,
+                   **options: object) -> Iterator[LibvirtDriver]:
+    """A LibvirtDriver on `uri` keeping its state in `workdir`, set up as `host` and cleaned up
+    after; `options` are more `[libvirt]` options. virt_type is VIRTKIT_TEST_VIRT_TYPE's."""
+    conf = build_conf(overrides={"state_path": str(workdir / "state"), "host": host})
+    LibvirtDriver.register_opts(conf)
+    conf.set_override("connection_uri", uri, group="libvirt")
+    conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
+                      group="libvirt")
+    for name, value in options.items():
+        conf.set_override(name, value, group="libvirt")
+    driver = LibvirtDriver(conf)
+    driver.init_host(host=host)
+    try:
+        yield driver
+    finally:
+        driver.cleanup_host(host=host)
 
 
 def tiny_guest_image() -> ImageRef:

@@ -19,10 +19,9 @@ import libvirt
 import pytest
 
 from drivers.libvirt import xml
-from drivers.libvirt.driver import LibvirtDriver
 from tests.iscsi_target import tgtd_available
 from tests.libvirt_helpers import (
-    URI,
+    libvirt_driver,
     libvirt_up,
     lun_device,
     lun_factory,
@@ -32,7 +31,6 @@ from tests.libvirt_helpers import (
     wait_console,
 )
 from tests.testbed import require
-from virt.config import build_conf
 from virt.errors import (
     HypervisorUnavailable,
     ImageNotFound,
@@ -82,16 +80,8 @@ def image():
 
 @pytest.fixture(scope="module")
 def driver(workdir):
-    conf = build_conf(overrides={"state_path": str(workdir / "state"), "host": "qemu-test"})
-    LibvirtDriver.register_opts(conf)
-    conf.set_override("connection_uri", URI, group="libvirt")
-    conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
-                      group="libvirt")
-    conf.set_override("stopped_event_delay", STOPPED_DELAY, group="libvirt")
-    drv = LibvirtDriver(conf)
-    drv.init_host(host="qemu-test")
-    yield drv
-    drv.cleanup_host(host="qemu-test")
+    with libvirt_driver(workdir, "qemu-test", stopped_event_delay=STOPPED_DELAY) as drv:
+        yield drv
 
 
 def _instance(name: str) -> Instance:

@@ -32,10 +32,9 @@ if _MISSING:
     pytest.skip("host-mode iSCSI is not usable here: " + "; ".join(_MISSING),
                 allow_module_level=True)
 
-from drivers.libvirt.driver import LibvirtDriver  # noqa: E402
 from tests.iscsi_target import tgtd_available  # noqa: E402
 from tests.libvirt_helpers import (  # noqa: E402
-    URI,
+    libvirt_driver,
     libvirt_up,
     lun_device,
     lun_factory,
@@ -45,7 +44,6 @@ from tests.libvirt_helpers import (  # noqa: E402
     wait_console,
 )
 from tests.testbed import require  # noqa: E402
-from virt.config import build_conf  # noqa: E402
 from virt.model import Flavor, Instance  # noqa: E402
 
 pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.iscsi, pytest.mark.slow]
@@ -73,16 +71,8 @@ def luns(workdir):
 
 @pytest.fixture(scope="module")
 def driver(workdir):
-    conf = build_conf(overrides={"state_path": str(workdir / "state"), "host": "hostiscsi"})
-    LibvirtDriver.register_opts(conf)
-    conf.set_override("connection_uri", URI, group="libvirt")
-    conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
-                      group="libvirt")
-    conf.set_override("iscsi_attach", "host", group="libvirt")
-    drv = LibvirtDriver(conf)
-    drv.init_host(host="hostiscsi")
-    yield drv
-    drv.cleanup_host(host="hostiscsi")
+    with libvirt_driver(workdir, "hostiscsi", iscsi_attach="host") as drv:
+        yield drv
 
 
 def test_host_mode_attach_at_spawn_hot_attach_detach_and_destroy(driver, luns):

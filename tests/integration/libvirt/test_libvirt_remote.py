@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from drivers.libvirt.driver import LibvirtDriver
-from tests.libvirt_helpers import qemu_workdir, tiny_guest_image, virsh, wait_console
+from tests.libvirt_helpers import (
+    libvirt_driver,
+    qemu_workdir,
+    tiny_guest_image,
+    virsh,
+    wait_console,
+)
 from tests.testbed import env, require
-from virt.config import build_conf
 from virt.events import Transition
 from virt.model import Flavor, Instance, PowerState
 
@@ -58,16 +62,9 @@ def workdir():
 
 @pytest.fixture(scope="module")
 def driver(uri, workdir):
-    conf = build_conf(overrides={"state_path": str(workdir / "state"), "host": "remote-test"})
-    LibvirtDriver.register_opts(conf)
-    conf.set_override("connection_uri", uri, group="libvirt")
-    conf.set_override("virt_type", os.environ.get("VIRTKIT_TEST_VIRT_TYPE", "auto"),
-                      group="libvirt")
-    conf.set_override("stopped_event_delay", STOPPED_DELAY, group="libvirt")
-    drv = LibvirtDriver(conf)
-    drv.init_host(host="remote-test")
-    yield drv
-    drv.cleanup_host(host="remote-test")
+    with libvirt_driver(workdir, "remote-test", uri=uri,
+                        stopped_event_delay=STOPPED_DELAY) as drv:
+        yield drv
 
 
 class Recorder:
