@@ -222,9 +222,9 @@ def _warn_unknown_groups(conf: cfg.ConfigOpts) -> None:
     unknown = groups - {"DEFAULT"} - OWN_GROUPS - set(conf)
     if not unknown:
         return
-    from importlib.metadata import entry_points
+    from virt.driver.loader import installed_drivers
 
-    unknown -= {ep.name for ep in entry_points(group="virtkit.compute_drivers")}
+    unknown -= set(installed_drivers())
     for group in sorted(unknown):
         LOG.warning("config group [%s] is not virtkit's nor an installed driver's; its options "
                     "are ignored unless a plugin reads them", group)

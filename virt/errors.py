@@ -52,6 +52,11 @@ class HypervisorUnavailable(VirtError):
     """The engine cannot be reached; its state is unknown (never read it as 'no instances')."""
 
 
+class AccessDenied(VirtError):
+    """The engine is reachable but may not read or write what it needs (a file, a device,
+    a socket): a permission problem, never to be read as a lost connection."""
+
+
 class InstanceNotFound(VirtError):
     exit_code = EXIT_NOT_FOUND
 

@@ -99,9 +99,9 @@ class ConformanceRun:
         return self._driver_class
 
     def entry_point(self) -> str:
-        from virt.driver import _entry_points, resolve_driver_name
+        from virt.driver import resolve_configured_name
 
-        return resolve_driver_name(self.settings.conf.compute_driver, sorted(_entry_points()))
+        return resolve_configured_name(self.settings.conf.compute_driver)
 
     # -- hooks ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from virt.conformance.signatures import (
     public_methods,
     signature_problem,
 )
-from virt.driver import OPERATIONS, ComputeDriver, load_driver_class, resolve_driver_name
+from virt.driver import OPERATIONS, ComputeDriver, load_driver_class, resolve_configured_name
 
 pytestmark = pytest.mark.virtkit_kind("check")
 
@@ -44,9 +44,7 @@ def test_no_public_methods_beyond_the_interface(driver_class):
 
 
 def test_driver_class_declarations(driver_class, suite):
-    from virt.driver import _entry_points
-
     assert issubclass(driver_class, ComputeDriver)
-    entry_point = resolve_driver_name(suite.conf.compute_driver, sorted(_entry_points()))
+    entry_point = resolve_configured_name(suite.conf.compute_driver)
     problems = declaration_problems(driver_class, entry_point)
     assert not problems, "\n".join(problems)
