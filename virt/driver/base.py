@@ -85,7 +85,18 @@ class ComputeDriver(abc.ABC):
     Contracts (checked by the conformance suite): `destroy` of an unknown instance is a
     no-op; `get_info` of an unknown instance raises InstanceNotFound; `power_on` of a
     running instance and `unpause` of a running one are no-ops; a failed `spawn` leaves
-    nothing behind; an unreachable engine raises HypervisorUnavailable.
+    nothing behind; an unreachable engine raises HypervisorUnavailable (and `get_info`
+    reports PowerState.UNKNOWN rather than a state it cannot know).
+
+    Recovery relies on three more: `spawn` reuses a valid root disk that already exists at
+    `instance_disk_path` (shared storage after a host failed) instead of replacing it;
+    `destroy(destroy_disks=False)` removes the guest and keeps its disks; and
+    `instance_disk_path` says where the root disk lives as a file (None: the driver keeps
+    none, so recovery cannot check one is there).
+
+    The kit in this package gives the shared mechanics: `power` (timeout checks, graceful
+    power-off, state guards), `rollback.SpawnRollback` (the one owner of a failed spawn's
+    clean-up), `transitions` (events, debounce, resync), `errors.EngineErrors`.
     """
 
     #: Entry-point name of the driver.
@@ -133,7 +144,8 @@ class ComputeDriver(abc.ABC):
 
     def instance_disk_path(self, *, instance: Instance) -> str | None:
         """Where this host keeps (or would make) the instance's root disk as a file, or None
-        for a driver that keeps none; recovery checks it is there on shared storage."""
+        for a driver that keeps none (the default). Part of the interface: recovery checks
+        the file is there (shared storage) before spawning, and `spawn` reuses it."""
         return None
 
     # -- state -----------------------------------------------------------------------------
@@ -168,7 +180,10 @@ class ComputeDriver(abc.ABC):
     ) -> None:
         """Create the guest (and start it unless `power_on` is False).
 
-        On failure the driver removes everything it created and raises.
+        A valid root disk already at `instance_disk_path` is reused, not replaced (recovery
+        re-spawns on shared storage). On failure everything this call created is removed
+        (through `virt.driver.rollback.SpawnRollback`; nothing that was there before, such as
+        a reused disk) and the error is raised: callers never clean up after a spawn.
         """
 
     @abc.abstractmethod
@@ -179,7 +194,11 @@ class ComputeDriver(abc.ABC):
         block_devices: Sequence[BlockDevice] = (),
         destroy_disks: bool = True,
     ) -> None:
-        """Stop and remove the guest; a no-op for an unknown instance."""
+        """Stop and remove the guest; a no-op for an unknown instance.
+
+        With `destroy_disks=False` the guest's disks are kept where they are (recovery and
+        evacuation rely on it); volumes in `block_devices` are disconnected, never deleted.
+        """
 
     @abc.abstractmethod
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
@@ -189,7 +208,9 @@ class ComputeDriver(abc.ABC):
     def power_off(
         self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
     ) -> PowerOffResult:
-        """Ask the guest to shut down; force it off after `timeout` seconds."""
+        """Ask the guest to shut down every `retry_interval` seconds; force it off after
+        `timeout` (0: at once). Negative or non-finite values are InvalidRequest
+        (`virt.driver.power.graceful_power_off` does all of this)."""
 
     @abc.abstractmethod
     def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
