@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from oslo_config import cfg
 
 from drivers.fake.state import Change, HostState
-from virt.driver import Capability, ComputeDriver
+from virt.driver import Capability, ComputeDriver, power
 from virt.errors import (
     ImageNotFound,
     InstanceExists,
@@ -140,6 +140,10 @@ def _stop(record: dict[str, Any], how: str) -> None:
     _console(record, f"reboot: {how}")
     record["state"] = PowerState.SHUTDOWN.value
     record["running_since"] = None
+
+
+def _state_of(record: dict[str, Any]) -> PowerState:
+    return PowerState(record["state"])
 
 
 def _check_instance(instance: Any) -> Instance:
@@ -355,14 +359,13 @@ class FakeDriver(ComputeDriver):
             self._emit(instance.uuid, [Transition.STOPPED])
 
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
+        power.check_timeout(timeout)
         self._sleep("operation_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not hard:
-                if record["state"] != PowerState.RUNNING.value:
-                    raise InvalidState(
-                        f"instance {instance.uuid} is {record['state']}; a soft reboot needs it "
-                        "running", hint="use a hard reboot")
+                power.require_running(_state_of(record), instance.uuid, "soft reboot",
+                                      hint="use a hard reboot")
                 _console(record, "reboot: Restarting system")
                 _start(record)
                 return []
@@ -378,36 +381,33 @@ class FakeDriver(ComputeDriver):
     def power_off(
         self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
     ) -> PowerOffResult:
-        if timeout < 0 or retry_interval < 0:
-            raise InvalidRequest("power_off timeout and retry_interval must not be negative")
-        began = time.monotonic()
+        # The fake guest obeys the first soft request at once: only a timeout of 0 forces.
         self._sleep("operation_latency_ms")
-        forced = timeout == 0
-        already: list[bool] = []
 
-        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            if record["state"] == PowerState.SHUTDOWN.value:
-                already.append(True)
-                return []
-            _stop(record, "Power down" if not forced else "Power down (forced)")
-            return [Transition.STOPPED]
+        def stop(how: str) -> bool:
+            def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
+                if _state_of(record) is PowerState.SHUTDOWN:
+                    return []
+                _stop(record, how)
+                return [Transition.STOPPED]
 
-        self._mutate(instance, change)
-        if already:
-            return PowerOffResult(clean=True, forced=False, duration_s=0.0, already_off=True)
-        return PowerOffResult(clean=not forced, forced=forced,
-                              duration_s=time.monotonic() - began)
+            self._mutate(instance, change)
+            return True
+
+        return power.graceful_power_off(
+            timeout=timeout, retry_interval=retry_interval,
+            is_off=lambda: _state_of(self._record(instance)) is PowerState.SHUTDOWN,
+            request_stop=lambda: stop("Power down"),
+            wait_off=lambda _seconds: _state_of(self._record(instance)) is PowerState.SHUTDOWN,
+            force_off=lambda: stop("Power down (forced)"),
+        )
 
     def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
         self._sleep("operation_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            current = record["state"]
-            if current == PowerState.RUNNING.value:
+            if not power.should_power_on(_state_of(record), instance.uuid):
                 return []
-            if current == PowerState.PAUSED.value:
-                raise InvalidState(f"instance {instance.uuid} is paused",
-                                   hint="unpause it instead")
             for bdm in block_devices:
                 record["block_devices"].setdefault(bdm.mountpoint, self._bdm_record(bdm))
             _start(record)
@@ -416,48 +416,31 @@ class FakeDriver(ComputeDriver):
         self._mutate(instance, change)
 
     def pause(self, *, instance: Instance) -> None:
-        self._sleep("operation_latency_ms")
-
-        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            self._require_state(instance, record, "pause", PowerState.RUNNING)
-            record["state"] = PowerState.PAUSED.value
-            return [Transition.PAUSED]
-
-        self._mutate(instance, change)
+        self._set_state(instance, power.should_pause, PowerState.PAUSED, Transition.PAUSED)
 
     def unpause(self, *, instance: Instance) -> None:
-        self._sleep("operation_latency_ms")
-
-        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            if record["state"] == PowerState.RUNNING.value:
-                return []
-            self._require_state(instance, record, "unpause", PowerState.PAUSED)
-            record["state"] = PowerState.RUNNING.value
-            return [Transition.RESUMED]
-
-        self._mutate(instance, change)
+        self._set_state(instance, power.should_unpause, PowerState.RUNNING, Transition.RESUMED)
 
     def suspend(self, *, instance: Instance) -> None:
-        self._sleep("operation_latency_ms")
-
-        def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            self._require_state(instance, record, "suspend", PowerState.RUNNING, PowerState.PAUSED)
-            record["state"] = PowerState.SUSPENDED.value
-            _console(record, "PM: suspend entry (deep)")
-            return [Transition.SUSPENDED]
-
-        self._mutate(instance, change)
+        self._set_state(instance, power.should_suspend, PowerState.SUSPENDED,
+                        Transition.SUSPENDED, console="PM: suspend entry (deep)")
 
     def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
+        self._set_state(instance, power.should_resume, PowerState.RUNNING, Transition.RESUMED,
+                        console="PM: suspend exit")
+
+    def _set_state(self, instance: Instance, guard: Callable[[PowerState, str], bool],
+                   state: PowerState, event: Transition, console: str | None = None) -> None:
+        """Move the guest to `state` if the kit's `guard` says so (False: already there)."""
         self._sleep("operation_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            if record["state"] == PowerState.RUNNING.value:
+            if not guard(_state_of(record), instance.uuid):
                 return []
-            self._require_state(instance, record, "resume", PowerState.SUSPENDED)
-            record["state"] = PowerState.RUNNING.value
-            _console(record, "PM: suspend exit")
-            return [Transition.RESUMED]
+            record["state"] = state.value
+            if console:
+                _console(record, console)
+            return [event]
 
         self._mutate(instance, change)
 
@@ -496,8 +479,9 @@ class FakeDriver(ComputeDriver):
             if record["rescued"]:
                 raise InvalidState(f"instance {instance.uuid} is already in rescue mode",
                                    hint="unrescue it first")
-            self._require_state(instance, record, "rescue", PowerState.RUNNING,
-                                PowerState.SHUTDOWN)
+            if _state_of(record) not in (PowerState.RUNNING, PowerState.SHUTDOWN):
+                raise InvalidState(f"cannot rescue instance {instance.uuid}: it is "
+                                   f"{record['state']}, rescue needs it running or shutdown")
             self._check_image(image, txn)
             events = [Transition.STOPPED] if record["state"] in _ALIVE else []
             record["rescued"] = True
@@ -648,14 +632,3 @@ class FakeDriver(ComputeDriver):
 
         self._mutate(instance, change)
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _require_state(
-        instance: Instance, record: dict[str, Any], operation: str, *allowed: PowerState
-    ) -> None:
-        if record["state"] not in {s.value for s in allowed}:
-            wanted = " or ".join(s.value for s in allowed)
-            raise InvalidState(
-                f"cannot {operation} instance {instance.uuid}: it is {record['state']}, "
-                f"{operation} needs it {wanted}")

@@ -83,6 +83,12 @@ def _result(began: float, *, forced: bool) -> PowerOffResult:
 _ON = (PowerState.RUNNING, PowerState.PAUSED)
 
 
+def _refuse(operation: str, ident: str, state: PowerState, wanted: str,
+            hint: str | None = None) -> InvalidState:
+    return InvalidState(f"cannot {operation} instance {ident}: it is {state.value}; "
+                        f"{operation} needs it {wanted}", hint=hint)
+
+
 def should_power_on(state: PowerState, ident: str) -> bool:
     """power_on: a running guest is a no-op; a paused one is refused (unpause it)."""
     if state is PowerState.RUNNING:
@@ -97,7 +103,7 @@ def should_pause(state: PowerState, ident: str) -> bool:
     if state is PowerState.PAUSED:
         return False
     if state is not PowerState.RUNNING:
-        raise InvalidState(f"instance {ident} is not running; cannot pause it")
+        raise _refuse("pause", ident, state, "running")
     return True
 
 
@@ -106,7 +112,7 @@ def should_unpause(state: PowerState, ident: str) -> bool:
     if state is PowerState.RUNNING:
         return False
     if state is not PowerState.PAUSED:
-        raise InvalidState(f"instance {ident} is not paused; cannot unpause it")
+        raise _refuse("unpause", ident, state, "paused")
     return True
 
 
@@ -115,7 +121,7 @@ def should_suspend(state: PowerState, ident: str) -> bool:
     if state is PowerState.SUSPENDED:
         return False
     if state not in _ON:
-        raise InvalidState(f"instance {ident} is not running; cannot suspend it")
+        raise _refuse("suspend", ident, state, "running or paused")
     return True
 
 
@@ -124,12 +130,12 @@ def should_resume(state: PowerState, ident: str) -> bool:
     if state is PowerState.RUNNING:
         return False
     if state is not PowerState.SUSPENDED:
-        raise InvalidState(f"instance {ident} is not suspended; cannot resume it")
+        raise _refuse("resume", ident, state, "suspended")
     return True
 
 
-def require_running(state: PowerState, ident: str, operation: str) -> None:
-    """InvalidState unless the guest is running (a soft reboot, a password change ...)."""
+def require_running(state: PowerState, ident: str, operation: str, *,
+                    hint: str = "start it first") -> None:
+    """InvalidState unless the guest is running; `operation` is a noun ("soft reboot")."""
     if state is not PowerState.RUNNING:
-        raise InvalidState(f"instance {ident} is not running; cannot {operation}",
-                           hint="start it first")
+        raise _refuse(operation, ident, state, "running", hint=hint)
