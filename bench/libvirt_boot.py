@@ -113,7 +113,7 @@ def main() -> None:
         probe = Instance(uuid=str(uuid.uuid4()), name="boot-template", flavor=flavor)
         driver.spawn(instance=probe, image=image, power_on=False)
         template_uuid = probe.uuid
-        template = driver.host.connection().lookupByUUIDString(probe.uuid).XMLDesc(
+        template = driver.connection.connection().lookupByUUIDString(probe.uuid).XMLDesc(
             libvirt.VIR_DOMAIN_XML_INACTIVE)
         backing = qcow2.read_header(str(instances / probe.uuid / "disk")).backing_file or ""
         for i in range(RUNS):

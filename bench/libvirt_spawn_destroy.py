@@ -40,6 +40,7 @@ import libvirt
 from drivers.libvirt import images
 from drivers.libvirt.driver import LibvirtDriver
 from virt.config import build_conf
+from virt.driver.rollback import SpawnRollback
 from virt.model import Flavor, ImageRef, Instance
 
 N = 500
@@ -85,7 +86,9 @@ def files_cycle(driver: LibvirtDriver, image: ImageRef, instances_path: str) -> 
     uuids = [str(uuid.uuid4()) for _ in range(N)]
     began = time.perf_counter()
     for uid in uuids:
-        images.create_instance_disks(driver._cache, instances_path, uid, image, FLAVOR)
+        with SpawnRollback(uid) as rollback:
+            images.create_instance_disks(driver._cache, instances_path, uid, image, FLAVOR,
+                                         rollback=rollback)
     for uid in uuids:
         images.remove_instance_dir(images.instance_dir(instances_path, uid))
     return time.perf_counter() - began
@@ -121,10 +124,10 @@ def template(work: Path, image: ImageRef) -> tuple[str, int]:
     try:
         probe = Instance(uuid=str(uuid.uuid4()), name="warm", flavor=FLAVOR)
         driver.spawn(instance=probe, image=image)
-        xml = driver.host.connection().lookupByUUIDString(probe.uuid).XMLDesc(
+        xml = driver.connection.connection().lookupByUUIDString(probe.uuid).XMLDesc(
             libvirt.VIR_DOMAIN_XML_INACTIVE)
         driver.destroy(instance=probe)
-        flags = driver._undefine_flags
+        flags = driver._undefiner.flags
     finally:
         driver.cleanup_host(host="bench")
     return xml.replace(probe.uuid, "@UUID@").replace(">warm<", ">@NAME@<"), flags

@@ -2,21 +2,30 @@
 
 libvirt's event implementation is process-wide: it is registered once, before the first
 connection is opened (otherwise remote connections have no keepalive and events only arrive
-during other API calls), and run on one daemon thread. Each `Host` owns one connection; when
+during other API calls), and run on one daemon thread. Each `Connection` owns one; when
 libvirtd goes away (close callback, keepalive, or a failed call) it is dropped and reopened
-in the background, and the lifecycle callback is registered again on the new connection.
+in the background, the lifecycle callback is registered again on the new connection, and
+`on_reconnect` is told (the driver resyncs power states from it).
+
+`classify` says what kind of failure a libvirtError is, for the kit's `EngineErrors`: a lost
+connection (HypervisorUnavailable, reconnected) and a permission problem (AccessDenied, the
+engine is there and QEMU's user cannot reach a file) are kept apart.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
+import pwd
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import libvirt
 
+from virt.driver.errors import EngineFault, FaultKind
 from virt.errors import HypervisorUnavailable
 
 LOG = logging.getLogger(__name__)
@@ -61,10 +70,38 @@ class _EventLoop:
             cls._thread.join(timeout=2)
 
 
+_CONNECTION_CODES = frozenset({libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
+                               libvirt.VIR_ERR_INVALID_CONN})
+# Errors of these origins are about the connection itself (a socket, the remote daemon).
+_CONNECTION_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# "Cannot access storage file '/p' (as uid:64055, gid:64055): Permission denied"
+_AS_UID = re.compile(r"'(?P<path>/[^']*)' \(as uid:(?P<uid>\d+), gid:(?P<gid>\d+)\)")
+
+
+def is_permission_error(exc: libvirt.libvirtError) -> bool:
+    """Did libvirt (or QEMU as its user) find a file it may not read or write?"""
+    code = exc.get_error_code()
+    if code == libvirt.VIR_ERR_ACCESS_DENIED:
+        return True
+    if code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_int1() in _PERMISSION_ERRNOS:
+        return True
+    return "Permission denied" in (exc.get_error_message() or "")
+
+
 def is_connection_error(exc: libvirt.libvirtError, conn: libvirt.virConnect | None) -> bool:
-    """Did this error come from a lost connection rather than from the operation?"""
-    if exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
-                                libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
+    """Did this error come from a lost connection rather than from the operation?
+
+    A system error counts only when it comes from the RPC layer (a socket): one from the
+    storage or QEMU driver (a file QEMU cannot open) is the operation's, never a reason
+    to reconnect.
+    """
+    if is_permission_error(exc):
+        return False
+    code = exc.get_error_code()
+    if code in _CONNECTION_CODES:
+        return True
+    if code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_error_domain() in _CONNECTION_DOMAINS:
         return True
     if "client socket is closed" in str(exc):
         return True
@@ -76,7 +113,57 @@ def is_connection_error(exc: libvirt.libvirtError, conn: libvirt.virConnect | No
         return True
 
 
-class Host:
+def classify(exc: BaseException) -> EngineFault | None:
+    """What a libvirtError means (for virt.driver.errors.EngineErrors); None for others."""
+    if not isinstance(exc, libvirt.libvirtError):
+        return None
+    code = exc.get_error_code()
+    detail = exc.get_error_message() or str(exc)
+    if is_permission_error(exc):
+        return EngineFault(FaultKind.ACCESS_DENIED, detail, hint=permission_hint(detail))
+    if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT):
+        return EngineFault(FaultKind.NOT_FOUND, detail)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return EngineFault(FaultKind.INVALID_STATE, detail)
+    if code == libvirt.VIR_ERR_NO_SUPPORT:
+        return EngineFault(FaultKind.UNSUPPORTED, detail)
+    if code == libvirt.VIR_ERR_DOM_EXIST:
+        return EngineFault(FaultKind.EXISTS, detail)
+    if code in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_XML_ERROR,
+                libvirt.VIR_ERR_CONFIG_UNSUPPORTED):
+        return EngineFault(FaultKind.INVALID_REQUEST, detail)
+    if is_connection_error(exc, None):
+        return EngineFault(FaultKind.UNAVAILABLE, detail, hint=UNAVAILABLE_HINT)
+    return EngineFault(FaultKind.FAILED, detail)
+
+
+#: Where images_path and instances_path can go so that QEMU's user reaches them.
+READABLE_DIRECTORY_HINT = ("set [libvirt] images_path and [DEFAULT] instances_path to a "
+                           "directory QEMU's user can traverse, such as /var/lib/virtkit")
+UNAVAILABLE_HINT = ("check that libvirtd is running (systemctl start libvirtd); virtkit "
+                    "reconnects by itself")
+
+
+def user_name(uid: int) -> str:
+    """`name (uid N)`, or `uid N` for a uid without an account."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def permission_hint(detail: str) -> str:
+    """The fix for a permission error: who cannot read what, and the options to set."""
+    found = _AS_UID.search(detail)
+    if found is None:
+        return ("QEMU's user cannot read a file the guest needs: " + READABLE_DIRECTORY_HINT
+                + ", or fix the file's permissions")
+    return (f"QEMU runs as {user_name(int(found['uid']))}, which cannot read "
+            f"{found['path']} (every directory above it needs o+x or that user's group): "
+            + READABLE_DIRECTORY_HINT)
+
+
+class Connection:
     """One libvirt connection, kept open and re-opened; every engine call goes through `call`."""
 
     def __init__(
@@ -86,13 +173,16 @@ class Host:
         on_lifecycle: LifecycleCallback | None = None,
         keepalive_interval: int = 5,
         keepalive_count: int = 3,
-        connect_timeout: float = 30.0,
+        call_timeout: float = 30.0,
         reconnect_interval: float = 1.0,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.uri = uri
         self._on_lifecycle = on_lifecycle
+        self._on_reconnect = on_reconnect
+        self._opened = False  # once opened, every later open is a reconnect
         self._keepalive = (keepalive_interval, keepalive_count)
-        self._connect_timeout = connect_timeout
+        self._call_timeout = call_timeout
         self._reconnect_interval = reconnect_interval
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()  # connect, reconnect and callback registration
@@ -117,9 +207,28 @@ class Host:
         with self._lock:
             if self._closed:
                 raise HypervisorUnavailable(f"the libvirt connection to {self.uri} was closed")
-            if self._conn is None:
-                self._conn = self._open()
-            return self._conn
+            if self._conn is not None:
+                return self._conn
+            self._conn = conn = self._open()
+            reopened = self._count_open()
+        if reopened:
+            self._reconnected()
+        return conn
+
+    def _count_open(self) -> bool:
+        """Record an open; True if it re-opened a connection that was lost."""
+        reopened, self._opened = self._opened, True
+        if reopened:
+            self.reconnects += 1
+            LOG.warning("reconnected to libvirt at %s", self.uri)
+        return reopened
+
+    def _reconnected(self) -> None:
+        if self._on_reconnect is not None:
+            try:
+                self._on_reconnect()
+            except Exception:  # the connection is fine; only the resync failed
+                LOG.exception("after reconnecting to %s", self.uri)
 
     def _open(self) -> libvirt.virConnect:
         _EventLoop.ensure_running()
@@ -134,14 +243,14 @@ class Host:
         # libvirt.open has no timeout of its own (an ssh URI can hang): bound it here.
         opener = threading.Thread(target=target, name="libvirt-open", daemon=True)
         opener.start()
-        opener.join(self._connect_timeout)
+        opener.join(self._call_timeout)
         if opener.is_alive():
             raise HypervisorUnavailable(
-                f"libvirt at {self.uri} did not answer within {self._connect_timeout:.0f}s")
+                f"libvirt at {self.uri} did not answer within {self._call_timeout:.0f}s")
         if "error" in result:
             raise HypervisorUnavailable(
                 f"cannot connect to libvirt at {self.uri}: {result['error']}",
-                hint="start libvirtd (scripts/testbed up libvirt) or fix [libvirt] connection_uri",
+                hint="start libvirtd (systemctl start libvirtd) or fix [libvirt] connection_uri",
             )
         conn: libvirt.virConnect = result["conn"]
         if conn.getType() != "TEST":  # the embedded test driver has neither keepalive nor close
@@ -238,12 +347,13 @@ class Host:
                     continue
                 try:
                     self._conn = self._open()
-                    self.reconnects += 1
-                    LOG.warning("reconnected to libvirt at %s", self.uri)
-                    continue
+                    reopened = self._count_open()
                 except HypervisorUnavailable:
-                    pass
-            threading.Event().wait(self._reconnect_interval)
+                    reopened = None
+            if reopened is None:
+                threading.Event().wait(self._reconnect_interval)
+            elif reopened:
+                self._reconnected()
 
     def _lifecycle_cb(self, conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         # No libvirt call here (not even dom.UUIDString()): each one releases and re-takes
@@ -261,7 +371,7 @@ class Host:
             self._handles[uuid] = dom
 
     def close(self) -> None:
-        """Close the connection and stop reconnecting; the Host may not be used afterwards."""
+        """Close the connection and stop reconnecting; it may not be used afterwards."""
         with self._lock:
             self._closed = True
             conn, self._conn = self._conn, None
@@ -345,5 +455,4 @@ class Host:
     def _unavailable(self, exc: libvirt.libvirtError) -> HypervisorUnavailable:
         return HypervisorUnavailable(
             f"lost the connection to libvirt at {self.uri}: {exc.get_error_message()}",
-            hint="check that libvirtd is running; virtkit reconnects by itself",
-        )
+            hint=UNAVAILABLE_HINT)

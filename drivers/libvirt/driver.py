@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import shutil
-import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -15,16 +13,19 @@ from typing import TypeVar
 import libvirt
 from oslo_config import cfg
 
-from drivers.libvirt import designer, images, lifecycle, xml
-from drivers.libvirt.host import Host
+from drivers.libvirt import design, domains, events, images, resources, states, xml
+from drivers.libvirt.connection import Connection, classify
+from drivers.libvirt.opts import OPTS
 from drivers.libvirt.volumes import IscsiNativeVolumes, PreparedVolume
 from drivers.libvirt.volumes_host import IscsiHostVolumes
-from virt.driver import Capability, ComputeDriver
+from virt.driver import Capability, ComputeDriver, power
+from virt.driver.errors import EngineErrors, FaultKind
+from virt.driver.rollback import SpawnRollback
 from virt.errors import (
+    AccessDenied,
     HypervisorUnavailable,
     InstanceExists,
     InstanceNotFound,
-    InstanceNotRunning,
     InvalidRequest,
     InvalidState,
     SpawnError,
@@ -49,53 +50,7 @@ from virt.model import (
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
-OPTS: list[cfg.Opt] = [
-    cfg.StrOpt("connection_uri", default="qemu:///system",
-               help="libvirt URI: qemu:///system, qemu+ssh://host/system, or test:///default "
-               "(libvirt's embedded test driver)."),
-    cfg.StrOpt("virt_type", default="auto", choices=["auto", "kvm", "qemu"],
-               help="Domain type. 'auto' uses KVM when a bounded boot probe shows it runs "
-               "guests, else QEMU software emulation (TCG). Ignored for test:// URIs."),
-    cfg.StrOpt("images_path", default="$state_path/images",
-               help="Base-image cache: each base image is copied here once; instance root "
-               "disks are qcow2 overlays on it."),
-    cfg.StrOpt("iscsi_attach", default="native", choices=["native", "host"],
-               help="How iSCSI volumes are attached: 'native' (QEMU's own initiator, CHAP in "
-               "a libvirt secret) or 'host' (kernel initiator through os-brick)."),
-    cfg.StrOpt("disk_cachemode", default="none",
-               choices=["none", "writethrough", "writeback", "directsync", "unsafe"],
-               help="QEMU cache mode of instance disks and volumes."),
-    cfg.IntOpt("console_log_max_bytes", default=1024 * 1024, min=1024,
-               help="Upper bound on what get_console_output returns (the tail of the log)."),
-    cfg.FloatOpt("stopped_event_delay", default=15.0, min=0,
-                 help="Seconds a STOPPED event is held back; a start within it cancels both "
-                 "(a reboot is not a shutdown)."),
-    cfg.FloatOpt("volume_probe_timeout", default=10.0, min=0.5,
-                 help="Bound on probing an iSCSI portal and logging in before an attach."),
-    cfg.FloatOpt("detach_timeout", default=30.0, min=1,
-                 help="Seconds to wait for a guest to release a hot-detached volume."),
-    cfg.FloatOpt("connect_timeout", default=30.0, min=1,
-                 help="Bound on opening the libvirt connection."),
-    cfg.IntOpt("keepalive_interval", default=5, min=1,
-               help="Seconds between keepalive probes on remote connections; a dead libvirtd "
-               "is detected after interval x (count + 1) seconds."),
-    cfg.IntOpt("keepalive_count", default=3, min=1, help="Unanswered keepalives before the "
-               "connection counts as lost."),
-]
 
-_UNDEFINE_FLAGS = (
-    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-)
-# Dropped one at a time, in this order, when libvirt refuses a flag (test driver, old libvirt).
-_UNDEFINE_FALLBACK = (
-    libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA,
-    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
-    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
-    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
-)
 # Seconds between repeated hot-unplug requests while a guest has not released a disk.
 DETACH_RESEND_INTERVAL = 2.0
 
@@ -109,6 +64,10 @@ def _kvm_runs_guests() -> bool:
 
 def _code(exc: libvirt.libvirtError) -> int:
     return int(exc.get_error_code() or 0)
+
+
+#: libvirt's errors in virtkit's terms (see connection.classify).
+ERRORS = EngineErrors("libvirt", classify)
 
 
 class LibvirtDriver(ComputeDriver):
@@ -133,57 +92,94 @@ class LibvirtDriver(ComputeDriver):
         self._opts = opts
         self._instances_path = conf.instances_path
         self._cache = images.ImageCache(opts.images_path)
-        self._dispatcher = lifecycle.EventDispatcher(self.emit_event, opts.stopped_event_delay,
-                                                     observe=self._observe_event)
-        self._host = Host(
+        self._lifecycle = events.LibvirtEvents(self.emit_event,
+                                            stopped_delay=opts.stopped_event_delay,
+                                            observe=self._observe_event)
+        self._connection = Connection(
             opts.connection_uri,
-            on_lifecycle=self._dispatcher.push,
+            on_lifecycle=self._lifecycle.push,
             keepalive_interval=opts.keepalive_interval,
             keepalive_count=opts.keepalive_count,
-            connect_timeout=opts.connect_timeout,
+            call_timeout=opts.call_timeout,
+            on_reconnect=self._resync_later,
         )
+        #: The name of the host this driver serves (set by init_host).
+        self._host: str | None = None
         # host mode: os-brick and the kernel initiator (os-brick imported only when used).
         self._host_volumes = IscsiHostVolumes(
             probe_timeout=opts.volume_probe_timeout,
             lock_path=os.path.join(conf.state_path, "os-brick-locks"),
         ) if opts.iscsi_attach == "host" else None
         self._volumes: IscsiNativeVolumes | IscsiHostVolumes = self._host_volumes or \
-            IscsiNativeVolumes(self._host, probe_timeout=opts.volume_probe_timeout)
-        self._undefine_flags = _UNDEFINE_FLAGS
+            IscsiNativeVolumes(self._connection, probe_timeout=opts.volume_probe_timeout)
+        self._undefiner = domains.Undefiner()
         self._virt_type: str | None = None
         self._iscsi_mode = opts.iscsi_attach  # options are read once (each read costs ~4 us)
         self._disk_cachemode = opts.disk_cachemode
+        self._watching = False  # events listened to: the tracker has a baseline
         # Domains this driver defined without a CHAP secret and attached no volume to since:
         # their destroy need not read the definition back to find secrets to remove. Any
         # other domain (e.g. after a restart of this process) has its definition read.
         self._secret_free: set[str] = set()
 
     @property
-    def host(self) -> Host:
-        return self._host
+    def connection(self) -> Connection:
+        """The libvirt connection this driver uses."""
+        return self._connection
 
     def _observe_event(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain,
                        event: int) -> None:
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:  # whoever undefined it: forget it
             self._secret_free.discard(uuid)
-        self._host.observe(conn, uuid, dom, event)
+        self._connection.observe(conn, uuid, dom, event)
 
     def register_event_listener(self, listener: Listener) -> None:
         super().register_event_listener(listener)
-        self._host.watch_lifecycle()  # libvirt's events are paid for only once listened to
+        if self._watching:
+            return
+        # libvirt's events are paid for only once listened to; the states listed now are
+        # what a resync after a reconnect compares with.
+        self._connection.watch_lifecycle()
+        self._lifecycle.baseline(self._call(events.list_power_states, "list domain states"))
+        self._watching = True
+
+    def _resync_later(self) -> None:
+        """After a reconnect: emit, off the caller's thread, what changed while it was lost."""
+        if self._watching:
+            threading.Thread(target=self._resync, name="libvirt-resync", daemon=True).start()
+
+    def _resync(self) -> None:
+        try:
+            current = self._call(events.list_power_states, "list domain states")
+        except VirtError as exc:  # lost again: the next reconnect resyncs
+            LOG.warning("cannot resync power states after the reconnect: %s", exc.message)
+            return
+        self._lifecycle.resync(current)
 
     # -- host ------------------------------------------------------------------------------
 
     def init_host(self, *, host: str) -> None:
+        self._host = host
         self._check_iscsi_mode()
         os.makedirs(self._instances_path, mode=0o711, exist_ok=True)
         os.makedirs(self._opts.images_path, mode=0o711, exist_ok=True)
-        self._host.connection()
+        self._check_qemu_reaches_paths()
+        self._connection.connection()
         self._domain_type()
 
+    def _check_qemu_reaches_paths(self) -> None:
+        """On the local system daemon, ConfigError if QEMU's user cannot reach our files."""
+        if not resources.is_local_system_uri(self._opts.connection_uri):
+            return
+        user = resources.qemu_user()
+        if user is not None:
+            resources.check_traversable({"[libvirt] images_path": self._opts.images_path,
+                                         "[DEFAULT] instances_path": self._instances_path},
+                                        user)
+
     def cleanup_host(self, *, host: str) -> None:
-        self._host.close()
-        self._dispatcher.stop()
+        self._connection.close()
+        self._lifecycle.stop()
 
     def _check_iscsi_mode(self) -> None:
         """Host mode: ConfigError naming what is missing (os-brick, iscsiadm, iscsi_tcp)."""
@@ -220,45 +216,20 @@ class LibvirtDriver(ComputeDriver):
     def _remote_virt_type(self) -> str:
         # A remote host cannot be probed from here: trust its domain capabilities.
         try:
-            self._host.call(lambda c: c.getDomainCapabilities(None, None, None, "kvm", 0))
+            self._connection.call(lambda c: c.getDomainCapabilities(None, None, None, "kvm", 0))
             return "kvm"
         except libvirt.libvirtError:
             return "qemu"
 
     def get_available_resource(self) -> HostResources:
-        def collect(conn: libvirt.virConnect) -> HostResources:
-            model, memory_mb, cpus, _mhz, _nodes, sockets, cores, threads = conn.getInfo()
-            vcpus_used = 0
-            mem_used = 0
-            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                _state, max_kb, _mem, ncpu, _cpu = dom.info()
-                vcpus_used += ncpu
-                mem_used += max_kb // 1024
-            try:
-                stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-                free = stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
-                mem_used = (stats["total"] - free) // 1024
-            except (libvirt.libvirtError, KeyError):
-                pass  # the test driver has no node memory stats: count guest memory instead
-            disk = shutil.disk_usage(self._instances_path)
-            gib = 1024**3
-            return HostResources(
-                vcpus=cpus, memory_mb=memory_mb, local_gb=disk.total // gib,
-                vcpus_used=vcpus_used, memory_mb_used=mem_used,
-                local_gb_used=(disk.total - disk.free) // gib,
-                hypervisor_type=conn.getType(), hypervisor_version=conn.getVersion(),
-                hypervisor_hostname=conn.getHostname(),
-                cpu_info=json.dumps({"arch": model, "topology": {
-                    "sockets": sockets, "cores": cores, "threads": threads}}),
-                disk_available_least=disk.free // gib,
-                supported_instances=((model, self._domain_type(), "hvm"),),
-            )
-
         os.makedirs(self._instances_path, mode=0o711, exist_ok=True)
-        return self._call(collect, "read the host's resources")
+        virt_type = self._domain_type()
+        return self._call(
+            lambda c: resources.host_resources(c, self._instances_path, virt_type),
+            "read the host's resources")
 
     def get_volume_connector(self, *, instance: Instance | None = None) -> VolumeConnector:
-        return VolumeConnector(host=self.conf.host, ip=_local_ip(),
+        return VolumeConnector(host=self.conf.host, ip=resources.local_ip(),
                                initiator=self._volumes.initiator, multipath=False)
 
     # -- state -----------------------------------------------------------------------------
@@ -284,15 +255,20 @@ class LibvirtDriver(ComputeDriver):
                 state != libvirt.VIR_DOMAIN_CRASHED:
             # A kept handle from before the domain was started or stopped elsewhere (its
             # event not yet seen) carries an old ID: look the domain up again for it.
-            fresh = self._host.lookup(dom.connect(), dom.UUIDString(), fresh=True)
+            fresh = self._connection.lookup(dom.connect(), dom.UUIDString(), fresh=True)
             dom_id = fresh.ID() if fresh is not None else -1
         saved = state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0) == 1
-        return InstanceInfo(state=lifecycle.power_state(state, saved), internal_id=str(dom_id),
+        return InstanceInfo(state=states.power_state(state, saved), internal_id=str(dom_id),
                             max_mem_kb=max_kb, mem_kb=mem_kb, num_cpu=ncpu, cpu_time_ns=cpu_ns)
 
+    def _power_state(self, instance: Instance) -> PowerState:
+        """The guest's power state now (InstanceNotFound if it has no domain)."""
+        return self._on_domain(instance, states.domain_power_state, "read its state")
+
     def instance_exists(self, *, instance: Instance) -> bool:
-        return self._call(lambda c: self._host.lookup(c, instance.uuid, fresh=True) is not None,
-                          "look up a domain")
+        return self._call(
+            lambda c: self._connection.lookup(c, instance.uuid, fresh=True) is not None,
+            "look up a domain")
 
     def instance_disk_path(self, *, instance: Instance) -> str:
         """Where spawn keeps (or would make) the instance's root disk on this host; recovery
@@ -311,6 +287,31 @@ class LibvirtDriver(ComputeDriver):
         admin_password: str | None = None,
         power_on: bool = True,
     ) -> None:
+        self._check_spawn(instance, block_devices)
+        virt_type = self._domain_type()
+        cache_mode = self._cache_mode()
+        try:
+            with SpawnRollback(f"{instance.name} ({instance.uuid})") as rollback:
+                disks = images.create_instance_disks(
+                    self._cache, self._instances_path, instance.uuid, image, instance.flavor,
+                    rollback=rollback)
+                prepared = [self._prepare_volume(rollback, instance, bdm, cache_mode)
+                            for bdm in block_devices]
+                domain_xml = design.domain_xml(
+                    instance=instance, image=image, virt_type=virt_type, disks=disks,
+                    volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode)
+                secret_free = not any(p.secret_usage for p in prepared)
+                self._connection.call(
+                    lambda c: self._define(c, rollback, instance.uuid, domain_xml,
+                                           secret_free=secret_free, power_on=power_on),
+                    idempotent=False)
+        except libvirt.libvirtError as exc:
+            raise _spawn_error(instance, exc) from None
+        LOG.info("spawned %s (%s)%s", instance.name, instance.uuid,
+                 "" if power_on else " without starting it")
+
+    def _check_spawn(self, instance: Instance, block_devices: Sequence[BlockDevice]) -> None:
+        """What fails before anything is made: the volumes' rows and mode, an existing domain."""
         self._check_iscsi_mode()
         for bdm in block_devices:  # bad connection_info fails before anything is made
             self._volumes.validate(bdm)
@@ -320,57 +321,30 @@ class LibvirtDriver(ComputeDriver):
         # failing, and the check comes before any file is made for the instance.
         if self.instance_exists(instance=instance):
             raise InstanceExists(instance.uuid)
-        virt_type = self._domain_type()
-        cache_mode = self._cache_mode()
-        disks = images.create_instance_disks(self._cache, self._instances_path, instance.uuid,
-                                             image, instance.flavor)
-        prepared: list[PreparedVolume] = []
-        defined = False
-        try:
-            for bdm in block_devices:
-                prepared.append(self._volumes.prepare(instance, bdm, cache=cache_mode))
-            domain_xml = designer.domain_xml(
-                instance=instance, image=image, virt_type=virt_type, disks=disks,
-                volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode)
-            secret_free = not any(p.secret_usage for p in prepared)
 
-            def define(conn: libvirt.virConnect) -> None:
-                nonlocal defined
-                dom = conn.defineXML(domain_xml)
-                defined = True
-                if secret_free:
-                    self._secret_free.add(instance.uuid)
-                self._host.remember(conn, instance.uuid, dom)
-                if power_on:
-                    dom.createWithFlags(0)
-
-            self._host.call(define, idempotent=False)
-        except BaseException as exc:
-            self._rollback_spawn(instance, disks, prepared, defined)
-            if isinstance(exc, libvirt.libvirtError):
-                raise SpawnError(f"spawning {instance.name} ({instance.uuid}) failed: "
-                                 f"{exc.get_error_message()}") from None
-            raise
-        LOG.info("spawned %s (%s)%s", instance.name, instance.uuid,
-                 "" if power_on else " without starting it")
-
-    def _rollback_spawn(self, instance: Instance, disks: images.InstanceDisks,
-                        prepared: list[PreparedVolume], defined: bool) -> None:
-        if defined:
-            try:
-                self._host.call(lambda c: self._remove_domain(c, instance.uuid))
-            except (libvirt.libvirtError, VirtError) as exc:
-                LOG.error("rollback of %s: cannot remove the domain: %s", instance.uuid, exc)
+    def _prepare_volume(self, rollback: SpawnRollback, instance: Instance, bdm: BlockDevice,
+                        cache_mode: str | None) -> PreparedVolume:
+        """Prepare one volume (secret or host login) and push its undo."""
+        volume = self._volumes.prepare(instance, bdm, cache=cache_mode)
         if self._host_volumes is not None:  # log the host out of what spawn connected
-            self._host_volumes.release([p.disk for p in prepared])
-        for volume in prepared:
-            if volume.secret_usage:
-                try:
-                    self._volumes.remove_secret(volume.secret_usage)
-                except (libvirt.libvirtError, VirtError) as exc:
-                    LOG.error("rollback of %s: cannot remove secret %s: %s", instance.uuid,
-                              volume.secret_usage, exc)
-        images.remove_created(disks)  # never disks that were there before this spawn
+            host_volumes = self._host_volumes
+            rollback.push(f"the host's iSCSI login for {bdm.mountpoint}",
+                          lambda: host_volumes.release([volume.disk]))
+        if volume.secret_usage:
+            usage = volume.secret_usage
+            rollback.push(f"libvirt secret {usage}", lambda: self._volumes.remove_secret(usage))
+        return volume
+
+    def _define(self, conn: libvirt.virConnect, rollback: SpawnRollback, uuid: str,
+                domain_xml: str, *, secret_free: bool, power_on: bool) -> None:
+        dom = conn.defineXML(domain_xml)
+        rollback.push(f"domain {uuid}", lambda: self._connection.call(
+            lambda c: self._remove_domain(c, uuid)))
+        if secret_free:
+            self._secret_free.add(uuid)
+        self._connection.remember(conn, uuid, dom)
+        if power_on:
+            dom.createWithFlags(0)
 
     def destroy(
         self,
@@ -394,59 +368,27 @@ class LibvirtDriver(ComputeDriver):
 
     def _remove_domain(self, conn: libvirt.virConnect, uuid: str, *,
                        read_definition: bool = True) -> str | None:
-        """Stop and undefine the domain; its last XML ("" unless `read_definition`), or
-        None if there was none."""
-        dom = self._host.lookup(conn, uuid)
-        if dom is None:
-            self._secret_free.discard(uuid)
-            return None
+        """Stop and undefine the domain; its last XML, or None if there was none."""
         try:
-            definition: str = dom.XMLDesc(0) if read_definition else ""
-            try:
-                dom.destroy()
-            except libvirt.libvirtError as exc:
-                if _code(exc) != libvirt.VIR_ERR_OPERATION_INVALID:  # not running
-                    raise
-            self._undefine(dom)
-        except libvirt.libvirtError as exc:
-            if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            self._secret_free.discard(uuid)
-            return None  # gone meanwhile (or a kept handle outlived it): nothing to remove
+            return self._undefiner.remove(self._connection, conn, uuid,
+                                          read_definition=read_definition)
         finally:
-            self._host.forget(uuid)
-        self._secret_free.discard(uuid)
-        return definition
-
-    def _undefine(self, dom: libvirt.virDomain) -> None:
-        flags = self._undefine_flags
-        for drop in (0, *_UNDEFINE_FALLBACK):
-            flags &= ~drop
-            try:
-                dom.undefineFlags(flags)
-                self._undefine_flags = flags  # remember what this libvirt accepts
-                return
-            except libvirt.libvirtError as exc:
-                if _code(exc) not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
-                    raise
-                LOG.info("libvirt refused undefine flags %#x (%s); retrying without %#x",
-                         flags, exc.get_error_message(), drop)
-        dom.undefine()
+            self._secret_free.discard(uuid)
 
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
         if not hard:
-            state = self.get_info(instance=instance).state
-            if state is not PowerState.RUNNING:
-                raise InstanceNotRunning(instance.uuid, "a soft reboot")
-            if self._shutdown_and_wait(instance, timeout, retry_interval=timeout):
-                self._on_domain(instance, lambda d: d.createWithFlags(0), "start it",
-                                idempotent=False)
-                return
-            LOG.warning("%s did not shut down within %ss: rebooting it hard", instance.uuid, timeout)
+            power.require_running(self._power_state(instance), instance.uuid, "soft reboot")
+            grace = power.reboot_grace(timeout, self._opts.reboot_timeout)
+            result = self._graceful_power_off(instance, timeout=grace, retry_interval=grace)
+            if result.forced:
+                LOG.warning("%s did not shut down within %ss: rebooting it hard",
+                            instance.uuid, grace)
+            self._on_domain(instance, lambda d: d.createWithFlags(0), "start it",
+                            idempotent=False)
+            return
 
         def hard_reboot(dom: libvirt.virDomain) -> None:
-            if dom.isActive():
-                dom.destroy()
+            domains.destroy(dom)
             dom.createWithFlags(0)
 
         self._on_domain(instance, hard_reboot, "reboot it", idempotent=False)
@@ -454,89 +396,47 @@ class LibvirtDriver(ComputeDriver):
     def power_off(
         self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
     ) -> PowerOffResult:
-        if timeout < 0 or retry_interval < 0:
-            raise InvalidRequest("power_off timeout and retry_interval must not be negative")
-        began = time.monotonic()
-        if not self._on_domain(instance, lambda d: d.isActive() == 1, "read its state"):
-            return PowerOffResult(clean=True, forced=False, duration_s=0.0, already_off=True)
-        if timeout > 0 and self._shutdown_and_wait(instance, timeout, retry_interval):
-            return PowerOffResult(clean=True, forced=False, duration_s=time.monotonic() - began)
+        return self._graceful_power_off(instance, timeout=timeout, retry_interval=retry_interval)
 
-        def force(dom: libvirt.virDomain) -> None:
+    def _graceful_power_off(self, instance: Instance, *, timeout: float,
+                            retry_interval: float) -> PowerOffResult:
+        """ACPI shutdown every `retry_interval`, the plug pulled after `timeout` (the kit's)."""
+        def is_off() -> bool:
+            return not self._on_domain(instance, lambda d: d.isActive() == 1, "read its state")
+
+        def request_stop() -> None:
             try:
-                dom.destroy()
-            except libvirt.libvirtError as exc:
-                if _code(exc) != libvirt.VIR_ERR_OPERATION_INVALID:
-                    raise
+                self._on_domain(instance, lambda d: d.shutdown(), "shut it down")
+            except InvalidState:
+                pass  # stopped meanwhile: the next look sees it
 
-        self._on_domain(instance, force, "force it off")
-        return PowerOffResult(clean=False, forced=True, duration_s=time.monotonic() - began)
-
-    def _shutdown_and_wait(self, instance: Instance, timeout: float, retry_interval: float) -> bool:
-        """ACPI shutdown, re-sent every `retry_interval`; True if it stopped within `timeout`."""
-        deadline = time.monotonic() + timeout
-        next_send = 0.0
-        while time.monotonic() < deadline:
-            if time.monotonic() >= next_send:
-                try:
-                    self._on_domain(instance, lambda d: d.shutdown(), "shut it down")
-                except InvalidState:
-                    pass
-                next_send = time.monotonic() + max(retry_interval, 0.5)
-            if not self._on_domain(instance, lambda d: d.isActive() == 1, "read its state"):
-                return True
-            time.sleep(0.1)
-        return False
+        return power.graceful_power_off(
+            timeout=timeout, retry_interval=retry_interval, is_off=is_off,
+            request_stop=request_stop, wait_off=lambda s: power.poll_until(is_off, s),
+            force_off=lambda: self._on_domain(instance, domains.destroy, "force it off"))
 
     def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
-        def start(dom: libvirt.virDomain) -> None:
-            state = dom.state()[0]
-            if state == libvirt.VIR_DOMAIN_PAUSED:
-                raise InvalidState(f"instance {instance.uuid} is paused", hint="unpause it instead")
-            if not dom.isActive():
-                dom.createWithFlags(0)
-
-        self._on_domain(instance, start, "start it", idempotent=False)
+        if power.should_power_on(self._power_state(instance), instance.uuid):
+            self._on_domain(instance, lambda d: d.createWithFlags(0), "start it",
+                            idempotent=False)
 
     def pause(self, *, instance: Instance) -> None:
-        def pause(dom: libvirt.virDomain) -> None:
-            state = dom.state()[0]
-            if state == libvirt.VIR_DOMAIN_PAUSED:
-                return
-            if state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-                raise InvalidState(f"instance {instance.uuid} is not running; cannot pause it")
-            dom.suspend()
-
-        self._on_domain(instance, pause, "pause it")
+        if power.should_pause(self._power_state(instance), instance.uuid):
+            self._on_domain(instance, lambda d: d.suspend(), "pause it")
 
     def unpause(self, *, instance: Instance) -> None:
-        def unpause(dom: libvirt.virDomain) -> None:
-            state = dom.state()[0]
-            if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-                return
-            if state != libvirt.VIR_DOMAIN_PAUSED:
-                raise InvalidState(f"instance {instance.uuid} is not paused; cannot unpause it")
-            dom.resume()
-
-        self._on_domain(instance, unpause, "unpause it")
+        if power.should_unpause(self._power_state(instance), instance.uuid):
+            self._on_domain(instance, lambda d: d.resume(), "unpause it")
 
     def suspend(self, *, instance: Instance) -> None:
-        def suspend(dom: libvirt.virDomain) -> None:
-            if not dom.isActive():
-                raise InvalidState(f"instance {instance.uuid} is not running; cannot suspend it")
-            dom.managedSave(0)
-
-        self._on_domain(instance, suspend, "suspend it", idempotent=False)
+        if power.should_suspend(self._power_state(instance), instance.uuid):
+            self._on_domain(instance, lambda d: d.managedSave(0), "suspend it",
+                            idempotent=False)
 
     def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
-        def resume(dom: libvirt.virDomain) -> None:
-            if dom.isActive():
-                return
-            if dom.hasManagedSaveImage(0) != 1:
-                raise InvalidState(f"instance {instance.uuid} is not suspended; cannot resume it")
-            dom.createWithFlags(0)
-
-        self._on_domain(instance, resume, "resume it", idempotent=False)
+        if power.should_resume(self._power_state(instance), instance.uuid):
+            self._on_domain(instance, lambda d: d.createWithFlags(0), "resume it",
+                            idempotent=False)
 
     def snapshot(self, *, instance: Instance, name: str) -> ImageRef:
         definition = self._definition(instance)
@@ -553,19 +453,7 @@ class LibvirtDriver(ComputeDriver):
             if was_active:
                 self._on_domain(instance, lambda d: d.createWithFlags(0), "restore it",
                                 idempotent=False)
-        return self._snapshot_ref(ref, definition, name)
-
-    def _snapshot_ref(self, ref: ImageRef, definition: xml.Domain, name: str) -> ImageRef:
-        kernel = ramdisk = None
-        target_dir = os.path.dirname(ref.ref)
-        if definition.os.kernel:
-            kernel = os.path.join(target_dir, f"{name}.kernel")
-            shutil.copyfile(definition.os.kernel, kernel)
-        if definition.os.initrd:
-            ramdisk = os.path.join(target_dir, f"{name}.ramdisk")
-            shutil.copyfile(definition.os.initrd, ramdisk)
-        return ImageRef(ref=ref.ref, disk_format="qcow2", kernel=kernel, ramdisk=ramdisk,
-                        kernel_cmdline=definition.os.cmdline)
+        return images.snapshot_ref(ref, definition.os, name)
 
     # -- volumes ---------------------------------------------------------------------------
 
@@ -673,14 +561,8 @@ class LibvirtDriver(ComputeDriver):
         definition = self._definition(instance)
         if not definition.serials:
             return ""
-        limit = min(max_bytes, self._opts.console_log_max_bytes)
-        try:
-            with open(definition.serials[0].path, "rb") as log:
-                size = os.fstat(log.fileno()).st_size
-                log.seek(max(0, size - limit))
-                return log.read(limit).decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""  # never started: no output yet
+        return images.read_tail(definition.serials[0].path,
+                                min(max_bytes, self._opts.console_log_max_bytes))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -694,49 +576,45 @@ class LibvirtDriver(ComputeDriver):
 
     def _call(self, fn: Callable[[libvirt.virConnect], T], what: str, *,
               idempotent: bool = True) -> T:
-        try:
-            return self._host.call(fn, idempotent=idempotent)
-        except libvirt.libvirtError as exc:
-            raise _engine_error(exc, what) from None
+        """Run `fn` on the connection; libvirt's errors become virtkit's (ERRORS)."""
+        with ERRORS.translate(what):
+            return self._connection.call(fn, idempotent=idempotent)
 
     def _on_domain(self, instance: Instance, fn: Callable[[libvirt.virDomain], T], what: str,
                    *, idempotent: bool = True) -> T:
         """Run `fn` on the instance's domain (its kept handle, or one lookup by UUID)."""
         uuid = instance.uuid
-        host = self._host
+        connection = self._connection
 
         def run(conn: libvirt.virConnect) -> T:
-            dom = host.lookup(conn, uuid)
+            dom = connection.lookup(conn, uuid)
             if dom is None:
                 raise InstanceNotFound(uuid)
             return fn(dom)
 
-        try:
-            return host.call(run, idempotent=idempotent)
+        try:  # not ERRORS.translate: this is every call's path, a context manager costs
+            return connection.call(run, idempotent=idempotent)
         except libvirt.libvirtError as exc:
-            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
-                host.forget(uuid)
-                raise InstanceNotFound(uuid) from None
-            raise _engine_error(exc, f"{what} ({uuid})") from None
+            error = ERRORS.error(exc, what, instance=uuid)
+            if isinstance(error, InstanceNotFound):
+                connection.forget(uuid)
+            if error is None:
+                raise
+            raise error from None
 
 
-def _engine_error(exc: libvirt.libvirtError, what: str) -> VirtError:
-    message = f"libvirt could not {what}: {exc.get_error_message()}"
-    if _code(exc) == libvirt.VIR_ERR_OPERATION_INVALID:
-        return InvalidState(message)
-    if _code(exc) == libvirt.VIR_ERR_NO_SUPPORT:
-        return UnsupportedOperation("libvirt", what, reason=exc.get_error_message())
-    return VirtError(message)
+def _spawn_error(instance: Instance, exc: libvirt.libvirtError) -> VirtError:
+    """A failed spawn's error: AccessDenied (with the fix) for a permission problem, else
+    SpawnError with libvirt's words."""
+    message = f"spawning {instance.name} ({instance.uuid}) failed: {exc.get_error_message()}"
+    fault = classify(exc)
+    if fault is not None and fault.kind is FaultKind.ACCESS_DENIED:
+        error: VirtError = AccessDenied(message, hint=fault.hint)
+    else:
+        error = SpawnError(message)
+    for note in getattr(exc, "__notes__", ()):  # what the rollback left behind
+        error.add_note(note)
+    return error
 
 
-def _local_ip() -> str:
-    """The address this host uses to reach others (no packet is sent)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.connect(("192.0.2.1", 9))
-            return str(sock.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
-
-
-__all__ = ["OPTS", "LibvirtDriver"]
+__all__ = ["ERRORS", "OPTS", "LibvirtDriver"]

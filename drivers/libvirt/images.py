@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.libvirt import qcow2
+from drivers.libvirt import qcow2, xml
+from virt.driver.rollback import SpawnRollback
 from virt.errors import ImageError, ImageNotFound, InvalidRequest
 from virt.model import Flavor, ImageRef
 
@@ -182,9 +183,9 @@ class InstanceDisks:
     swap: str | None = None
     kernel: str | None = None
     ramdisk: str | None = None
-    #: Files this spawn made (a rollback removes these and nothing else).
+    #: Files this spawn made (its rollback has an undo for each, and for nothing else).
     created: tuple[str, ...] = ()
-    #: Whether this spawn made the directory itself (then a rollback removes all of it).
+    #: Whether this spawn made the directory itself (its rollback then removes all of it).
     made_directory: bool = True
 
     @property
@@ -201,13 +202,14 @@ def root_disk_path(instances_path: str, uuid: str) -> str:
 
 
 def create_instance_disks(
-    cache: ImageCache, instances_path: str, uuid: str, image: ImageRef, flavor: Flavor
+    cache: ImageCache, instances_path: str, uuid: str, image: ImageRef, flavor: Flavor, *,
+    rollback: SpawnRollback,
 ) -> InstanceDisks:
     """Cache the image, then create the instance directory and its disks.
 
     Disks already in the directory (shared instance storage: an instance recovered on
-    another host) are reused when valid, never overwritten. On failure whatever this call
-    created is removed before the error propagates; what was there before stays.
+    another host) are reused when valid, never overwritten. An undo is pushed on `rollback`
+    right after each directory or file this call creates, and for nothing that was there.
     """
     base = cache.fetch(image.ref, image.disk_format)
     kernel = cache.fetch_file(image.kernel, "kernel") if image.kernel else None
@@ -215,30 +217,26 @@ def create_instance_disks(
     size = _root_size(base, flavor, image)
     directory = instance_dir(instances_path, uuid)
     made_directory = _make_directory(instances_path, directory)
+    if made_directory:
+        rollback.push(f"instance directory {directory}", lambda: remove_instance_dir(directory))
     created: list[str] = []
-    try:
-        root = root_disk_path(instances_path, uuid)
-        if made_directory or not _reusable_root(uuid, root):
-            qcow2.write_overlay(root, backing_file=base.path, backing_format=base.format,
-                                size=size)
-            created.append(root)
-        ephemeral = swap = kernel_copy = ramdisk_copy = None
-        if flavor.ephemeral_gb:
-            ephemeral = _keep_or_make(created, os.path.join(directory, "disk.eph0"),
-                                      lambda p: _blank_disk(p, flavor.ephemeral_gb * GIB, "ext4"))
-        if flavor.swap_mb:
-            swap = _keep_or_make(created, os.path.join(directory, "disk.swap"),
-                                 lambda p: _blank_disk(p, flavor.swap_mb * MIB, "swap"))
-        if kernel:
-            kernel_copy = _keep_or_make(created, os.path.join(directory, "kernel"),
-                                        lambda p: shutil.copyfile(kernel, p))
-        if ramdisk:
-            ramdisk_copy = _keep_or_make(created, os.path.join(directory, "ramdisk"),
-                                         lambda p: shutil.copyfile(ramdisk, p))
-    except BaseException:
-        remove_created(InstanceDisks(directory, "", created=tuple(created),
-                                     made_directory=made_directory))
-        raise
+    root = root_disk_path(instances_path, uuid)
+    if made_directory or not _reusable_root(uuid, root):
+        _make(rollback, created, root, lambda p: qcow2.write_overlay(
+            p, backing_file=base.path, backing_format=base.format, size=size))
+    ephemeral = swap = kernel_copy = ramdisk_copy = None
+    if flavor.ephemeral_gb:
+        ephemeral = _keep_or_make(rollback, created, os.path.join(directory, "disk.eph0"),
+                                  lambda p: _blank_disk(p, flavor.ephemeral_gb * GIB, "ext4"))
+    if flavor.swap_mb:
+        swap = _keep_or_make(rollback, created, os.path.join(directory, "disk.swap"),
+                             lambda p: _blank_disk(p, flavor.swap_mb * MIB, "swap"))
+    if kernel:
+        kernel_copy = _keep_or_make(rollback, created, os.path.join(directory, "kernel"),
+                                    lambda p: shutil.copyfile(kernel, p))
+    if ramdisk:
+        ramdisk_copy = _keep_or_make(rollback, created, os.path.join(directory, "ramdisk"),
+                                     lambda p: shutil.copyfile(ramdisk, p))
     return InstanceDisks(directory=directory, root=root, ephemeral=ephemeral, swap=swap,
                          kernel=kernel_copy, ramdisk=ramdisk_copy, created=tuple(created),
                          made_directory=made_directory)
@@ -301,17 +299,30 @@ def _reusable_root(uuid: str, root: str) -> bool:
     return True
 
 
-def _keep_or_make(created: list[str], path: str, make: Callable[[str], object]) -> str:
-    """`path` if it already exists (reused), else made by `make` and recorded in `created`."""
-    if os.path.exists(path):
-        LOG.info("reusing the existing %s", path)
-        return path
+def _make(rollback: SpawnRollback, created: list[str], path: str,
+          make: Callable[[str], object]) -> str:
+    """`make(path)`, then an undo for the file (pushed even when `make` fails half-way)."""
     try:
         make(path)
     finally:
         if os.path.exists(path):
             created.append(path)
+            rollback.push(f"disk file {path}", lambda: _unlink(path))
     return path
+
+
+def _keep_or_make(rollback: SpawnRollback, created: list[str], path: str,
+                  make: Callable[[str], object]) -> str:
+    """`path` if it already exists (reused), else made by `make` with an undo pushed."""
+    if os.path.exists(path):
+        LOG.info("reusing the existing %s", path)
+        return path
+    return _make(rollback, created, path, make)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _blank_disk(path: str, size: int, fs: str) -> None:
@@ -324,16 +335,6 @@ def _blank_disk(path: str, size: int, fs: str) -> None:
         run_tool(["mkfs.ext4", "-q", "-F", "-L", "ephemeral0",
                   "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path],
                  what="formatting the ephemeral disk")
-
-
-def remove_created(disks: InstanceDisks) -> None:
-    """Undo `create_instance_disks`: only what it created, never disks that were there."""
-    if disks.made_directory:
-        remove_instance_dir(disks.directory)
-        return
-    for path in disks.created:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 def remove_instance_dir(directory: str) -> None:
@@ -398,3 +399,28 @@ def snapshot_disk(disk: str, images_path: str, name: str) -> ImageRef:
             os.unlink(tmp)
         raise
     return ImageRef(ref=target, disk_format="qcow2")
+
+
+def snapshot_ref(ref: ImageRef, boot: xml.Os, name: str) -> ImageRef:
+    """The snapshot image `ref` with copies of the kernel and ramdisk `boot` names."""
+    kernel = ramdisk = None
+    target_dir = os.path.dirname(ref.ref)
+    if boot.kernel:
+        kernel = os.path.join(target_dir, f"{name}.kernel")
+        shutil.copyfile(boot.kernel, kernel)
+    if boot.initrd:
+        ramdisk = os.path.join(target_dir, f"{name}.ramdisk")
+        shutil.copyfile(boot.initrd, ramdisk)
+    return ImageRef(ref=ref.ref, disk_format="qcow2", kernel=kernel, ramdisk=ramdisk,
+                    kernel_cmdline=boot.cmdline)
+
+
+def read_tail(path: str, limit: int) -> str:
+    """The last `limit` bytes of a log file as text; "" if it does not exist (yet)."""
+    try:
+        with open(path, "rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            log.seek(max(0, size - limit))
+            return log.read(limit).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""  # never started: no output yet

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import libvirt
 
 from drivers.libvirt import xml
-from drivers.libvirt.host import Host
+from drivers.libvirt.connection import Connection
 from virt.errors import UnsupportedOperation, VolumeError
 from virt.model import BlockDevice, Instance
 from virt.volume.iscsi import IscsiConnector, IscsiTarget, parse_iscsi_target
@@ -39,8 +39,8 @@ class PreparedVolume:
 class IscsiNativeVolumes:
     """Prepare and release iSCSI network disks for one libvirt host."""
 
-    def __init__(self, host: Host, *, probe_timeout: float, driver_name: str = "libvirt") -> None:
-        self._host = host
+    def __init__(self, connection: Connection, *, probe_timeout: float, driver_name: str = "libvirt") -> None:
+        self._connection = connection
         self._timeout = probe_timeout
         self._driver = driver_name
         self._connector = IscsiConnector()
@@ -90,7 +90,7 @@ class IscsiNativeVolumes:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
                     raise UnsupportedOperation(
                         self._driver, "CHAP volumes",
-                        reason=f"{self._host.uri} has no secret driver") from None
+                        reason=f"{self._connection.uri} has no secret driver") from None
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
                     raise
                 secret = conn.secretDefineXML(xml.Secret(usage, description=usage).to_xml())
@@ -101,7 +101,7 @@ class IscsiNativeVolumes:
                 raise
 
         try:
-            self._host.call(define)
+            self._connection.call(define)
         except libvirt.libvirtError as exc:
             # The message is libvirt's and never holds the value (it went through the API).
             raise VolumeError(f"cannot create the CHAP secret {usage}: "
@@ -116,7 +116,7 @@ class IscsiNativeVolumes:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SECRET, libvirt.VIR_ERR_NO_SUPPORT):
                     raise
 
-        self._host.call(undefine)
+        self._connection.call(undefine)
 
     def release(self, disks: list[xml.Disk]) -> None:
         """Remove the secrets virtkit made for these disks (others are not ours to remove)."""
@@ -144,4 +144,4 @@ class IscsiNativeVolumes:
                         and (secret.usageID() or "").startswith(prefix)):
                     secret.undefine()
 
-        self._host.call(sweep)
+        self._connection.call(sweep)

@@ -179,7 +179,7 @@ def test_a_lun_for_the_connector_refuses_qemus_default_initiator(driver, guest, 
     disk = xml.Disk(target_dev="vdf", source_type="network", protocol="iscsi",
                     source_name=f"{lun.iqn}/{lun.lun}", hosts=[(host, int(port))],
                     driver_type="raw")
-    dom = driver.host.connection().lookupByUUIDString(inst.uuid)
+    dom = driver.connection.connection().lookupByUUIDString(inst.uuid)
     with pytest.raises(libvirt.libvirtError):
         dom.attachDeviceFlags(xml.to_text(disk.to_element(), "disk"),
                               libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -330,7 +330,7 @@ def test_libvirtd_restart_is_survived(driver, guest):
 
     driver.register_event_listener(listener)
     try:
-        reconnects = driver.host.reconnects
+        reconnects = driver.connection.reconnects
         for pid in _libvirtd_pids():
             os.kill(pid, 9)
         deadline = time.monotonic() + 10
@@ -345,9 +345,9 @@ def test_libvirtd_restart_is_survived(driver, guest):
         subprocess.run([str(ROOT / "scripts" / "testbed"), "up", "libvirt"], check=True,
                        timeout=180, capture_output=True)
         deadline = time.monotonic() + 30
-        while driver.host.reconnects == reconnects and time.monotonic() < deadline:
+        while driver.connection.reconnects == reconnects and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert driver.host.reconnects > reconnects, "the driver did not reconnect by itself"
+        assert driver.connection.reconnects > reconnects, "the driver did not reconnect by itself"
         assert inst.name in driver.list_instances()
         assert driver.get_info(instance=inst).state is PowerState.RUNNING
         # Events flow again on the new connection.

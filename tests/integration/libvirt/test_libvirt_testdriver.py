@@ -44,7 +44,7 @@ def driver(tmp_path):
     yield drv
     for name in drv.list_instances():
         if name.startswith("vkt-"):
-            conn = drv.host.connection()
+            conn = drv.connection.connection()
             dom = conn.lookupByName(name)
             drv.destroy(instance=_instance(name, dom.UUIDString()))
     drv.cleanup_host(host="test-host")
@@ -106,7 +106,7 @@ def test_full_lifecycle(driver, base, tmp_path):
 def test_definition_carries_metadata_and_validates(driver, base, tmp_path):
     inst = _instance(role="web", hostile="</metadata><x/>")
     driver.spawn(instance=inst, image=base, power_on=False)
-    text = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
+    text = driver.connection.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     assert "</metadata><x/>" not in text and "&lt;/metadata&gt;&lt;x/&gt;" in text
     validate_domain_xml(tmp_path, text)
 
@@ -117,7 +117,7 @@ def test_hostile_metadata_reaches_libvirt_as_data(driver, base, tmp_path):
         _instance(name="vkt-\"q\" <b>&]]>")  # names never get as far as the driver
     inst = _instance(note=hostile, **{"k\"<&]]>": hostile})
     driver.spawn(instance=inst, image=base, power_on=False)
-    text = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
+    text = driver.connection.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     defined = xml.Domain.from_xml(text)
     assert defined.metadata is not None
     assert defined.metadata.properties == {"note": hostile, "k\"<&]]>": hostile}
@@ -180,7 +180,7 @@ def test_unknown_instance(driver):
 
 def test_list_instances_is_one_call(driver, base, monkeypatch):
     calls: list[str] = []
-    conn = driver.host.connection()
+    conn = driver.connection.connection()
 
     class Spy:
         def __getattr__(self, name):
@@ -189,7 +189,7 @@ def test_list_instances_is_one_call(driver, base, monkeypatch):
 
     for _ in range(3):
         driver.spawn(instance=_instance(), image=base, power_on=False)
-    monkeypatch.setattr(driver.host, "_conn", Spy())
+    monkeypatch.setattr(driver.connection, "_conn", Spy())
     names = driver.list_instances()
     assert len(names) >= 3 and calls == ["listAllDomains"]
 
@@ -208,8 +208,8 @@ def test_undefine_falls_back_and_remembers(driver, base):
     driver.spawn(instance=inst, image=base)
     driver.destroy(instance=inst)
     # The test driver refuses NVRAM and CHECKPOINTS_METADATA; the driver learned that.
-    assert not driver._undefine_flags & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    assert driver._undefine_flags & libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    assert not driver._undefiner.flags & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    assert driver._undefiner.flags & libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 
 
 def test_destroy_keeps_disks_when_asked(driver, base, tmp_path):
@@ -236,7 +236,7 @@ def test_spawn_reuses_existing_disks_on_shared_storage(driver, base, tmp_path, c
     assert driver.get_info(instance=inst).state is PowerState.RUNNING
     assert _disk_identity(disk) == before, "the existing root disk was rewritten"
     assert any("reusing its existing root disk" in r.getMessage() for r in caplog.records)
-    defined = driver.host.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
+    defined = driver.connection.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     assert str(disk) in defined
 
 
@@ -320,11 +320,11 @@ def test_lifecycle_events_are_subscribed_once_listened_to(driver, base):
     quiet = _instance()
     driver.spawn(instance=quiet, image=base)
     driver.destroy(instance=quiet)
-    assert driver.host._event_ids == {}
+    assert driver.connection._event_ids == {}
     events: list = []
     driver.register_event_listener(events.append)
     driver.register_event_listener(events.append)  # once only, on the connection too
-    assert len(driver.host._event_ids) == 1
+    assert len(driver.connection._event_ids) == 1
     heard = _instance()
     driver.spawn(instance=heard, image=base)
     assert wait_for(lambda: any(e.instance_uuid == heard.uuid for e in events)), events

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from drivers.libvirt import designer, volumes_host, xml
+from drivers.libvirt import design, volumes_host, xml
 from drivers.libvirt.driver import LibvirtDriver
 from drivers.libvirt.images import InstanceDisks
 from tests.iscsi_target import TargetFactory, tgtd_available
-from tests.libvirt_helpers import libvirt_up, validate_domain_xml
+from tests.libvirt_helpers import libvirt_up, qemu_workdir, validate_domain_xml
 from tests.testbed import require
 from virt.config import build_conf
 from virt.errors import ConfigError, VolumeError, VolumeUnreachable
@@ -162,7 +162,7 @@ def test_prepare_connects_with_the_connection_data_and_maps_a_raw_block_disk(
     # The whole domain with the volume is one libvirt accepts.
     base = tmp_path / "disk"
     base.write_bytes(b"")
-    domain = designer.domain_xml(instance=_instance(), image=ImageRef(str(base)),
+    domain = design.domain_xml(instance=_instance(), image=ImageRef(str(base)),
                                  virt_type="qemu", disks=InstanceDisks(directory=str(tmp_path), root=str(base)),
                                  volume_disks=[disk], vifs=(), cache_mode="none")
     validate_domain_xml(tmp_path, domain)
@@ -385,19 +385,21 @@ def test_this_machine_lacks_iscsi_tcp_and_says_so():
 @pytest.fixture
 def qemu_driver(brick, tmp_path):
     require(libvirt_up(), "libvirtd with qemu:///system")
-    conf = build_conf(overrides={"state_path": str(tmp_path / "state"), "host": "h"})
-    LibvirtDriver.register_opts(conf)
-    conf.set_override("connection_uri", "qemu:///system", group="libvirt")
-    conf.set_override("virt_type", "qemu", group="libvirt")
-    conf.set_override("iscsi_attach", "host", group="libvirt")
-    conf.set_override("disk_cachemode", "writeback", group="libvirt")
-    drv = LibvirtDriver(conf)
-    drv.init_host(host="h")
-    made: list[Instance] = []
-    yield drv, made
-    for instance in made:
-        drv.destroy(instance=instance)
-    drv.cleanup_host(host="h")
+    # state where QEMU's user reaches it (init_host refuses a path it cannot traverse)
+    with qemu_workdir("vk-hostiscsi-") as work:
+        conf = build_conf(overrides={"state_path": str(work / "state"), "host": "h"})
+        LibvirtDriver.register_opts(conf)
+        conf.set_override("connection_uri", "qemu:///system", group="libvirt")
+        conf.set_override("virt_type", "qemu", group="libvirt")
+        conf.set_override("iscsi_attach", "host", group="libvirt")
+        conf.set_override("disk_cachemode", "writeback", group="libvirt")
+        drv = LibvirtDriver(conf)
+        drv.init_host(host="h")
+        made: list[Instance] = []
+        yield drv, made
+        for instance in made:
+            drv.destroy(instance=instance)
+        drv.cleanup_host(host="h")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from drivers.libvirt import images, qcow2
+from virt.driver.rollback import SpawnRollback
 from virt.errors import ImageError, ImageNotFound, InvalidRequest
 from virt.model import Flavor, ImageRef
 
@@ -82,8 +83,9 @@ def test_cache_errors_name_the_problem(tmp_path, base):
 def test_instance_disks_from_flavor(tmp_path, base):
     cache = images.ImageCache(str(tmp_path / "cache"))
     flavor = Flavor("f", 1, 64, root_gb=1, ephemeral_gb=1, swap_mb=16)
-    disks = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
-                                         ImageRef(str(base)), flavor)
+    with SpawnRollback("u1") as rollback:
+        disks = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
+                                             ImageRef(str(base)), flavor, rollback=rollback)
     assert json.loads(_qemu_img("info", "--output=json", disks.root))["virtual-size"] == 1 << 30
     assert os.path.getsize(disks.ephemeral) == 1 << 30
     assert b"SWAPSPACE2" in open(disks.swap, "rb").read(4096)
@@ -98,12 +100,13 @@ def test_failures_leave_no_instance_directory(tmp_path, base):
     with pytest.raises(InvalidRequest, match="smaller than image"):
         big = tmp_path / "big.qcow2"
         _qemu_img("create", "-q", "-f", "qcow2", str(big), "2G")
-        images.create_instance_disks(cache, str(inst), "u2", ImageRef(str(big)),
-                                     Flavor("f", 1, 64, root_gb=1))
-    with pytest.raises(ImageNotFound):
+        with SpawnRollback("u2") as rollback:
+            images.create_instance_disks(cache, str(inst), "u2", ImageRef(str(big)),
+                                         Flavor("f", 1, 64, root_gb=1), rollback=rollback)
+    with pytest.raises(ImageNotFound), SpawnRollback("u3") as rollback:
         images.create_instance_disks(cache, str(inst), "u3",
                                      ImageRef(str(base), kernel=str(tmp_path / "nokernel")),
-                                     Flavor("f", 1, 64))
+                                     Flavor("f", 1, 64), rollback=rollback)
     assert not (inst / "u2").exists() and not (inst / "u3").exists()
 
 
@@ -122,21 +125,24 @@ def test_snapshot_is_standalone(tmp_path, base):
 def test_existing_disks_are_reused_and_never_rolled_back(tmp_path, base):
     cache = images.ImageCache(str(tmp_path / "cache"))
     flavor = Flavor("f", 1, 64, root_gb=1, swap_mb=16)
-    first = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
-                                         ImageRef(str(base)), flavor)
+    with SpawnRollback("u1") as rollback:
+        first = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
+                                             ImageRef(str(base)), flavor, rollback=rollback)
     assert first.made_directory and set(first.created) == {first.root, first.swap}
     root_ino = os.stat(first.root).st_ino
     os.unlink(first.swap)  # the swap disk went missing: only it is made again
+    rollback = SpawnRollback("u1 again")
     again = images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
-                                         ImageRef(str(base)), flavor)
+                                         ImageRef(str(base)), flavor, rollback=rollback)
     assert not again.made_directory and again.created == (again.swap,)
     assert os.stat(again.root).st_ino == root_ino
-    images.remove_created(again)  # a rollback of the second spawn
+    rollback.roll_back()  # a rollback of the second spawn
+    assert rollback.left_behind == []
     assert os.path.exists(again.root) and not os.path.exists(again.swap)
     # A root disk that is not qcow2 is reported and left alone.
     with open(again.root, "wb") as f:
         f.write(b"not a disk")
-    with pytest.raises(ImageError, match="not qcow2"):
+    with pytest.raises(ImageError, match="not qcow2"), SpawnRollback("u1") as rollback:
         images.create_instance_disks(cache, str(tmp_path / "inst"), "u1",
-                                     ImageRef(str(base)), flavor)
+                                     ImageRef(str(base)), flavor, rollback=rollback)
     assert open(again.root, "rb").read() == b"not a disk"

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from drivers.libvirt import designer, xml
+from drivers.libvirt import design, xml
 from drivers.libvirt.images import InstanceDisks
 from tests.libvirt_helpers import validate_domain_xml
 from virt.errors import InvalidRequest
@@ -37,7 +37,7 @@ def _domain(flavor: Flavor, *, kernel: bool, volumes: int, chap: bool, nics: lis
         swap="/x/disk.swap" if flavor.swap_mb else None,
         kernel="/x/kernel" if kernel else None, ramdisk="/x/ramdisk" if kernel else None)
     vols = [_iscsi_disk(f"vd{c}", chap) for c in "bcdefg"[:volumes]]
-    return designer.domain_for(instance=instance, image=ImageRef("/img/base.qcow2"),
+    return design.domain_for(instance=instance, image=ImageRef("/img/base.qcow2"),
                                virt_type=virt_type, disks=disks, volume_disks=vols, vifs=nics,
                                cache_mode="none")
 
@@ -120,7 +120,7 @@ def test_secret_xml_never_holds_a_value():
 
 def test_volume_at_vda_is_refused():
     with pytest.raises(InvalidRequest, match="root disk"):
-        designer.domain_for(
+        design.domain_for(
             instance=Instance(uuid=UUID, name="x", flavor=FLAVORS[0]),
             image=ImageRef("/i"), virt_type="qemu",
             disks=InstanceDisks(directory="/d", root="/d/disk"),
@@ -145,7 +145,7 @@ def _template_case(flavor: Flavor, *, kernel: bool, nics: list[Vif], metadata: d
         kernel=f"{d}/kernel" if kernel else None, ramdisk=f"{d}/ramdisk" if kernel else None)
     args = dict(instance=instance, image=image or ImageRef("/img/base.qcow2"),
                 virt_type=virt_type, disks=disks, volume_disks=[], vifs=nics, cache_mode="none")
-    return designer.domain_xml(**args), designer.domain_for(**args).to_xml()  # type: ignore[arg-type]
+    return design.domain_xml(**args), design.domain_for(**args).to_xml()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_template_gives_the_same_xml_as_a_full_build(flavor, kernel, nics, virt_
 
 def test_template_values_are_data_and_tokens_are_not_reexpanded(tmp_path):
     # A value holding another field's token stays as given (one-pass substitution).
-    meta = {"x": designer._DIR, HOSTILE: "]]><evil/>"}
+    meta = {"x": design._DIR, HOSTILE: "]]><evil/>"}
     templated, full = _template_case(FLAVORS[1], kernel=True, nics=NICS[2], metadata=meta,
                                      image=ImageRef(HOSTILE))
     assert templated == full

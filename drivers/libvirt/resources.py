@@ -1,0 +1,130 @@
+"""What this host offers: resources, its address, and whether QEMU's user reaches our paths."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+
+import libvirt
+
+from drivers.libvirt.connection import READABLE_DIRECTORY_HINT, user_name
+from virt.errors import ConfigError
+from virt.model import HostResources
+
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+#: The accounts distributions build libvirt to run QEMU as, when qemu.conf sets none.
+DEFAULT_QEMU_USERS = ("libvirt-qemu", "qemu")
+_USER_LINE = re.compile(r'^\s*user\s*=\s*"([^"]+)"', re.MULTILINE)
+GIB = 1024**3
+
+
+def host_resources(conn: libvirt.virConnect, instances_path: str,
+                   domain_type: str) -> HostResources:
+    """The host's capacity and use, as libvirt and the instances' file system report it."""
+    model, memory_mb, cpus, _mhz, _nodes, sockets, cores, threads = conn.getInfo()
+    vcpus_used = 0
+    mem_used = 0
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        _state, max_kb, _mem, ncpu, _cpu = dom.info()
+        vcpus_used += ncpu
+        mem_used += max_kb // 1024
+    try:
+        stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+        free = stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
+        mem_used = (stats["total"] - free) // 1024
+    except (libvirt.libvirtError, KeyError):
+        pass  # the test driver has no node memory stats: count guest memory instead
+    disk = shutil.disk_usage(instances_path)
+    return HostResources(
+        vcpus=cpus, memory_mb=memory_mb, local_gb=disk.total // GIB,
+        vcpus_used=vcpus_used, memory_mb_used=mem_used,
+        local_gb_used=(disk.total - disk.free) // GIB,
+        hypervisor_type=conn.getType(), hypervisor_version=conn.getVersion(),
+        hypervisor_hostname=conn.getHostname(),
+        cpu_info=json.dumps({"arch": model, "topology": {
+            "sockets": sockets, "cores": cores, "threads": threads}}),
+        disk_available_least=disk.free // GIB,
+        supported_instances=((model, domain_type, "hvm"),),
+    )
+
+
+def local_ip() -> str:
+    """The address this host uses to reach others (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("192.0.2.1", 9))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def is_local_system_uri(uri: str) -> bool:
+    """qemu:///system (the local system daemon, whose QEMU runs as its own user)."""
+    return uri.split("?", 1)[0].rstrip("/") == "qemu:///system"
+
+
+def qemu_user(conf_path: str = QEMU_CONF) -> pwd.struct_passwd | None:
+    """The account the local libvirtd runs QEMU as (qemu.conf `user`, else the
+    distribution's default); None if no such account exists."""
+    names: tuple[str, ...] = DEFAULT_QEMU_USERS
+    try:
+        with open(conf_path, encoding="utf-8") as conf:
+            found = _USER_LINE.search(conf.read())
+        if found:
+            names = (found.group(1).lstrip("+"),)
+    except OSError:
+        pass
+    for name in names:
+        try:
+            return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def check_traversable(paths: dict[str, str], user: pwd.struct_passwd) -> None:
+    """ConfigError unless `user` can search every directory down to each path.
+
+    `paths` maps the option that set a path ("[libvirt] images_path") to the path.
+    """
+    if user.pw_uid == 0:
+        return
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    for option, path in paths.items():
+        blocked = _first_blocked(os.path.realpath(path), user.pw_uid, groups)
+        if blocked is None:
+            continue
+        directory, st = blocked
+        raise ConfigError(
+            f"QEMU runs as {user_name(user.pw_uid)}, which cannot traverse {directory} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}) on the way to "
+            f"{path} ({option}): guests could not read their disks",
+            hint=f"{READABLE_DIRECTORY_HINT} (or allow it: chmod o+x {directory})")
+
+
+def _first_blocked(path: str, uid: int, groups: set[int]
+                   ) -> tuple[str, os.stat_result] | None:
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        try:
+            st = os.stat(current)
+        except OSError:
+            return None  # not made yet: init_host makes it with a traversable mode
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        if st.st_uid == uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return current, st
+    return None
