@@ -60,30 +60,65 @@ def _common() -> _Parser:
     return parent
 
 
+class _Commands:
+    """Registers subcommands on one subparsers action, each with the common options."""
+
+    def __init__(self, commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+        self.commands = commands
+        self.common = common
+
+    def add(self, name: str, handler: Handler, help_text: str,
+            **kwargs: object) -> argparse.ArgumentParser:
+        """A command with `handler`; its description repeats its help."""
+        sub = self.commands.add_parser(name, help=help_text, description=help_text,
+                                       parents=[self.common], **kwargs)  # type: ignore[arg-type]
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def add_instance(self, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        """A command on one instance (its first argument is NAME|UUID)."""
+        sub = self.add(name, handler, help_text)
+        sub.add_argument("instance", metavar="NAME|UUID")
+        return sub
+
+    def add_group(self, name: str, help_text: str, dest: str, *,
+                  description: str | None = None) -> argparse._SubParsersAction[_Parser]:
+        """A command whose own subcommands (ACTION) are registered on what it returns."""
+        group = self.commands.add_parser(name, help=help_text, description=description,
+                                         parents=[self.common])
+        return group.add_subparsers(dest=dest, metavar="ACTION", required=True,
+                                    parser_class=_Parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `virtkit` argument parser: every command with its handler in `handler`."""
     common = _common()
     parser = _Parser(
         prog="virtkit", description="Run instances on the configured compute driver.",
         epilog=EPILOG, parents=[common],
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                     parser_class=_Parser)
+    commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                               parser_class=_Parser), common)
+    commands.add("drivers", info.cmd_drivers,
+                 "list the installed compute drivers and their capabilities")
+    commands.add("host", info.cmd_host, "show this host's resources as the driver reports them")
+    _add_boot(commands)
+    _add_instance_commands(commands)
+    _add_volume(commands)
+    _add_config(commands)
+    _add_db(commands)
+    run_demo = commands.add(
+        "demo", demo.cmd_demo,
+        "run a whole lifecycle on the fake driver in a throwaway state directory "
+        "(or on the driver and store of a --config given on its command line); "
+        "everything it creates is deleted, also when interrupted")
+    run_demo.add_argument("--image", default="cirros", metavar="REF",
+                          help="image to boot (default: cirros, which the fake driver accepts)")
+    return parser
 
-    def add(name: str, handler: Handler, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  parents=[common], **kwargs)  # type: ignore[arg-type]
-        sub.set_defaults(handler=handler)
-        return sub
 
-    def add_instance(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sub = add(name, handler, help_text)
-        sub.add_argument("instance", metavar="NAME|UUID")
-        return sub
-
-    add("drivers", info.cmd_drivers, "list the installed compute drivers and their capabilities")
-    add("host", info.cmd_host, "show this host's resources as the driver reports them")
-
-    boot = add("boot", instances.cmd_boot, "create and start an instance")
+def _add_boot(commands: _Commands) -> None:
+    boot = commands.add("boot", instances.cmd_boot, "create and start an instance")
     boot.add_argument("name")
     boot.add_argument("--image", required=True, metavar="REF",
                       help="what to boot: a disk path, image name or snapshot ref")
@@ -100,81 +135,77 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--volume", action="append", metavar="CONNINFO.json:MOUNTPOINT",
                       help="attach a volume at boot (Nova connection_info file); repeatable")
 
-    listing = add("list", instances.cmd_list, "list this host's instances")
+
+def _add_instance_commands(commands: _Commands) -> None:
+    listing = commands.add("list", instances.cmd_list, "list this host's instances")
     listing.add_argument("--all-hosts", action="store_true",
                          help="every host's instances in the store (see the host column)")
-    show = add_instance("show", instances.cmd_show,
-                        "show an instance of any host (secrets masked)")
+    show = commands.add_instance("show", instances.cmd_show,
+                                 "show an instance of any host (secrets masked)")
     show.add_argument("--events", type=int, default=20, metavar="N",
                       help="how many recent events to show (default 20)")
-    add_instance("delete", instances.cmd_delete, "destroy an instance and its disks")
-    add_instance("start", instances.cmd_start, "power an instance on")
-    stop = add_instance("stop", instances.cmd_stop, "shut an instance down")
+    commands.add_instance("delete", instances.cmd_delete, "destroy an instance and its disks")
+    commands.add_instance("start", instances.cmd_start, "power an instance on")
+    stop = commands.add_instance("stop", instances.cmd_stop, "shut an instance down")
     stop.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
                       help="force it off after this long (default 60; 0 forces at once)")
-    reboot = add_instance("reboot", instances.cmd_reboot, "reboot an instance")
+    reboot = commands.add_instance("reboot", instances.cmd_reboot, "reboot an instance")
     reboot.add_argument("--hard", action="store_true", help="reset instead of asking the guest")
-    add_instance("pause", instances.cmd_pause, "freeze an instance in memory")
-    add_instance("unpause", instances.cmd_unpause, "unfreeze a paused instance")
-    add_instance("suspend", instances.cmd_suspend, "save an instance to disk and stop it")
-    add_instance("resume", instances.cmd_resume, "restore a suspended instance")
-    snapshot = add_instance("snapshot", instances.cmd_snapshot,
-                            "capture an instance's root disk as a new image")
+    commands.add_instance("pause", instances.cmd_pause, "freeze an instance in memory")
+    commands.add_instance("unpause", instances.cmd_unpause, "unfreeze a paused instance")
+    commands.add_instance("suspend", instances.cmd_suspend, "save an instance to disk and stop it")
+    commands.add_instance("resume", instances.cmd_resume, "restore a suspended instance")
+    snapshot = commands.add_instance("snapshot", instances.cmd_snapshot,
+                                     "capture an instance's root disk as a new image")
     snapshot.add_argument("snapshot", metavar="SNAPNAME")
-    console = add_instance("console", instances.cmd_console, "print the guest's console log")
+    console = commands.add_instance("console", instances.cmd_console,
+                                    "print the guest's console log")
     console.add_argument("--lines", type=int, metavar="N", help="only the last N lines")
-    reset = add_instance("reset-state", instances.cmd_reset_state,
-                         "clear a task left by a process that died; vm_state follows the engine")
+    reset = commands.add_instance(
+        "reset-state", instances.cmd_reset_state,
+        "clear a task left by a process that died; vm_state follows the engine")
     reset.add_argument("--state", metavar="VM_STATE",
                        help="force this vm_state (e.g. active or error) instead")
-    add_instance("set-password", instances.cmd_set_password,
-                 "set the guest's admin password (read from a prompt or stdin, never argv)")
+    commands.add_instance("set-password", instances.cmd_set_password,
+                          "set the guest's admin password (read from a prompt or stdin, never argv)")
 
-    volume = commands.add_parser("volume", help="attach or detach volumes",
-                                 description="attach or detach volumes", parents=[common])
-    volume_commands = volume.add_subparsers(dest="volume_command", metavar="ACTION",
-                                            required=True, parser_class=_Parser)
-    attach = volume_commands.add_parser(
+
+def _add_volume(commands: _Commands) -> None:
+    actions = commands.add_group("volume", "attach or detach volumes", "volume_command",
+                                 description="attach or detach volumes")
+    attach = actions.add_parser(
         "attach", help="attach a volume from a Nova connection_info JSON file",
-        parents=[common])
+        parents=[commands.common])
     attach.add_argument("instance", metavar="NAME|UUID")
     attach.add_argument("connection_info", metavar="CONNINFO.json")
     attach.add_argument("mountpoint", metavar="MOUNTPOINT", help="e.g. /dev/vdb")
     attach.add_argument("--disk-bus", metavar="BUS", help="virtio, scsi, ide ...")
     attach.add_argument("--delete-on-termination", action="store_true")
     attach.set_defaults(handler=instances.cmd_volume_attach)
-    detach = volume_commands.add_parser("detach", help="detach a volume", parents=[common])
+    detach = actions.add_parser("detach", help="detach a volume", parents=[commands.common])
     detach.add_argument("instance", metavar="NAME|UUID")
     detach.add_argument("volume", metavar="MOUNTPOINT|VOLUME_ID")
     detach.set_defaults(handler=instances.cmd_volume_detach)
 
-    config = commands.add_parser("config", help="configuration helpers", parents=[common])
-    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
-                                            required=True, parser_class=_Parser)
-    sample = config_commands.add_parser(
+
+def _add_config(commands: _Commands) -> None:
+    actions = commands.add_group("config", "configuration helpers", "config_command")
+    sample = actions.add_parser(
         "sample", help="print every option of virtkit and of each installed driver",
-        parents=[common])
+        parents=[commands.common])
     sample.set_defaults(handler=info.cmd_config_sample)
 
-    database = commands.add_parser("db", help="the state store's schema",
-                                   description="the state store's schema", parents=[common])
-    db_commands = database.add_subparsers(dest="db_command", metavar="ACTION", required=True,
-                                          parser_class=_Parser)
-    db_commands.add_parser(
+
+def _add_db(commands: _Commands) -> None:
+    actions = commands.add_group("db", "the state store's schema", "db_command",
+                                 description="the state store's schema")
+    actions.add_parser(
         "version", help="the schema revision of the store and the one this virtkit needs",
-        parents=[common]).set_defaults(handler=db.cmd_db_version)
-    db_commands.add_parser(
+        parents=[commands.common]).set_defaults(handler=db.cmd_db_version)
+    actions.add_parser(
         "upgrade", help="upgrade the store's schema to this virtkit's (run once per shared "
         "store, after every host runs this virtkit)",
-        parents=[common]).set_defaults(handler=db.cmd_db_upgrade)
-
-    run_demo = add("demo", demo.cmd_demo,
-                   "run a whole lifecycle on the fake driver in a throwaway state directory "
-                   "(or on the driver and store of a --config given on its command line); "
-                   "everything it creates is deleted, also when interrupted")
-    run_demo.add_argument("--image", default="cirros", metavar="REF",
-                          help="image to boot (default: cirros, which the fake driver accepts)")
-    return parser
+        parents=[commands.common]).set_defaults(handler=db.cmd_db_upgrade)
 
 
 class _ConciseFormatter(logging.Formatter):
