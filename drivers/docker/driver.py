@@ -19,7 +19,7 @@ import requests.exceptions
 from oslo_config import cfg
 
 from drivers.docker import guest, images, spec, states
-from drivers.docker.client import Engine, api_error_text
+from drivers.docker.connection import Engine, api_error_text
 from drivers.docker.events import EventWatcher
 from drivers.docker.forced import ForcedStops
 from drivers.docker.options import GROUP, OPTS

@@ -20,7 +20,7 @@ import docker.utils
 from docker.types.daemon import CancellableStream
 
 from drivers.docker import spec, states
-from drivers.docker.client import Engine
+from drivers.docker.connection import Engine
 from virt.events import LifecycleEvent
 from virt.model import PowerState
 

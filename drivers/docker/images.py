@@ -13,7 +13,7 @@ from typing import Any
 import docker.auth
 import docker.errors
 
-from drivers.docker.client import Engine, api_error_text
+from drivers.docker.connection import Engine, api_error_text
 from virt.errors import ImageError, ImageNotFound
 
 LOG = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pytest
 from fakedockerd import HANG, FakeDockerd
 
 from drivers.docker import guest, images, spec
-from drivers.docker.client import Engine
+from drivers.docker.connection import Engine
 from virt.config import build_conf
 from virt.driver import load_driver, load_driver_class
 from virt.errors import ImageError, ImageNotFound, VirtError

@@ -10,7 +10,7 @@ import pytest
 from fakedockerd import HANG, FakeDockerd
 
 from drivers.docker import events, images, spec
-from drivers.docker.client import Engine
+from drivers.docker.connection import Engine
 from drivers.docker.events import EventWatcher
 from virt.errors import ImageError, ImageNotFound
 from virt.events import Transition
