@@ -8,13 +8,16 @@ subprocess, as `pytest --pyargs virt.conformance --virtkit-config FILE` does.
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import json
 import os
+import re
 import string
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,91 @@ def wait(predicate, timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# -- the guide quotes the example's real code --------------------------------------------
+
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+_NAMED = re.compile(r"`(tests/example_driver/[\w./]+)`(?:,\s*`([\w.]+)`)?")
+
+
+def _symbol_lines(path: Path, qualname: str) -> tuple[int, int] | None:
+    """First and last line of the function, class or assignment `qualname` in `path`."""
+    nodes: list[ast.stmt] = ast.parse(path.read_text()).body
+    found = None
+    for part in qualname.split("."):
+        found = next((n for n in nodes if getattr(n, "name", None) == part
+                      or any(getattr(t, "id", None) == part
+                             for t in getattr(n, "targets", [getattr(n, "target", None)]))),
+                     None)
+        if found is None:
+            return None
+        nodes = getattr(found, "body", [])
+    assert found is not None
+    return found.lineno, found.end_lineno or found.lineno
+
+
+def _quotes() -> list[tuple[str, str, Path | None, str | None]]:
+    """(language, code, file named before it, symbol named right before it) per block."""
+    text = GUIDE.read_text()
+    quotes, path, previous_end = [], None, 0
+    for block in _FENCE.finditer(text):
+        symbol = None
+        for named in _NAMED.finditer(text, 0, block.start()):
+            path = REPO / named.group(1)
+            symbol = named.group(2) if named.start() >= previous_end else None
+        quotes.append((block.group(1), block.group(2), path, symbol))
+        previous_end = block.end()
+    return quotes
+
+
+def test_guide_names_only_files_and_tests_that_exist():
+    text = GUIDE.read_text()
+    for named in _NAMED.finditer(text):
+        path = REPO / named.group(1)
+        assert path.is_file(), f"the guide names {named.group(1)}, which does not exist"
+        if named.group(2):
+            assert _symbol_lines(path, named.group(2)), f"{named.group(2)} not in {path.name}"
+    ours = {n.name for n in ast.parse(Path(__file__).read_text()).body
+            if isinstance(n, ast.FunctionDef)}
+    for name in set(re.findall(r"`(test_\w+)`", text)):
+        assert name in ours, f"the guide names {name}, which is not in {Path(__file__).name}"
+
+
+def test_guide_names_kit_api_that_exists():
+    import importlib
+
+    names = set(re.findall(r"`(virt\.driver(?:\.\w+)*)`", GUIDE.read_text()))
+    assert "virt.driver.rollback.SpawnRollback" in names
+    for dotted in names:
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                value = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                value = getattr(value, attr)  # AttributeError: the guide names a ghost
+            break
+
+
+def test_guide_quotes_are_the_real_code():
+    quotes = _quotes()
+    assert len([q for q in quotes if q[0] == "python"]) >= 10
+    for language, code, path, symbol in quotes:
+        if language == "toml":
+            points = tomllib.loads(code)["project"]["entry-points"]["virtkit.compute_drivers"]
+            name, _, target = ENTRY_POINT.partition(" = ")
+            assert points == {name: target}, "the guide's entry point is not the one installed"
+            continue
+        if language not in ("python", "ini"):
+            continue
+        assert path is not None, f"no file named before the quote:\n{code}"
+        lines = path.read_text().splitlines()
+        wanted = code.strip("\n").splitlines()
+        starts = [i for i in range(len(lines)) if lines[i:i + len(wanted)] == wanted]
+        assert starts, f"the guide's quote is not in {path.name}:\n{code}"
+        if symbol:
+            first, last = _symbol_lines(path, symbol) or (0, 0)
+            assert any(first <= s + 1 <= last for s in starts), (
+                f"the guide's quote is not inside {symbol} of {path.name}:\n{code}")
