@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guest_agent.config import AgentConfig
 from guest_agent.service import AgentService
-from guest_agent.transports.xenstore import XenstoreClient
+from guest_agent.wire import XenstoreClient
 from tests.xenstore.server import XenstoreServer
 from virt.agent import AgentClient, XenstoreChannel
 

@@ -153,7 +153,7 @@ class CommandHandler:
         return self._ok(request, __version__)
 
     def _features(self, request: p.Request, _: VmDataSource | None) -> p.Reply:
-        return self._ok(request, ",".join(self.features()))
+        return self._ok(request, p.format_features(self.features()))
 
     def _keyinit(self, request: p.Request, _: VmDataSource | None) -> p.Reply:
         if request.version == 1:
@@ -163,14 +163,9 @@ class CommandHandler:
             self._legacy_private = private
             self._legacy_shared = p.legacy_shared(private, host_public)
             return self._ok(request, str(p.legacy_public(private)), p.RC_KEYINIT_OK)
-        host_public = p.v2_parse_keyinit(request.value)
+        host_key = p.v2_parse_keyinit(request.value)
         pair = p.V2KeyPair()
-        key = pair.session_key(
-            base64.b64encode(host_public).decode(),
-            session_id=request.request_id,
-            host_public=host_public,
-            guest_public=pair.public,
-        )
+        key = p.v2_guest_session_key(pair, host_key, session_id=request.request_id)
         now = time.monotonic()
         self._sessions = OrderedDict(
             (s, v) for s, v in self._sessions.items() if now - v[1] < SESSION_TTL

@@ -2,7 +2,9 @@
 
 Wire shape (both versions): a request `{"name": <command>, "value": <arg>}` is written at
 `data/host/<request-id>`, the reply `{"returncode": "<code>", "message": "<text>"}` at
-`data/guest/<request-id>`. Codes are strings.
+`data/guest/<request-id>`. Codes are strings. On a virtio-serial port the same objects
+travel as JSON lines carrying their `"id"`, and the agent announces each boot with a
+`{"event": "hello", "boot_id": ...}` line.
 
 Legacy codec (Nova XenAPI agent, Rackspace/Mirantis guests), bit-exact: Diffie-Hellman over
 p = 2^107 - 1, g = 5, public values as decimal strings; key and IV by OpenSSL's
@@ -27,7 +29,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +112,51 @@ class DecryptionError(ProtocolError):
 def is_request_id(text: str) -> bool:
     """True for a canonical 8-4-4-4-12 hex UUID (old Windows agents drop anything else)."""
     return _UUID_RE.fullmatch(text) is not None
+
+
+def format_features(names: Iterable[str]) -> str:
+    """The `features` reply message: the command names (and `v2`), comma-separated."""
+    return ",".join(names)
+
+
+def parse_features(message: str) -> frozenset[str]:
+    """The names of a `features` reply message (blanks and spaces ignored)."""
+    return frozenset(name.strip() for name in message.split(",") if name.strip())
+
+
+#: Characters no password setter can take safely.
+PASSWORD_FORBIDDEN = "\r\n\0"
+
+
+def password_acceptable(password: str) -> bool:
+    """False when the password holds a line break or a NUL (see `check_password`)."""
+    return not any(ch in password for ch in PASSWORD_FORBIDDEN)
+
+
+# -- layout on each transport ----------------------------------------------------------------
+
+#: Xen store: requests and replies, relative to the guest's `/local/domain/<domid>`.
+XS_REQUESTS = "data/host"
+XS_REPLIES = "data/guest"
+
+#: virtio-serial: the longest line either end accepts, and the agent's boot announcement.
+MAX_LINE = 64 * 1024
+EVENT_HELLO = "hello"
+
+
+def encode_line(body: Mapping[str, Any]) -> bytes:
+    """One compact JSON line of the virtio-serial port."""
+    return (json.dumps(body, separators=(",", ":")) + "\n").encode()
+
+
+def hello_line(boot_id: str, version: str) -> bytes:
+    """The line the agent sends when it (re)opens its port."""
+    return encode_line({"event": EVENT_HELLO, "boot_id": boot_id, "version": version})
+
+
+def request_line(request_id: str, request: str) -> bytes:
+    """A request (the JSON of `Request.to_json`) as a virtio-serial line with its id."""
+    return encode_line({"id": request_id, **json.loads(request)})
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -393,6 +440,38 @@ def v2_parse_keyinit(value: Any) -> bytes:
     return _unb64(value.get("pub"), "the public value", size=32)
 
 
+def v2_host_session_key(host: V2KeyPair, guest_public_b64: Any, *, session_id: str) -> bytes:
+    """The host's session key from the guest's keyinit reply (its base64 public value)."""
+    guest_public = _unb64(guest_public_b64, "the public value", size=32)
+    return host.session_key(
+        guest_public_b64, session_id=session_id, host_public=host.public, guest_public=guest_public
+    )
+
+
+def v2_guest_session_key(guest: V2KeyPair, host_public: bytes, *, session_id: str) -> bytes:
+    """The guest's session key from the host's public value (see `v2_parse_keyinit`)."""
+    return guest.session_key(
+        _b64(host_public), session_id=session_id, host_public=host_public, guest_public=guest.public
+    )
+
+
+def v2_password_value(
+    key: bytes, *, session: str, request_id: str, password: str
+) -> dict[str, str]:
+    """The v2 `password` request value: the session id and the password sealed for this request."""
+    sealed = v2_seal(
+        key, request_id=request_id, command=PASSWORD, plaintext=password.encode("utf-8")
+    )
+    return {"session": session, **sealed}
+
+
+def injectfile_value(path: str, contents: bytes, *, version: int) -> Any:
+    """The `injectfile` request value: v2 `{"path", "b64"}`, legacy base64 of `<path>,<contents>`."""
+    if version >= 2:
+        return {"path": path, "b64": _b64(contents)}
+    return _b64(path.encode() + b"," + contents)
+
+
 def v2_aad(request_id: str, command: str) -> bytes:
     """Associated data: a ciphertext is valid only for this request id and command."""
     return b"\0".join((_V2_LABEL, request_id.encode("ascii"), command.encode("ascii")))
@@ -415,6 +494,6 @@ def v2_open(key: bytes, *, request_id: str, command: str, sealed: Mapping[str, A
 
 def check_password(password: str) -> str:
     """Refuse what no password setter can take safely (line breaks, NUL)."""
-    if any(ch in password for ch in "\r\n\0"):
+    if not password_acceptable(password):
         raise ProtocolError(ErrorKind.BAD_REQUEST, "the password must not contain CR, LF or NUL")
     return password

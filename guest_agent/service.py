@@ -20,7 +20,7 @@ from guest_agent.config import AgentConfig, ConfigError, load
 from guest_agent.passwords import PasswordSetter, make_setter
 from guest_agent.transports.virtio_serial import VirtioSerialTransport
 from guest_agent.transports.xenbus import XenbusTransport
-from guest_agent.transports.xenstore import XENBUS_DEVICE, XenstoreClient, XenstoreError
+from guest_agent.wire import XENBUS_DEVICE, XenstoreClient, XenstoreError
 
 LOG = logging.getLogger("guest_agent")
 

@@ -4,7 +4,8 @@ Every message is a `struct xsd_sockmsg` header (type, req_id, tx_id, len; native
 u32) followed by `len` bytes of NUL-separated payload. It works over the xenbus character
 device of a domU (`/dev/xen/xenbus`) or the Unix socket of a xenstored (`XENSTORED_PATH`).
 Replies are matched to requests by req_id; watch events arrive on a queue. Every call is
-bounded by a timeout. Pure protocol: the host side reuses it for its xenstore channel.
+bounded by a timeout. Pure protocol, shared by both ends: the guest's xenbus transport and
+the host's xenstore channel (`virt.agent`) import this one client.
 """
 
 from __future__ import annotations

@@ -20,11 +20,9 @@ import uuid
 
 from guest_agent import __version__
 from guest_agent.commands import CommandHandler
-from guest_agent.protocol import ErrorKind, Reply
+from guest_agent.protocol import MAX_LINE, ErrorKind, Reply, encode_line, hello_line
 
 LOG = logging.getLogger(__name__)
-
-MAX_LINE = 64 * 1024
 
 
 def boot_id() -> str:
@@ -51,13 +49,15 @@ class VirtioSerialTransport:
             self._sock.connect(self.path)
         else:
             self._fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        self._send({"event": "hello", "boot_id": self.boot_id, "version": __version__})
+        self._write(hello_line(self.boot_id, __version__))
 
     def _fileno(self) -> int:
         return self._sock.fileno() if self._sock is not None else int(self._fd or 0)
 
     def _send(self, body: dict[str, object]) -> None:
-        line = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        self._write(encode_line(body))
+
+    def _write(self, line: bytes) -> None:
         if self._sock is not None:
             self._sock.sendall(line)
         else:

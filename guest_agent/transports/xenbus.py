@@ -21,13 +21,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from guest_agent.commands import CommandHandler, VmData
-from guest_agent.protocol import ErrorKind, Reply
-from guest_agent.transports.xenstore import XenstoreClient, XenstoreError
+from guest_agent.protocol import XS_REPLIES, XS_REQUESTS, ErrorKind, Reply
+from guest_agent.wire import XenstoreClient, XenstoreError
 
 LOG = logging.getLogger(__name__)
 
-REQUESTS = "data/host"
-REPLIES = "data/guest"
 TOKEN = "virtkit-agent"
 
 #: Passes over one request before it is dropped (each pass may end in a lost connection).
@@ -61,9 +59,9 @@ class XenbusTransport:
 
     def _open(self) -> XenstoreClient:
         client = self._connect()
-        client.mkdir(REQUESTS)
-        client.mkdir(REPLIES)
-        client.watch(REQUESTS, TOKEN)
+        client.mkdir(XS_REQUESTS)
+        client.mkdir(XS_REPLIES)
+        client.watch(XS_REQUESTS, TOKEN)
         return client
 
     def serve(self, handler: CommandHandler, stop: threading.Event) -> None:
@@ -91,7 +89,7 @@ class XenbusTransport:
         """Answer every request present now; returns how many were answered."""
         client = self.client if self.client is not None else self._open()
         self.client = client
-        names = client.directory(REQUESTS)
+        names = client.directory(XS_REQUESTS)
         present = set(names)
         for stale in [rid for rid in self._attempts if rid not in present]:
             del self._attempts[stale]
@@ -114,7 +112,7 @@ class XenbusTransport:
     def _answer(self, client: XenstoreClient, handler: CommandHandler, request_id: str) -> bool:
         """Handle one request; False when it was withdrawn or dropped."""
         try:
-            raw = client.read(f"{REQUESTS}/{request_id}")
+            raw = client.read(f"{XS_REQUESTS}/{request_id}")
         except XenstoreError as exc:
             if self._link_error(client, exc):
                 raise
@@ -142,7 +140,7 @@ class XenbusTransport:
     def _store(self, client: XenstoreClient, request_id: str, reply: str) -> bool:
         """Write the reply and remove the request, atomically and only if the request is still
         there; False (nothing written) when the host withdrew it."""
-        request_path, reply_path = f"{REQUESTS}/{request_id}", f"{REPLIES}/{request_id}"
+        request_path, reply_path = f"{XS_REQUESTS}/{request_id}", f"{XS_REPLIES}/{request_id}"
         for _ in range(TX_RETRIES):
             try:
                 tx = client.transaction_start()
@@ -200,7 +198,7 @@ class XenbusTransport:
         self._attempts.pop(request_id, None)
         self._skipped[request_id] = None  # until the rm succeeded
         try:
-            client.rm(f"{REQUESTS}/{request_id}")
+            client.rm(f"{XS_REQUESTS}/{request_id}")
         except XenstoreError as exc:
             if self._link_error(client, exc):
                 raise

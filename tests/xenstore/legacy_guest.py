@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guest_agent import protocol as p
-from guest_agent.transports.xenstore import XenstoreClient, XenstoreError
+from guest_agent.wire import XenstoreClient, XenstoreError
 
 Answer = Callable[[str, dict], tuple[str, float]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guest_agent.transports.xenstore import XenstoreClient
+from guest_agent.wire import XenstoreClient
 from tests.xenstore import TEST_DOMID
 from tests.xenstore.server import XenstoreServer
 

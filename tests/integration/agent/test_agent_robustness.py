@@ -14,7 +14,7 @@ import pytest
 from guest_agent.config import AgentConfig
 from guest_agent.service import AgentService
 from guest_agent.transports.virtio_serial import MAX_LINE
-from guest_agent.transports.xenstore import XenstoreError
+from guest_agent.wire import XenstoreError
 from tests.xenstore import TEST_DOMID as DOMID
 from virt.agent import AgentClient, XenstoreChannel
 from virt.conformance.fixtures import wait_for

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from guest_agent.transports.xenstore import XenstoreError
+from guest_agent.wire import XenstoreError
 from tests.testbed import require
 from tests.xenstore import TEST_DOMID as DOMID
 
@@ -72,7 +72,7 @@ def test_permissions_per_domain(xenstore, dom0, domu):
     assert dom0.get_perms(f"{BASE}/data/guest/x")[0] == "n7"
     # Another domain sees nothing of domain 7.
     xenstore.introduce_domain(8)
-    from guest_agent.transports.xenstore import XenstoreClient
+    from guest_agent.wire import XenstoreClient
 
     with XenstoreClient(xenstore.domain_socket(8), timeout=5) as other:
         with pytest.raises(XenstoreError) as err:
