@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from guest_agent.protocol import MAX_VALUE_BYTES
+
 DEFAULT_CONFIG = "/etc/virtkit-agent.conf"
 VIRTIO_PORT = "/dev/virtio-ports/org.virtkit.agent.0"
 
@@ -38,7 +40,7 @@ class AgentConfig:
     allow_legacy: bool = True
     offer_v2: bool = True  # false: neither announce nor accept v2 (emulates an old agent)
     inject_allowed_paths: tuple[str, ...] = ("/root/.ssh",)
-    max_value_bytes: int = 2048
+    max_value_bytes: int = MAX_VALUE_BYTES
     network_config_path: str = "/etc/network/interfaces"
     hostname_path: str = "/etc/hostname"
     network_restart_command: str = ""
