@@ -1,25 +1,29 @@
-"""The connection to dockerd: version negotiation, bounded calls, error normalisation."""
+"""The connection to dockerd: version negotiation, bounded calls, and what its errors mean."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
+import os
+import pwd
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import docker
 import docker.errors
 import requests.exceptions
 
-from virt.errors import ConfigError, HypervisorUnavailable, InstanceNotFound, VirtError
+from virt.driver.errors import EngineErrors, EngineFault, FaultKind
+from virt.errors import ConfigError
 
 LOG = logging.getLogger(__name__)
 
 #: Oldest Engine API this driver speaks (Docker 17.06): nano_cpus, init, event filters.
 MIN_API_VERSION = "1.30"
 
-_START_HINT = "start dockerd (scripts/testbed up docker, or systemctl start docker)"
+START_HINT = "start dockerd (systemctl start docker), or set [docker] base_url to where it listens"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -43,8 +47,8 @@ def api_error_text(exc: docker.errors.APIError) -> str:
 class Engine:
     """A lazily connected, thread-safe handle on one dockerd.
 
-    Every call goes through `call()`, which bounds it by the client timeout and turns
-    transport failures into HypervisorUnavailable.
+    Every call is bounded by the client timeout; calls made inside `translate(what)` have
+    docker-py's and the transport's errors turned into virtkit's (see `classify`).
     """
 
     def __init__(self, base_url: str, api_version: str | None, timeout: float) -> None:
@@ -53,6 +57,9 @@ class Engine:
         self.timeout = timeout
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
+        self.errors = EngineErrors("docker", self.classify)
+        #: `with engine.translate("do x", instance=ident):` -- see EngineErrors.translate.
+        self.translate = self.errors.translate
 
     @property
     def api(self) -> docker.APIClient:
@@ -76,19 +83,13 @@ class Engine:
                 hint="unset it to negotiate, or set 1.30 or newer",
             )
         with self.translate("negotiate the API version"):
-            try:
-                api = docker.APIClient(
-                    base_url=self.base_url,
-                    version=self.requested_version or "auto",
-                    timeout=self.timeout,
-                )
-            except docker.errors.DockerException as exc:
-                if isinstance(exc, docker.errors.APIError):
-                    raise
-                # version="auto" could not ask the daemon: it is not there.
-                raise HypervisorUnavailable(
-                    f"cannot reach dockerd at {self.base_url}: {_short(exc)}", hint=_START_HINT
-                ) from None
+            # version="auto" asks the daemon: a DockerException wrapping the transport's
+            # error when it cannot (classify reads the wrapped one).
+            api = docker.APIClient(
+                base_url=self.base_url,
+                version=self.requested_version or "auto",
+                timeout=self.timeout,
+            )
         negotiated = str(api.api_version)
         if version_tuple(negotiated) < version_tuple(MIN_API_VERSION):
             api.close()
@@ -115,44 +116,93 @@ class Engine:
                 )
             return version
 
-    @contextlib.contextmanager
-    def translate(self, what: str, *, instance: str | None = None) -> Iterator[None]:
-        """Turn docker-py and transport errors raised inside into virtkit errors.
-
-        `what` reads after 'could not ...'. With `instance`, a 404 is InstanceNotFound;
-        other API errors become VirtError carrying the daemon's explanation.
-        """
-        try:
-            yield
-        except VirtError:
-            raise
-        except docker.errors.NotFound as exc:
-            if instance is not None:
-                raise InstanceNotFound(instance) from None
-            raise VirtError(f"could not {what}: {api_error_text(exc)}") from None
-        except docker.errors.APIError as exc:
-            raise VirtError(f"could not {what}: dockerd said: {api_error_text(exc)}") from None
-        except requests.exceptions.Timeout:
-            raise HypervisorUnavailable(
-                f"dockerd at {self.base_url} did not answer within {self.timeout:g}s while "
-                f"trying to {what}",
-                hint="check the daemon's health (docker info) or raise [docker] call_timeout",
-            ) from None
-        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-            raise HypervisorUnavailable(
-                f"cannot reach dockerd at {self.base_url} to {what}: {_short(exc)}",
-                hint=_START_HINT,
-            ) from None
-        except docker.errors.DockerException as exc:
-            raise HypervisorUnavailable(
-                f"dockerd at {self.base_url} failed while trying to {what}: {_short(exc)}"
-            ) from None
-
     def close(self) -> None:
         with self._lock:
             if self._api is not None:
                 self._api.close()
                 self._api = None
+
+
+    def classify(self, exc: BaseException) -> EngineFault | None:
+        """What a docker-py or transport exception means (None: not dockerd's)."""
+        if isinstance(exc, docker.errors.APIError):
+            return _api_fault(exc)
+        chain = list(_causes(exc))
+        if any(isinstance(e, PermissionError) and e.errno in (errno.EACCES, errno.EPERM)
+               for e in chain) and self._socket_path():
+            user = _user_name()
+            return EngineFault(
+                FaultKind.ACCESS_DENIED,
+                f"user {user} may not use dockerd's socket {self._socket_path()} "
+                "(permission denied)",
+                hint=f"add the user {user} to the docker group (usermod -aG docker {user}, "
+                "then log in again) or set [docker] base_url",
+            )
+        if any(isinstance(e, requests.exceptions.Timeout) for e in chain):
+            return EngineFault(
+                FaultKind.UNAVAILABLE,
+                f"dockerd at {self.base_url} did not answer within {self.timeout:g}s",
+                hint="check the daemon's health (docker info) or raise [docker] call_timeout",
+            )
+        if any(isinstance(e, requests.exceptions.ConnectionError | ConnectionError)
+               for e in chain):
+            return EngineFault(FaultKind.UNAVAILABLE,
+                               f"cannot reach dockerd at {self.base_url}: {_short(exc)}",
+                               hint=START_HINT)
+        if isinstance(exc, docker.errors.DockerException):
+            return EngineFault(FaultKind.UNAVAILABLE,
+                               f"dockerd at {self.base_url} failed: {_short(exc)}")
+        return None
+
+    def _socket_path(self) -> str | None:
+        """The Unix socket of `base_url`, or None for a TCP daemon."""
+        parsed = urlparse(self.base_url)
+        if parsed.scheme in ("unix", "http+unix"):
+            return parsed.path or None
+        return None
+
+
+def _api_fault(exc: docker.errors.APIError) -> EngineFault:
+    """A refused call: the daemon's own explanation, by HTTP status."""
+    text = api_error_text(exc)
+    if isinstance(exc, docker.errors.NotFound):
+        return EngineFault(FaultKind.NOT_FOUND, text)
+    status = exc.status_code
+    said = f"dockerd said: {text}"
+    if status == 409 and "is not running" in text:
+        return EngineFault(FaultKind.INVALID_STATE, said, hint="start it first")
+    if status == 400:
+        return EngineFault(FaultKind.INVALID_REQUEST, said)
+    if status in (401, 403):
+        return EngineFault(
+            FaultKind.ACCESS_DENIED, said,
+            hint="dockerd (or its authorization plugin) refuses this client: check the "
+            "daemon's authorization rules, or set [docker] base_url to a daemon it may use",
+        )
+    return EngineFault(FaultKind.FAILED, said)
+
+
+def _causes(exc: BaseException, depth: int = 6) -> Iterator[BaseException]:
+    """`exc` and what it wraps: its cause, its context, and exceptions in its args (urllib3
+    and requests keep the socket's error there)."""
+    seen: set[int] = set()
+    todo = [(exc, 0)]
+    while todo:
+        current, level = todo.pop(0)
+        if id(current) in seen or level > depth:
+            continue
+        seen.add(id(current))
+        yield current
+        inner = [current.__cause__, current.__context__,
+                 *(a for a in current.args if isinstance(a, BaseException))]
+        todo += [(e, level + 1) for e in inner if e is not None]
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def _short(exc: BaseException) -> str:

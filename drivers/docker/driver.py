@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import platform
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import docker.errors
 import requests.exceptions
 from oslo_config import cfg
 
-from drivers.docker import guest, images, spec, states
+from drivers.docker import guest, images, resources, spec, states
 from drivers.docker.connection import Engine, api_error_text
 from drivers.docker.events import EventWatcher
 from drivers.docker.forced import ForcedStops
 from drivers.docker.options import GROUP, OPTS
-from virt.driver import Capability, ComputeDriver
+from virt.driver import Capability, ComputeDriver, power
+from virt.driver.rollback import SpawnRollback
+from virt.driver.transitions import ON_STATES, LifecycleDispatcher
 from virt.errors import (
     HypervisorUnavailable,
     ImageNotFound,
@@ -50,8 +47,6 @@ from virt.model import (
 LOG = logging.getLogger(__name__)
 
 _SPAWN_LOG_LINES = 20
-#: Container states that hold the flavor's resources (docker ORs the status filter's values).
-_HOLDING = ("running", "paused", "restarting")
 
 
 def _ident(instance: Instance) -> str:
@@ -83,6 +78,7 @@ class DockerDriver(ComputeDriver):
         self._info_cache: dict[str, Any] | None = None
         self._root_limit: bool | None = None
         self._watcher: EventWatcher | None = None
+        self._dispatcher: LifecycleDispatcher[Any] | None = None
         self._lock = threading.Lock()
         self._forced = ForcedStops(self._forced_path(self._host))
 
@@ -120,8 +116,11 @@ class DockerDriver(ComputeDriver):
     def cleanup_host(self, *, host: str) -> None:
         with self._lock:
             watcher, self._watcher = self._watcher, None
+            dispatcher, self._dispatcher = self._dispatcher, None
         if watcher is not None:
             watcher.stop()
+        if dispatcher is not None:
+            dispatcher.stop()
         self._engine.close()
 
     def _info(self, *, refresh: bool = False) -> dict[str, Any]:
@@ -133,51 +132,14 @@ class DockerDriver(ComputeDriver):
     def get_available_resource(self) -> HostResources:
         info = self._info(refresh=True)
         with self._engine.translate("list the containers holding resources"):
-            # A paused or restarting container keeps its memory: it counts as used.
             holding = self._engine.api.containers(
-                filters={"label": spec.host_filters(self._host), "status": list(_HOLDING)}
+                filters={"label": spec.host_filters(self._host),
+                         "status": list(resources.HOLDING)}
             )
-        vcpus_used = memory_used = 0
-        for entry in holding:
-            labels = entry.get("Labels") or {}
-            vcpus_used += int(labels.get(spec.LABEL_VCPUS, 0) or 0)
-            memory_used += int(labels.get(spec.LABEL_MEMORY_MB, 0) or 0)
-        total_gb, free_gb = self._root_disk_space(str(info.get("DockerRootDir", "")))
-        arch = _arch(str(info.get("Architecture") or platform.machine()))
-        cpu_info = {
-            "arch": arch,
-            "ncpu": info.get("NCPU"),
-            "docker_version": info.get("ServerVersion"),
-            "api_version": self._engine.api_version,
-            "storage_driver": info.get("Driver"),
-            "root_disk_limit": self.root_disk_limit,
-            "swap_limit": bool(info.get("SwapLimit")),
-        }
-        return HostResources(
-            vcpus=int(info.get("NCPU") or 0),
-            memory_mb=int(info.get("MemTotal") or 0) // spec.MIB,
-            local_gb=total_gb,
-            vcpus_used=vcpus_used,
-            memory_mb_used=memory_used,
-            local_gb_used=max(total_gb - free_gb, 0),
-            hypervisor_type="docker",
-            hypervisor_version=_version_number(str(info.get("ServerVersion") or "")),
-            hypervisor_hostname=str(info.get("Name") or self._host),
-            cpu_info=json.dumps(cpu_info, sort_keys=True),
-            disk_available_least=free_gb,
-            supported_instances=((arch, "docker", "exe"),),
+        return resources.host_resources(
+            info, holding, host=self._host, base_url=self._engine.base_url,
+            api_version=self._engine.api_version, root_disk_limit=self.root_disk_limit,
         )
-
-    def _root_disk_space(self, root_dir: str) -> tuple[int, int]:
-        """(total, free) GB of the daemon's data directory, when it is on this machine."""
-        if urlparse(self._engine.base_url).scheme not in ("unix", "") or not root_dir:
-            return 0, 0
-        try:
-            stat = os.statvfs(root_dir)
-        except OSError:
-            return 0, 0
-        gib = 1024**3
-        return stat.f_blocks * stat.f_frsize // gib, stat.f_bavail * stat.f_frsize // gib
 
     # -- state -----------------------------------------------------------------------------
 
@@ -313,21 +275,20 @@ class DockerDriver(ComputeDriver):
                 self.name, "spawn with block devices", reason="volumes cannot be attached"
             )
         if admin_password is not None:
-            _check_password(admin_password)
+            guest.check_password(admin_password)
             if not power_on:
                 raise InvalidRequest(
                     "an admin password needs a running container: spawn with power_on=True "
                     "or set it after power_on"
                 )
-        container_id = self._create(instance, container_spec)
-        try:
+        with SpawnRollback(_ident(instance)) as rollback:
+            container_id = self._create(instance, container_spec, rollback)
+            rollback.push(f"container {container_id[:12]}", lambda: self._remove(container_id))
             if power_on:
                 self._start_checked(instance, container_id)
                 if admin_password is not None:
-                    self._set_password(instance, container_id, admin_password)
-        except BaseException:
-            self._remove_quietly(container_id)
-            raise
+                    guest.set_password(self._engine, container_id, ident=_ident(instance),
+                                       user=guest.admin_user(instance), password=admin_password)
         LOG.info("docker: spawned %s as container %s", _ident(instance), container_id[:12])
 
     def _spec(self, instance: Instance, image: ImageRef, vifs: Sequence[Vif]) -> spec.ContainerSpec:
@@ -354,45 +315,49 @@ class DockerDriver(ComputeDriver):
             init=self._opts.init,
         )
 
-    def _create(self, instance: Instance, container_spec: spec.ContainerSpec) -> str:
-        """Create the container (pulling a missing image first); roll back on any failure."""
+    def _create(self, instance: Instance, container_spec: spec.ContainerSpec,
+                rollback: SpawnRollback) -> str:
+        """Create the container, pulling its image first if it is missing."""
+        container_id = self._try_create(instance, container_spec, rollback)
+        if container_id is None:
+            images.ensure_image(self._engine, container_spec.image,
+                                pull=self._opts.pull_missing, pull_timeout=self._opts.pull_timeout)
+            container_id = self._try_create(instance, container_spec, rollback)
+            if container_id is None:
+                raise ImageNotFound(f"image {container_spec.image!r} vanished during spawn")
+        return container_id
+
+    def _try_create(self, instance: Instance, container_spec: spec.ContainerSpec,
+                    rollback: SpawnRollback) -> str | None:
+        """The new container's id, or None if its image is missing.
+
+        A create that fails other than by dockerd refusing it pushes the leftover check on
+        `rollback`: dockerd may have made the container before the call failed (a timeout,
+        a lost connection). A name taken by another container is left alone.
+        """
         api = self._engine.api
-        pulled = False
-        while True:
-            try:
-                with self._engine.translate(f"create the container of {_ident(instance)}"):
-                    try:
-                        created = api.create_container(**container_spec.create_kwargs(api))
-                        return str(created["Id"])
-                    except docker.errors.APIError as exc:
-                        text = api_error_text(exc)
-                        if exc.status_code == 404 and "no such image" in text.lower():
-                            if pulled:
-                                raise ImageNotFound(
-                                    f"image {container_spec.image!r} vanished during spawn"
-                                ) from None
-                            pulled = True
-                            images.ensure_image(
-                                self._engine,
-                                container_spec.image,
-                                pull=self._opts.pull_missing,
-                                pull_timeout=self._opts.pull_timeout,
-                            )
-                            continue
-                        raise self._create_error(instance, container_spec, exc, text) from None
-            except (InstanceExists, SpawnError):
-                raise  # the name belongs to another container: it is not ours to remove
-            except BaseException:
-                self._remove_leftover(instance)
-                raise
+        try:
+            with self._engine.translate("create the container", instance=_ident(instance)):
+                try:
+                    return str(api.create_container(**container_spec.create_kwargs(api))["Id"])
+                except docker.errors.APIError as exc:
+                    if _no_such_image(exc):
+                        return None
+                    raise self._create_error(instance, container_spec, exc) from None
+        except (InstanceExists, SpawnError):
+            raise
+        except BaseException:
+            rollback.push("a container dockerd may have made",
+                          lambda: self._remove_leftover(instance))
+            raise
 
     def _create_error(
         self,
         instance: Instance,
         container_spec: spec.ContainerSpec,
         exc: docker.errors.APIError,
-        text: str,
     ) -> VirtError:
+        text = api_error_text(exc)
         if exc.status_code == 409:
             data = self._find(instance)
             if data is not None:
@@ -439,23 +404,19 @@ class DockerDriver(ComputeDriver):
             "or enable [docker] tty for shell images",
         )
 
-    def _remove_quietly(self, container_id: str) -> None:
-        try:
-            with self._engine.translate("remove a half-made container"):
+    def _remove(self, container_id: str) -> None:
+        """Remove a half-made container (a spawn's undo); gone already is fine."""
+        with self._engine.translate("remove a half-made container"):
+            try:
                 self._engine.api.remove_container(container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except VirtError as exc:
-            LOG.error("docker: could not remove half-made container %s: %s", container_id, exc)
+            except docker.errors.NotFound:
+                pass
 
     def _remove_leftover(self, instance: Instance) -> None:
         """After a failed create: remove the container if the daemon made it after all."""
-        try:
-            data = self._find(instance)
-        except VirtError:
-            return
+        data = self._find(instance)
         if data is not None:
-            self._remove_quietly(str(data["Id"]))
+            self._remove(str(data["Id"]))
 
     def destroy(
         self,
@@ -468,7 +429,7 @@ class DockerDriver(ComputeDriver):
         if data is None:
             return
         cid = str(data["Id"])
-        running = self._state(data) in states.ON_STATES
+        running = self._state(data) in ON_STATES
         if running:  # rm -f SIGKILLs it: a stop, not a crash, in the die event it causes
             self._record_forced(data, persist=False)
         with self._engine.translate(f"remove the container of {_ident(instance)}"):
@@ -497,44 +458,53 @@ class DockerDriver(ComputeDriver):
         self._forced.record(str(data["Id"]), started_at, persist=persist)
 
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
+        timeout = power.check_timeout(timeout)
         data = self._require(instance)
-        api = self._engine.api
-        grace = 0 if hard else max(0, int(min(timeout, self._opts.stop_timeout)))
-        with self._engine.translate(f"reboot {_ident(instance)}", instance=_ident(instance)):
+        # docker's restart takes whole seconds; a soft reboot keeps at least one.
+        grace = 0 if hard else math.ceil(power.reboot_grace(timeout, self._opts.reboot_timeout))
+        with self._engine.translate("reboot the container", instance=_ident(instance)):
             if self._state(data) is PowerState.PAUSED:
-                api.unpause(data["Id"])
+                self._engine.api.unpause(data["Id"])
             self._record_forced(data)  # restart SIGKILLs after the grace
-            api.restart(data["Id"], timeout=grace)
+            self._engine.api.restart(data["Id"], timeout=grace)
 
     def power_off(
         self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
     ) -> PowerOffResult:
         data = self._require(instance)
-        started = time.monotonic()
-        state = self._state(data)
-        if state not in states.ON_STATES:
-            return PowerOffResult(clean=True, forced=False, duration_s=0.0, already_off=True)
-        api, cid = self._engine.api, str(data["Id"])
+        cid, ident = str(data["Id"]), _ident(instance)
         signal = (data.get("Config") or {}).get("StopSignal") or "SIGTERM"
-        ident = _ident(instance)
-        with self._engine.translate(f"power off {ident}", instance=ident):
-            if state is PowerState.PAUSED:
-                api.unpause(cid)  # a frozen process cannot act on its stop signal
-            deadline = started + max(timeout, 0)
-            while time.monotonic() < deadline:
-                if not self._signal(cid, signal):
-                    return self._off_result(started, forced=False)
-                wait = min(max(retry_interval, 0.1), deadline - time.monotonic())
-                if self._wait_stopped(cid, wait):
-                    return self._off_result(started, forced=False)
-            self._record_forced(data)
-            if self._signal(cid, "SIGKILL"):
-                self._wait_stopped(cid, self._engine.timeout)
-            else:  # it stopped by itself meanwhile: its exit code is its own
-                self._forced.forget(cid)
-                return self._off_result(started, forced=False)
-        LOG.info("docker: %s ignored %s for %gs and was killed", ident, signal, timeout)
-        return self._off_result(started, forced=True)
+        paused = self._state(data) is PowerState.PAUSED
+
+        def request_stop() -> None:
+            nonlocal paused
+            if paused:  # a frozen process cannot act on its stop signal
+                self._engine.api.unpause(cid)
+                paused = False
+            self._signal(cid, signal)
+
+        with self._engine.translate("power off the container", instance=ident):
+            result = power.graceful_power_off(
+                timeout=timeout, retry_interval=retry_interval,
+                is_off=lambda: self._state(data) not in ON_STATES,
+                request_stop=request_stop,
+                wait_off=lambda seconds: self._wait_stopped(cid, seconds),
+                force_off=lambda: self._force_stop(data),
+            )
+        if result.forced:
+            LOG.info("docker: %s ignored %s for %gs and was killed", ident, signal, timeout)
+        return result
+
+    def _force_stop(self, data: dict[str, Any]) -> bool:
+        """SIGKILL the container (recorded as the driver's own stop first); False if it had
+        stopped by itself meanwhile (its exit code is then its own)."""
+        cid = str(data["Id"])
+        self._record_forced(data)
+        if self._signal(cid, "SIGKILL"):
+            self._wait_stopped(cid, self._engine.timeout)
+            return True
+        self._forced.forget(cid)
+        return False
 
     def _signal(self, cid: str, signal: str) -> bool:
         """Send `signal`; False if the container is not running any more."""
@@ -557,38 +527,24 @@ class DockerDriver(ComputeDriver):
             # docker-py reports an expired wait as either; the next call tells them apart.
             return False
 
-    @staticmethod
-    def _off_result(started: float, *, forced: bool) -> PowerOffResult:
-        return PowerOffResult(
-            clean=not forced, forced=forced, duration_s=round(time.monotonic() - started, 3)
-        )
-
     def power_on(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
-        data = self._require(instance)
-        if self._state(data) in states.ON_STATES:
-            return
-        with self._engine.translate(f"start {_ident(instance)}", instance=_ident(instance)):
-            self._engine.api.start(data["Id"])
+        self._guarded(instance, power.should_power_on, "start")
 
     def pause(self, *, instance: Instance) -> None:
-        data = self._require(instance)
-        state = self._state(data)
-        if state is PowerState.PAUSED:
-            return
-        if state is not PowerState.RUNNING:
-            raise InstanceNotRunning(_ident(instance), "pause")
-        with self._engine.translate(f"pause {_ident(instance)}", instance=_ident(instance)):
-            self._engine.api.pause(data["Id"])
+        self._guarded(instance, power.should_pause, "pause")
 
     def unpause(self, *, instance: Instance) -> None:
+        self._guarded(instance, power.should_unpause, "unpause")
+
+    def _guarded(self, instance: Instance, should: Callable[[PowerState, str], bool],
+                 call: str) -> None:
+        """The API call `call` ('start', 'pause' ...) on the container, unless the kit's
+        guard `should` says it is a no-op in the container's state (or refuses it)."""
         data = self._require(instance)
-        state = self._state(data)
-        if state is PowerState.RUNNING:
-            return
-        if state is not PowerState.PAUSED:
-            raise InstanceNotRunning(_ident(instance), "unpause")
-        with self._engine.translate(f"unpause {_ident(instance)}", instance=_ident(instance)):
-            self._engine.api.unpause(data["Id"])
+        ident = _ident(instance)
+        if should(self._state(data), ident):
+            with self._engine.translate(f"{call} the container", instance=ident):
+                getattr(self._engine.api, call)(data["Id"])
 
     # -- images ----------------------------------------------------------------------------
 
@@ -596,62 +552,20 @@ class DockerDriver(ComputeDriver):
         repository, tag = spec.parse_image_name(name)
         data = self._require(instance)
         ident = _ident(instance)
-        labels = spec.snapshot_labels(instance.uuid)
-        timeout = float(self._opts.snapshot_timeout)
-        with self._engine.translate(f"commit {ident} to image {name!r}", instance=ident):
-            try:
-                result = self._commit(
-                    str(data["Id"]), repository, tag, message=f"virtkit snapshot of {ident}",
-                    labels=labels, timeout=timeout,
-                )
-            except requests.exceptions.ReadTimeout:
-                raise self._commit_timeout(instance, f"{repository}:{tag}", timeout) from None
-        image_id = str(result.get("Id", ""))
+        image_id = images.commit(
+            self._engine, str(data["Id"]), repository, tag, ident=ident,
+            instance_uuid=instance.uuid, timeout=float(self._opts.snapshot_timeout),
+        )
         LOG.info("docker: snapshot of %s is %s:%s (%s)", ident, repository, tag, image_id[:19])
         return ImageRef(
             ref=f"{repository}:{tag}", disk_format="docker", properties={"image_id": image_id}
-        )
-
-    def _commit(
-        self, container_id: str, repository: str, tag: str, *, message: str,
-        labels: dict[str, str], timeout: float,
-    ) -> dict[str, Any]:
-        """POST /commit like docker-py's commit(), bounded by `timeout` rather than the
-        call timeout: a commit copies the container's whole filesystem."""
-        api = self._engine.api
-        params = {
-            "container": container_id, "repo": repository, "tag": tag, "comment": message,
-            "pause": True,
-        }
-        # docker-py's private helpers, as its commit() uses them: commit() takes no timeout.
-        response = api._post_json(
-            api._url("/commit"), data={"Labels": labels}, params=params,
-            timeout=(self._engine.timeout, timeout),
-        )
-        result: dict[str, Any] = api._result(response, json=True)
-        return result
-
-    def _commit_timeout(self, instance: Instance, image: str, timeout: float) -> VirtError:
-        """The error of a commit that outlasted `snapshot_timeout`; dockerd goes on with it."""
-        label = f"{spec.LABEL_SNAPSHOT_OF}={instance.uuid}"
-        LOG.warning(
-            "docker: commit of %s to %s outlasted %gs; dockerd may still create the image",
-            _ident(instance), image, timeout,
-        )
-        return VirtError(
-            f"the snapshot of {_ident(instance)} to {image!r} did not finish within "
-            f"{timeout:g}s; dockerd cannot cancel a commit, so it may still create that image "
-            "(and unpause the container) when the commit ends",
-            hint=f"look for it with 'docker image ls --filter label={label}' and remove it "
-            "with docker rmi if unwanted; raise [docker] snapshot_timeout for large containers",
         )
 
     # -- guest -----------------------------------------------------------------------------
 
     def get_console_output(self, *, instance: Instance, max_bytes: int = 64 * 1024) -> str:
         data = self._require(instance)
-        ident = _ident(instance)
-        with self._engine.translate(f"read the log of {ident}", instance=ident):
+        with self._engine.translate("read the log", instance=_ident(instance)):
             output = self._engine.api.logs(
                 data["Id"], stdout=True, stderr=True, tail=self._opts.console_tail_lines
             )
@@ -664,7 +578,7 @@ class DockerDriver(ComputeDriver):
         data = self._require(instance)
         ident = _ident(instance)
         api = self._engine.api
-        with self._engine.translate(f"write {target} into {ident}", instance=ident):
+        with self._engine.translate(f"write {target}", instance=ident):
             # Write at the deepest directory that exists, creating only the missing ones,
             # so that existing directories keep their owner and mode.
             for directory in guest.ancestors(target):
@@ -677,49 +591,12 @@ class DockerDriver(ComputeDriver):
         raise InstanceNotFound(ident)
 
     def set_admin_password(self, *, instance: Instance, password: str) -> None:
-        _check_password(password)
+        guest.check_password(password)
         data = self._require(instance)
         if self._state(data) is not PowerState.RUNNING:
             raise InstanceNotRunning(_ident(instance), "set_admin_password")
-        self._set_password(instance, str(data["Id"]), password)
-
-    def _set_password(self, instance: Instance, container_id: str, password: str) -> None:
-        user = "root"
-        if instance.image is not None:
-            user = instance.image.properties.get(spec.ADMIN_USER_PROPERTY) or "root"
-        if not user or any(ch in user for ch in ":\n\r\0"):
-            raise InvalidRequest(f"admin user {user!r} is not a valid user name")
-        ident = _ident(instance)
-        timeout = self._engine.timeout
-        with self._engine.translate(f"run chpasswd in {ident}", instance=ident):
-            try:
-                result = guest.exec_with_stdin(
-                    self._engine.api,
-                    container_id,
-                    ["chpasswd"],
-                    f"{user}:{password}\n".encode(),
-                    user="root",
-                    timeout=timeout,
-                )
-            except TimeoutError:  # the exec socket's timeout: the command hangs
-                raise VirtError(
-                    f"chpasswd in {ident} did not finish within {timeout:g}s; the admin "
-                    f"password of user {user} may or may not have changed",
-                    hint="check the guest (a hung PAM or /etc/shadow lock?) and set it again",
-                ) from None
-        output = result.output.replace(password, "***") if password else result.output
-        if result.exit_code in guest.COMMAND_MISSING_CODES:
-            raise UnsupportedOperation(
-                self.name,
-                "set_admin_password",
-                reason=f"the image of {ident} has no chpasswd command",
-            )
-        if result.exit_code != 0:
-            raise VirtError(
-                f"chpasswd failed in {ident} (exit code {result.exit_code}): "
-                f"{output or 'no output'}"
-            )
-        LOG.info("docker: admin password of %s (user %s) changed", ident, user)
+        guest.set_password(self._engine, str(data["Id"]), ident=_ident(instance),
+                           user=guest.admin_user(instance), password=password)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -730,11 +607,14 @@ class DockerDriver(ComputeDriver):
     def _start_watcher(self) -> None:
         with self._lock:
             if self._watcher is None:
+                # A reboot (die, then start) is not a shutdown: the dispatcher holds STOPPED.
+                self._dispatcher = LifecycleDispatcher(
+                    self.emit_event, stopped_delay=self._opts.stopped_event_delay, name="docker")
                 self._watcher = EventWatcher(
                     self._engine,
                     host=self._host,
                     list_states=self._states,
-                    emit=self.emit_event,
+                    emit=self._dispatcher.push,
                     window=self._opts.event_window,
                     resync_interval=self._opts.resync_interval,
                     exit_state=self._exit_state,
@@ -747,22 +627,5 @@ class DockerDriver(ComputeDriver):
         return self._watcher
 
 
-def _check_password(password: str) -> None:
-    if not isinstance(password, str) or not password:
-        raise InvalidRequest("the admin password must be a non-empty string")
-    if any(ch in password for ch in "\n\r\0"):
-        raise InvalidRequest("the admin password must not contain line breaks or NUL characters")
-
-
-def _arch(name: str) -> str:
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
-
-
-def _version_number(version: str) -> int:
-    """'20.10.24+dfsg1' -> 20010024 (Nova's major*1e6 + minor*1e3 + patch)."""
-    numbers = []
-    for part in version.split("+")[0].split("-")[0].split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        numbers.append(int(digits or 0))
-    numbers += [0] * (3 - len(numbers))
-    return numbers[0] * 1_000_000 + numbers[1] * 1_000 + numbers[2]
+def _no_such_image(exc: docker.errors.APIError) -> bool:
+    return exc.status_code == 404 and "no such image" in api_error_text(exc).lower()

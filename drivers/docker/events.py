@@ -21,6 +21,7 @@ from docker.types.daemon import CancellableStream
 
 from drivers.docker import spec, states
 from drivers.docker.connection import Engine
+from virt.driver.transitions import PowerStateTracker
 from virt.events import LifecycleEvent
 from virt.model import PowerState
 
@@ -66,7 +67,7 @@ class EventWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream: Any = None
-        self._known: dict[str, PowerState] = {}
+        self._tracker = PowerStateTracker()
         self._oom: set[str] = set()
         self._seen: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=512)
         #: Set each time the watcher (re)synchronised with the daemon; for tests and health.
@@ -157,11 +158,9 @@ class EventWatcher:
 
     def _resync(self, *, emit: bool) -> None:
         current = self._list_states()
-        if emit:
-            for uuid, change in states.diff(self._known, current):
-                LOG.info("docker resync: instance %s %s", uuid, change.value)
-                self._emit(LifecycleEvent(uuid, change))
-        self._known = dict(current)
+        for event in self._tracker.resync(current, emit=emit):
+            LOG.info("docker resync: instance %s %s", event.instance_uuid, event.transition.value)
+            self._emit(event)
         self._oom &= set(current)
         self.resyncs += 1
         self.synced.set()
@@ -169,7 +168,7 @@ class EventWatcher:
     # -- one event -------------------------------------------------------------------------
 
     def handle(self, event: Mapping[str, Any]) -> None:
-        """Apply one decoded daemon event to the known states and emit its transition."""
+        """Apply one decoded daemon event to the tracked states and emit its transition."""
         actor = event.get("Actor") or {}
         attributes = actor.get("Attributes") or {}
         uuid = attributes.get(spec.LABEL_UUID)
@@ -184,13 +183,9 @@ class EventWatcher:
             self._oom.add(uuid)
             return
         new = self._state_after(uuid, str(actor.get("ID", "")), action, attributes)
-        old = self._known.get(uuid)
         if new is None:
-            self._known.pop(uuid, None)
             self._oom.discard(uuid)
-        else:
-            self._known[uuid] = new
-        change = states.transition(old, new)
+        change = self._tracker.observe(uuid, new)
         if change is None:
             return
         stamp = int(event.get("timeNano") or 0) / 1e9 or time.time()

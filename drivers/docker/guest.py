@@ -1,8 +1,10 @@
-"""Inside the container: run a command fed on stdin, write a file, read the console."""
+"""Inside the container: run a command fed on stdin, set the admin password, write a file,
+read the console."""
 
 from __future__ import annotations
 
 import io
+import logging
 import posixpath
 import socket
 import struct
@@ -11,7 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from virt.errors import InvalidRequest
+from drivers.docker import spec
+from drivers.docker.connection import Engine
+from virt.errors import InvalidRequest, UnsupportedOperation, VirtError
+from virt.model import Instance
+
+LOG = logging.getLogger(__name__)
 
 #: Exit codes with which the runtime says the command does not exist / cannot run.
 COMMAND_MISSING_CODES = frozenset({126, 127})
@@ -142,3 +149,47 @@ def tail_text(data: bytes, max_bytes: int) -> str:
     if max_bytes <= 0:
         return ""
     return data[-max_bytes:].decode("utf-8", "replace")
+
+
+def check_password(password: str) -> None:
+    """InvalidRequest unless `password` can be fed to chpasswd."""
+    if not isinstance(password, str) or not password:
+        raise InvalidRequest("the admin password must be a non-empty string")
+    if any(ch in password for ch in "\n\r\0"):
+        raise InvalidRequest("the admin password must not contain line breaks or NUL characters")
+
+
+def admin_user(instance: Instance) -> str:
+    """The user whose password set_admin_password changes (image property, else root)."""
+    user = "root"
+    if instance.image is not None:
+        user = instance.image.properties.get(spec.ADMIN_USER_PROPERTY) or "root"
+    if not user or any(ch in user for ch in ":\n\r\0"):
+        raise InvalidRequest(f"admin user {user!r} is not a valid user name")
+    return user
+
+
+def set_password(engine: Engine, container_id: str, *, ident: str, user: str,
+                 password: str) -> None:
+    """Run chpasswd in the container with `user:password` on its stdin (never on a
+    command line, never in an error)."""
+    timeout = engine.timeout
+    with engine.translate("run chpasswd", instance=ident):
+        try:
+            result = exec_with_stdin(engine.api, container_id, ["chpasswd"],
+                                     f"{user}:{password}\n".encode(), user="root",
+                                     timeout=timeout)
+        except TimeoutError:  # the exec socket's timeout: the command hangs
+            raise VirtError(
+                f"chpasswd in {ident} did not finish within {timeout:g}s; the admin "
+                f"password of user {user} may or may not have changed",
+                hint="check the guest (a hung PAM or /etc/shadow lock?) and set it again",
+            ) from None
+    output = result.output.replace(password, "***") if password else result.output
+    if result.exit_code in COMMAND_MISSING_CODES:
+        raise UnsupportedOperation("docker", "set_admin_password",
+                                   reason=f"the image of {ident} has no chpasswd command")
+    if result.exit_code != 0:
+        raise VirtError(f"chpasswd failed in {ident} (exit code {result.exit_code}): "
+                        f"{output or 'no output'}")
+    LOG.info("docker: admin password of %s (user %s) changed", ident, user)

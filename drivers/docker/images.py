@@ -1,4 +1,5 @@
-"""Making sure an image is present: inspect, else pull with the whole stream read."""
+"""Images: making sure one is present (inspect, else pull with the whole stream read), and
+committing a container to one (a snapshot)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import docker.auth
 import docker.errors
+import requests.exceptions
 
+from drivers.docker import spec
 from drivers.docker.connection import Engine, api_error_text
-from virt.errors import ImageError, ImageNotFound
+from virt.errors import ImageError, ImageNotFound, VirtError
 
 LOG = logging.getLogger(__name__)
 
@@ -266,3 +269,44 @@ def _response_socket(response: Any) -> socket.socket | None:
     fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
     sock = getattr(fp, "_sock", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def commit(
+    engine: Engine, container_id: str, repository: str, tag: str, *, ident: str,
+    instance_uuid: str, timeout: float,
+) -> str:
+    """Commit the container to image `repository:tag`, labelled as a snapshot of the
+    instance; its image id. Bounded by `timeout`, not the call timeout: a commit copies
+    the container's whole filesystem (paused meanwhile)."""
+    image = f"{repository}:{tag}"
+    api = engine.api
+    params = {
+        "container": container_id, "repo": repository, "tag": tag,
+        "comment": f"virtkit snapshot of {ident}", "pause": True,
+    }
+    with engine.translate(f"commit the container to image {image!r}", instance=ident):
+        try:
+            # docker-py's private helpers, as its commit() uses them: commit() takes no
+            # timeout.
+            response = api._post_json(
+                api._url("/commit"), data={"Labels": spec.snapshot_labels(instance_uuid)},
+                params=params, timeout=(engine.timeout, timeout),
+            )
+            result: dict[str, Any] = api._result(response, json=True)
+        except requests.exceptions.ReadTimeout:
+            raise _commit_timeout(ident, instance_uuid, image, timeout) from None
+    return str(result.get("Id", ""))
+
+
+def _commit_timeout(ident: str, instance_uuid: str, image: str, timeout: float) -> VirtError:
+    """The error of a commit that outlasted `snapshot_timeout`; dockerd goes on with it."""
+    label = f"{spec.LABEL_SNAPSHOT_OF}={instance_uuid}"
+    LOG.warning("docker: commit of %s to %s outlasted %gs; dockerd may still create the image",
+                ident, image, timeout)
+    return VirtError(
+        f"the snapshot of {ident} to {image!r} did not finish within {timeout:g}s; dockerd "
+        "cannot cancel a commit, so it may still create that image (and unpause the "
+        "container) when the commit ends",
+        hint=f"look for it with 'docker image ls --filter label={label}' and remove it with "
+        "docker rmi if unwanted; raise [docker] snapshot_timeout for large containers",
+    )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from virt.driver import options
+
 GROUP = "docker"
+
+#: Seconds a STOPPED event is held back: a `docker restart` (or a reboot) reports `die` and
+#: then `start` within well under a second, so this is only its margin on a loaded host.
+STOPPED_EVENT_DELAY = 5.0
 
 OPTS: list[cfg.Opt] = [
     cfg.StrOpt(
@@ -23,19 +29,10 @@ OPTS: list[cfg.Opt] = [
         default="bridge",
         help="Docker network every container joins.",
     ),
-    cfg.IntOpt(
-        "stop_timeout",
-        default=10,
-        min=0,
-        help="Seconds a soft reboot waits for the container to stop before killing it.",
-    ),
-    cfg.FloatOpt(
-        "call_timeout",
-        default=30.0,
-        min=1.0,
-        help="Upper bound in seconds on every call to dockerd (operations that wait for the "
-        "container, such as stop, add their own grace period).",
-    ),
+    # Shared by name with the other drivers (virt.driver.options).
+    options.reboot_timeout(default=10.0, deprecated_name="stop_timeout"),
+    options.call_timeout(default=30.0),
+    options.stopped_event_delay(default=STOPPED_EVENT_DELAY),
     cfg.FloatOpt(
         "start_check_seconds",
         default=0.0,

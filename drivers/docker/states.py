@@ -1,4 +1,5 @@
-"""Container states -> PowerState, and state changes -> lifecycle transitions. No docker calls."""
+"""Container states -> PowerState (what docker reports, read as virtkit reads a guest). No
+docker calls; the generic state -> transition logic is the kit's (virt.driver.transitions)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from virt.events import Transition
 from virt.model import PowerState
 
 # Exit codes of a process that ended as asked: by itself (0) or on SIGTERM (143).
 CLEAN_EXIT_CODES = frozenset({0, 128 + 15})
 # SIGKILL (137) is clean only when virtkit itself forced the stop (power_off after its
 # timeout, a reboot): docker does not record who sent a SIGKILL, so the driver keeps a
-# record of its own forced stops (see drivers/docker/driver.py ForcedStops). A SIGKILL from
+# record of its own forced stops (see drivers/docker/forced.py). A SIGKILL from
 # anyone else (`docker kill`, the kernel's OOM killer, a daemon shutdown past its grace)
 # means the container crashed, as does any other exit code or a daemon error.
 KILLED_EXIT_CODE = 128 + 9
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
-
-ON_STATES = frozenset({PowerState.RUNNING, PowerState.PAUSED})
 
 
 def exit_state(
@@ -82,30 +80,3 @@ def from_list_entry(entry: Mapping[str, Any]) -> PowerState:
         match = _EXITED_RE.match(str(entry.get("Status", "")))
         return exit_state(int(match.group(1)) if match else -1)
     return from_inspect({"Status": state})
-
-
-def transition(old: PowerState | None, new: PowerState | None) -> Transition | None:
-    """The lifecycle event for a change from `old` to `new` (None: absent), if any."""
-    if old == new:
-        return None
-    if new is PowerState.RUNNING:
-        return Transition.RESUMED if old is PowerState.PAUSED else Transition.STARTED
-    if new is PowerState.PAUSED:
-        return Transition.PAUSED
-    if new is PowerState.CRASHED:
-        return Transition.CRASHED
-    if old in ON_STATES:
-        return Transition.STOPPED
-    return None
-
-
-def diff(
-    old: Mapping[str, PowerState], new: Mapping[str, PowerState]
-) -> list[tuple[str, Transition]]:
-    """Transitions that turn the state map `old` into `new`, keyed by instance uuid."""
-    changes = []
-    for uuid in sorted(set(old) | set(new)):
-        change = transition(old.get(uuid), new.get(uuid))
-        if change is not None:
-            changes.append((uuid, change))
-    return changes

@@ -343,3 +343,20 @@ def test_deprecated_option_names_keep_working(tmp_path, caplog):
     assert len([w for w in warnings if "connect_timeout" in w]) == 1, warnings  # once
     assert any("call_timeout" in w for w in warnings)
     assert any("stop_timeout" in w and "reboot_timeout" in w for w in warnings)
+
+
+# -- moved from the docker driver's tests (its states.diff became the kit's) ------------------
+
+
+def test_diff_emits_what_changed():
+    old = {"a": PowerState.RUNNING, "b": PowerState.PAUSED, "c": PowerState.RUNNING,
+           "d": PowerState.SHUTDOWN}
+    new = {"a": PowerState.SHUTDOWN, "b": PowerState.RUNNING, "d": PowerState.SHUTDOWN,
+           "e": PowerState.RUNNING, "f": PowerState.CRASHED}
+    assert transitions.diff(old, new) == [
+        ("a", Transition.STOPPED),
+        ("b", Transition.RESUMED),
+        ("c", Transition.STOPPED),
+        ("e", Transition.STARTED),
+        ("f", Transition.CRASHED),
+    ]

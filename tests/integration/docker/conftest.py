@@ -28,7 +28,10 @@ def docker_host() -> str:
 
 @pytest.fixture(scope="module")
 def driver(docker_image, docker_host, tmp_path_factory):
-    drv = make_driver(tmp_path_factory, docker_host, stop_timeout=2, event_window=1.0)
+    # Tests wait for STOPPED events: a short debounce keeps them quick (the default's
+    # meaning, a reboot is no shutdown, is tested with the default on a driver of its own).
+    drv = make_driver(tmp_path_factory, docker_host, reboot_timeout=2, event_window=1.0,
+                      stopped_event_delay=1.0)
     yield drv
     for name in drv.list_instances():
         docker_cli("rm", "-f", name, check=False)

@@ -33,7 +33,8 @@ def run_testbed(action: str) -> None:
 
 def test_dockerd_restart(docker_image, tmp_path_factory):
     host = f"dk-restart-{uuid.uuid4().hex[:8]}"
-    driver = make_driver(tmp_path_factory, host, event_window=1.0, call_timeout=5.0)
+    driver = make_driver(tmp_path_factory, host, event_window=1.0, call_timeout=5.0,
+                         stopped_event_delay=1.0)
     events = []
     driver.register_event_listener(events.append)
     image = ImageRef(docker_image, properties={"os_command_line": "sleep 3600"})

@@ -85,7 +85,7 @@ def test_resync_reads_oom_kills_and_foreign_sigkills_as_crashed(docker_image, tm
     proxy.resume()
     host = f"dk-resync-{uuid.uuid4().hex[:8]}"
     driver = make_driver(tmp_path_factory, host, base_url=f"unix://{proxy.path}",
-                         event_window=1.0, call_timeout=3.0)
+                         event_window=1.0, call_timeout=3.0, stopped_event_delay=1.0)
     direct = make_driver(tmp_path_factory, host, state=driver.conf.state_path)
     events = []
     driver.register_event_listener(events.append)
@@ -121,8 +121,11 @@ def test_resync_reads_oom_kills_and_foreign_sigkills_as_crashed(docker_image, tm
         assert wait_for(lambda: driver.event_watcher.resyncs > resyncs, 30)
         expected = {hog.uuid: Transition.CRASHED, killed.uuid: Transition.CRASHED,
                     stubborn.uuid: Transition.STOPPED, polite.uuid: Transition.STOPPED}
-        resynced = {e.instance_uuid: e.transition for e in events[mark:]}
-        assert resynced == expected, events[mark:]
+
+        def resynced() -> dict:  # delivered by the dispatcher's thread, STOPPED held 1 s
+            return {e.instance_uuid: e.transition for e in events[mark:]}
+
+        assert wait_for(lambda: resynced() == expected, 10), events[mark:]
         for instance in made:  # one mapping: get_info agrees with the resync
             want = (PowerState.CRASHED if expected[instance.uuid] is Transition.CRASHED
                     else PowerState.SHUTDOWN)

@@ -7,7 +7,6 @@ import pytest
 from drivers.docker import spec, states
 from drivers.docker.forced import ForcedStops
 from virt.errors import InvalidRequest
-from virt.events import Transition
 from virt.model import Flavor, ImageRef, PowerState, Vif
 
 MIB = 1024 * 1024
@@ -155,17 +154,3 @@ def test_list_entry_state_reads_the_exit_code():
     assert states.from_list_entry({"State": "exited", "Status": "Exited (137) 1 hour ago"}) \
         is PowerState.CRASHED
     assert states.from_list_entry({"State": "running", "Status": "Up 3 s"}) is PowerState.RUNNING
-
-
-def test_diff_emits_what_changed():
-    old = {"a": PowerState.RUNNING, "b": PowerState.PAUSED, "c": PowerState.RUNNING,
-           "d": PowerState.SHUTDOWN}
-    new = {"a": PowerState.SHUTDOWN, "b": PowerState.RUNNING, "d": PowerState.SHUTDOWN,
-           "e": PowerState.RUNNING, "f": PowerState.CRASHED}
-    assert states.diff(old, new) == [
-        ("a", Transition.STOPPED),
-        ("b", Transition.RESUMED),
-        ("c", Transition.STOPPED),
-        ("e", Transition.STARTED),
-        ("f", Transition.CRASHED),
-    ]
