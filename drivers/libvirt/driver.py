@@ -55,17 +55,6 @@ T = TypeVar("T")
 DETACH_RESEND_INTERVAL = 2.0
 
 
-@functools.lru_cache(maxsize=1)
-def _kvm_runs_guests() -> bool:
-    from drivers.libvirt import kvm_probe
-
-    return kvm_probe.kvm_runs_guests()
-
-
-def _code(exc: libvirt.libvirtError) -> int:
-    return int(exc.get_error_code() or 0)
-
-
 #: libvirt's errors in virtkit's terms (see connection.classify).
 ERRORS = EngineErrors("libvirt", classify)
 
@@ -201,25 +190,9 @@ class LibvirtDriver(ComputeDriver):
     def _domain_type(self) -> str:
         """The domain type this driver defines: test, kvm or qemu (auto: probed once)."""
         if self._virt_type is None:
-            uri = self._opts.connection_uri
-            if uri.startswith("test:"):
-                self._virt_type = "test"
-            elif self._opts.virt_type != "auto":
-                self._virt_type = self._opts.virt_type
-            elif "://" in uri and uri.split("://", 1)[1].split("/", 1)[0]:
-                self._virt_type = self._remote_virt_type()
-            else:
-                self._virt_type = "kvm" if _kvm_runs_guests() else "qemu"
-            LOG.info("libvirt driver uses domain type %s on %s", self._virt_type, uri)
+            self._virt_type = resources.domain_type(
+                self._opts.connection_uri, self._opts.virt_type, self._connection)
         return self._virt_type
-
-    def _remote_virt_type(self) -> str:
-        # A remote host cannot be probed from here: trust its domain capabilities.
-        try:
-            self._connection.call(lambda c: c.getDomainCapabilities(None, None, None, "kvm", 0))
-            return "kvm"
-        except libvirt.libvirtError:
-            return "qemu"
 
     def get_available_resource(self) -> HostResources:
         os.makedirs(self._instances_path, mode=0o711, exist_ok=True)
@@ -577,8 +550,13 @@ class LibvirtDriver(ComputeDriver):
     def _call(self, fn: Callable[[libvirt.virConnect], T], what: str, *,
               idempotent: bool = True) -> T:
         """Run `fn` on the connection; libvirt's errors become virtkit's (ERRORS)."""
-        with ERRORS.translate(what):
+        try:  # ERRORS.translate's work without a context manager's cost on every call
             return self._connection.call(fn, idempotent=idempotent)
+        except libvirt.libvirtError as exc:
+            error = ERRORS.error(exc, what)
+            if error is None:
+                raise
+            raise error from None
 
     def _on_domain(self, instance: Instance, fn: Callable[[libvirt.virDomain], T], what: str,
                    *, idempotent: bool = True) -> T:
@@ -592,7 +570,7 @@ class LibvirtDriver(ComputeDriver):
                 raise InstanceNotFound(uuid)
             return fn(dom)
 
-        try:  # not ERRORS.translate: this is every call's path, a context manager costs
+        try:
             return connection.call(run, idempotent=idempotent)
         except libvirt.libvirtError as exc:
             error = ERRORS.error(exc, what, instance=uuid)

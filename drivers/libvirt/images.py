@@ -301,13 +301,14 @@ def _reusable_root(uuid: str, root: str) -> bool:
 
 def _make(rollback: SpawnRollback, created: list[str], path: str,
           make: Callable[[str], object]) -> str:
-    """`make(path)`, then an undo for the file (pushed even when `make` fails half-way)."""
+    """`make(path)`, then an undo for the file (pushed too when `make` fails half-way)."""
     try:
         make(path)
-    finally:
-        if os.path.exists(path):
-            created.append(path)
-            rollback.push(f"disk file {path}", lambda: _unlink(path))
+    except BaseException:
+        rollback.push(f"partial disk file {path}", lambda: _unlink(path))
+        raise
+    created.append(path)
+    rollback.push(f"disk file {path}", lambda: _unlink(path))
     return path
 
 

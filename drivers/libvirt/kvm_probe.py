@@ -53,7 +53,8 @@ def probe(kernel: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> tupl
         return False, "qemu-system-x86_64 is not installed"
     kernel = kernel or find_probe_kernel()
     if kernel is None:
-        return False, "no kernel to probe with (build the test image or install a kernel)"
+        return False, ("no kernel to probe with (install a kernel package, or set [libvirt] "
+                       "virt_type = kvm or qemu)")
     cmd = [
         qemu, "-accel", "kvm", "-m", "128", "-no-reboot", "-nodefaults", "-display", "none",
         "-serial", "stdio", "-monitor", "none", "-kernel", kernel,

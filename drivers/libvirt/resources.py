@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import grp
 import json
+import logging
 import os
 import pwd
 import re
@@ -13,10 +15,11 @@ import stat
 
 import libvirt
 
-from drivers.libvirt.connection import READABLE_DIRECTORY_HINT, user_name
+from drivers.libvirt.connection import READABLE_DIRECTORY_HINT, Connection, user_name
 from virt.errors import ConfigError
 from virt.model import HostResources
 
+LOG = logging.getLogger(__name__)
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 #: The accounts distributions build libvirt to run QEMU as, when qemu.conf sets none.
 DEFAULT_QEMU_USERS = ("libvirt-qemu", "qemu")
@@ -128,3 +131,30 @@ def _first_blocked(path: str, uid: int, groups: set[int]
         if not allowed:
             return current, st
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _kvm_runs_guests() -> bool:
+    from drivers.libvirt import kvm_probe
+
+    return kvm_probe.kvm_runs_guests()
+
+
+def domain_type(uri: str, configured: str, connection: Connection) -> str:
+    """The domain type to define on `uri`: test, or `configured` (kvm, qemu), or for
+    'auto' what a bounded local boot probe (or a remote host's capabilities) shows."""
+    if uri.startswith("test:"):
+        found = "test"
+    elif configured != "auto":
+        found = configured
+    elif "://" in uri and uri.split("://", 1)[1].split("/", 1)[0]:
+        # A remote host cannot be probed from here: trust its domain capabilities.
+        try:
+            connection.call(lambda c: c.getDomainCapabilities(None, None, None, "kvm", 0))
+            found = "kvm"
+        except libvirt.libvirtError:
+            found = "qemu"
+    else:
+        found = "kvm" if _kvm_runs_guests() else "qemu"
+    LOG.info("libvirt driver uses domain type %s on %s", found, uri)
+    return found
