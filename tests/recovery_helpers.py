@@ -8,11 +8,19 @@ from typing import Any
 from oslo_config import cfg
 
 from virt.driver import load_driver
-from virt.model import BlockDevice, Flavor, ImageRef, Instance, VolumeConnection, new_uuid
+from virt.model import (
+    BlockDevice,
+    Flavor,
+    ImageRef,
+    Instance,
+    VmState,
+    VolumeConnection,
+    new_uuid,
+)
 from virt.recovery import Recoverer, RecoveryOptions, RecoveryReport, register_opts
 from virt.recovery_journal import RecoveryJournal
 from virt.recovery_source import InstanceSource, StoreSource
-from virt.store import Store, VmState
+from virt.store import Store
 
 FLAVOR = Flavor(name="m1.tiny", vcpus=1, memory_mb=64)
 

@@ -130,6 +130,50 @@ class PowerState(enum.Enum):
     UNKNOWN = "unknown"
 
 
+class VmState(enum.StrEnum):
+    """Nova's vm_states: what the instance is, as the service sees it."""
+
+    BUILDING = "building"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    RESCUED = "rescued"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+class TaskState(enum.StrEnum):
+    """Nova's task_states: the operation in progress (None when idle)."""
+
+    SPAWNING = "spawning"
+    DELETING = "deleting"
+    POWERING_OFF = "powering-off"
+    POWERING_ON = "powering-on"
+    REBOOTING = "rebooting"
+    REBOOTING_HARD = "rebooting_hard"
+    PAUSING = "pausing"
+    UNPAUSING = "unpausing"
+    SUSPENDING = "suspending"
+    RESUMING = "resuming"
+    IMAGE_SNAPSHOT = "image_snapshot"
+    UPDATING_PASSWORD = "updating_password"
+    ATTACHING_VOLUME = "attaching_volume"
+    DETACHING_VOLUME = "detaching_volume"
+    REBUILDING = "rebuilding"
+    #: virtkit-recover holds a claim on it (evacuating it, or restarting it after a reboot).
+    RECOVERING = "recovering"
+
+
+class HostStatus(enum.StrEnum):
+    """What the compute service knows of a host: alive, gone, fenced off, or taken out."""
+
+    UP = "up"
+    DOWN = "down"
+    FENCED = "fenced"
+    DISABLED = "disabled"
+
+
 #: Upper bounds of a flavor: above any real host, low enough that a typo (an extra digit
 #: or ten) is refused instead of reaching an engine. memory_mb and swap_mb 16 TiB in MiB,
 #: vcpus 4096, root_gb and ephemeral_gb 1 PiB in GiB.

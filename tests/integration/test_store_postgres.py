@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.pg import pg_url  # noqa: F401 - fixture
-from virt import store_migrate
 from virt.model import Flavor, Instance, new_uuid
 from virt.store import Store, instances
+from virt.store import migrate as store_migrate
 
 pytestmark = pytest.mark.postgres
 

@@ -322,8 +322,8 @@ def test_demo_runs_on_a_fresh_machine_without_config(tmp_path):
 
 def test_reset_state_clears_a_task_left_by_a_dead_process(cli):
     from virt.config import build_conf
+    from virt.model import TaskState
     from virt.store import Store
-    from virt.store_schema import TaskState
 
     booted = cli.json("boot", "stuck", "--image", "cirros", "--flavor", "m1.tiny")
     # A process that died mid-operation leaves its task behind.
@@ -542,7 +542,7 @@ def _store_at_revision(cli: Cli, revision: str) -> None:
     import sqlalchemy as sa
     from alembic import command
 
-    from virt.store_migrate import alembic_config
+    from virt.store.migrate import alembic_config
 
     cli.state.mkdir(exist_ok=True)
     engine = sa.create_engine(f"sqlite:///{cli.state / 'virtkit.sqlite'}")

@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from virt.errors import InstanceNotFound, InvalidState
-from virt.model import Flavor, Instance, new_uuid
-from virt.store import Store, TaskState
+from virt.model import Flavor, Instance, TaskState, new_uuid
+from virt.store import Store
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_kept_transactions_reuse_one_connection_per_thread_until_close(tmp_path)
 def test_a_failed_kept_transaction_leaves_its_connection_usable(tmp_path, monkeypatch):
     from virt.errors import StoreError
 
-    monkeypatch.setattr("virt.store.SQLITE_BUSY_TIMEOUT_S", 1)
+    monkeypatch.setattr("virt.store.engine.SQLITE_BUSY_TIMEOUT_S", 1)
     store = Store(f"sqlite:///{tmp_path / 'state.sqlite'}")
     instance = Instance(uuid=new_uuid(), name="vm", flavor=Flavor("t", 1, 64))
     store.create_instance(instance)

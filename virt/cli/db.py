@@ -24,10 +24,7 @@ def _open(ctx: Context) -> Store:
 
 
 def _status(store: Store) -> dict[str, Any]:
-    from virt import store_migrate
-
-    with store._errors():
-        return store_migrate.status(store.engine).as_dict()
+    return store.schema_status().as_dict()
 
 
 def cmd_db_version(ctx: Context, _args: argparse.Namespace) -> int:
@@ -45,13 +42,11 @@ def cmd_db_version(ctx: Context, _args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(ctx: Context, _args: argparse.Namespace) -> int:
-    from virt import store_migrate
-
     store = _open(ctx)
     try:
         before = _status(store)
-        with ctx.out.progress(f"Upgrading the schema of {store.where}"), store._errors():
-            store_migrate.upgrade(store.engine, store.where)
+        with ctx.out.progress(f"Upgrading the schema of {store.where}"):
+            store.upgrade_schema()
         after = _status(store)
     finally:
         store.close()

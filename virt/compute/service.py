@@ -10,7 +10,6 @@ instance's fault and raised unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -42,21 +41,13 @@ from virt.model import (
     Instance,
     PowerOffResult,
     PowerState,
+    TaskState,
     Vif,
+    VmState,
     VolumeConnection,
     new_uuid,
 )
-from virt.store import (
-    BlockDeviceRecord,
-    EventRecord,
-    InstanceRecord,
-    Store,
-    TaskState,
-    VmState,
-    block_devices,
-    instances,
-)
-from virt.store_records import utcnow
+from virt.store import BlockDeviceRecord, EventRecord, InstanceRecord, Store, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -562,15 +553,7 @@ class ComputeService:
         existing attachment's connection_info say `multiattach: true`."""
         if not bdm.volume_id:
             return
-        query = (
-            sa.select(instances.c.name, instances.c.host, block_devices.c.connection_info)
-            .join(instances, instances.c.uuid == block_devices.c.instance_uuid)
-            .where(block_devices.c.volume_id == bdm.volume_id,
-                   instances.c.deleted_at.is_(None), instances.c.uuid != uuid)
-        )
-        scope = contextlib.nullcontext(conn) if conn is not None else self.store.transaction()
-        with scope as c:
-            rows = c.execute(query).all()
+        rows = self.store.attachments_of_volume(bdm.volume_id, excluding_uuid=uuid, conn=conn)
         if not rows:
             return
         if bdm.connection.multiattach and all(

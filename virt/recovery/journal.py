@@ -1,4 +1,5 @@
-"""Recovery claims and journal in the state store (tables from migration 0002).
+"""Recovery claims and journal in the state store (tables `virt.store.recovery_claims` and
+`recovery_journal`, from migration 0002).
 
 A claim says "host T is recovering instance X from host S" and is taken under a row lock
 (`SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, BEGIN IMMEDIATE on SQLite), so two
@@ -34,40 +35,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from virt.errors import VirtError
-from virt.store import Store
-from virt.store_direct import DirectStatement
-from virt.store_records import utcnow
-
-recovery_metadata = sa.MetaData()
-
-claims = sa.Table(
-    "recovery_claims",
-    recovery_metadata,
-    sa.Column("instance_uuid", sa.String(36), primary_key=True),
-    sa.Column("claim_id", sa.String(36), nullable=False),
-    sa.Column("source_host", sa.String(255), nullable=False),
-    sa.Column("target_host", sa.String(255), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("run_id", sa.String(36), nullable=False),
-    sa.Column("actor", sa.String(255), nullable=False),
-    sa.Column("reason", sa.Text),
-    sa.Column("claimed_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-)
-
-journal = sa.Table(
-    "recovery_journal",
-    recovery_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("claim_id", sa.String(36), nullable=False),
-    sa.Column("run_id", sa.String(36), nullable=False),
-    sa.Column("instance_uuid", sa.String(36), nullable=False),
-    sa.Column("step", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("actor", sa.String(255), nullable=False),
-    sa.Column("detail", sa.Text),
-    sa.Column("timestamp", sa.DateTime, nullable=False),
-)
+from virt.store import DirectStatement, Store, utcnow
+from virt.store import recovery_claims as claims
+from virt.store import recovery_journal as journal
 
 #: Test-only fault injection: SIGKILL this process when the journal records STEP:STATUS
 #: (at once for a buffered entry, after the commit for a write-ahead one).
@@ -83,7 +53,7 @@ class ClaimState(enum.StrEnum):
 
 
 # Statements run for every instance, built once and run directly on the DBAPI cursor (see
-# virt.store_direct): each instance runs them a dozen times. Bind names must differ from
+# virt.store.direct): each instance runs them a dozen times. Bind names must differ from
 # columns'.
 _OURS = (claims.c.claim_id == sa.bindparam("b_claim"), claims.c.run_id == sa.bindparam("b_run"),
          claims.c.state == ClaimState.CLAIMED)

@@ -13,16 +13,13 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from virt.errors import ConfigError, InstanceMoved, InstanceNotFound, StoreError
-from virt.model import Flavor, ImageRef, Instance, PowerState
+from virt.model import Flavor, ImageRef, Instance, PowerState, VmState
 from virt.store import (
     BlockDeviceRecord,
     InstanceRecord,
     Store,
-    VmState,
-    block_devices,
     database_url,
     driver_hint,
-    instances,
     server_connect_args,
 )
 
@@ -116,7 +113,7 @@ class StoreSource:
         wanted = set(uuids)
         with self.store.transaction() as conn:
             records = self.store.list_instances(host=host, conn=conn)
-            devices = _devices_of_host(conn, host)  # one query, not one per instance
+            devices = self.store.block_devices_of_host(host, conn=conn)  # one query
             return [self._candidate(r, conn, devices.get(r.uuid, ())) for r in records
                     if not wanted or r.uuid in wanted]
 
@@ -148,19 +145,6 @@ class StoreSource:
         if power_state is not None:
             values["power_state"] = power_state
         self.store.set_instance_fields(uuid, conn=conn, **values)
-
-
-def _devices_of_host(conn: sa.Connection, host: str) -> dict[str, list[BlockDeviceRecord]]:
-    """The block devices of every live instance of `host`, by instance, by mountpoint (as
-    `Store.list_block_devices` orders them)."""
-    query = (sa.select(block_devices)
-             .join(instances, instances.c.uuid == block_devices.c.instance_uuid)
-             .where(instances.c.host == host, instances.c.deleted_at.is_(None))
-             .order_by(block_devices.c.instance_uuid, block_devices.c.mountpoint))
-    found: dict[str, list[BlockDeviceRecord]] = {}
-    for row in conn.execute(query).mappings():
-        found.setdefault(row["instance_uuid"], []).append(BlockDeviceRecord.from_row(row))
-    return found
 
 
 # Nova's power_state integers (nova/compute/power_state.py).

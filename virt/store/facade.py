@@ -1,43 +1,39 @@
-"""The state store: what the compute service knows about instances, volumes, VIFs and hosts.
+"""The state store facade: what the compute service knows about instances, volumes, VIFs,
+hosts and recoveries, behind typed methods.
 
 SQLite by default (one host), any SQLAlchemy URL by `[DEFAULT] state_connection`
 (PostgreSQL when several hosts share it). The schema comes from the alembic migrations in
-`virt/migrations/`, applied on open. Every method runs in its own transaction unless given
-`conn=`, a connection from `Store.transaction()`, to join a larger one.
-
-The Table objects (`virt.store_schema`) and `Store.engine` are public, for queries this
-class does not offer (e.g. `SELECT ... FOR UPDATE SKIP LOCKED` claims).
+`virt/store/migrations/`, applied on open. Every method runs in its own transaction unless
+given `conn=`, a connection from `Store.transaction()`, to join a larger one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from oslo_config import cfg
-from sqlalchemy import event, exc
 from sqlalchemy.pool import StaticPool
 
-from virt import store_migrate
-from virt.errors import (
-    ConfigError,
-    InstanceNotFound,
-    InvalidRequest,
-    InvalidState,
-    StoreError,
-    VolumeNotFound,
+from virt.errors import InstanceNotFound, InvalidRequest, InvalidState, VolumeNotFound
+from virt.model import (
+    BlockDevice,
+    HostStatus,
+    Instance,
+    PowerState,
+    Vif,
+    VmState,
+    validate_uuid,
 )
-from virt.model import BlockDevice, Instance, PowerState, Vif, validate_uuid
-from virt.store_direct import DirectStatement
-from virt.store_records import (
+from virt.store import migrate as _migrate
+from virt.store.engine import make_engine, store_errors
+from virt.store.records import (
+    AttachmentRecord,
     BlockDeviceRecord,
     EventRecord,
     HostRecord,
@@ -47,212 +43,20 @@ from virt.store_records import (
     image_to_json,
     utcnow,
 )
-from virt.store_schema import (
-    HostStatus,
-    TaskState,
-    VmState,
-    block_devices,
-    hosts,
-    instance_events,
-    instances,
-    metadata,
-    vifs,
+from virt.store.schema import block_devices, hosts, instance_events, instances, metadata, vifs
+from virt.store.statements import (
+    ANY,
+    ATTACHMENTS_OF_VOLUME,
+    DEVICES_OF_HOST,
+    UPDATABLE,
+    column_value,
+    expect,
+    normalise_mountpoint,
+    set_fields_statement,
+    update_statement,
 )
 
 LOG = logging.getLogger(__name__)
-
-__all__ = [
-    "ANY",
-    "BlockDeviceRecord",
-    "EventRecord",
-    "HostRecord",
-    "HostStatus",
-    "InstanceRecord",
-    "Store",
-    "TaskState",
-    "VifRecord",
-    "VmState",
-    "block_devices",
-    "database_url",
-    "driver_hint",
-    "hosts",
-    "instance_events",
-    "instances",
-    "metadata",
-    "server_connect_args",
-    "vifs",
-]
-
-SQLITE_BUSY_TIMEOUT_S = 30
-PG_CONNECT_TIMEOUT_S = 10
-PG_LOCK_TIMEOUT_MS = 30_000
-PG_STATEMENT_TIMEOUT_MS = 120_000
-#: The driver of a plain postgresql:// URL (the `postgresql` extra installs it).
-PG_DEFAULT_DRIVER = "psycopg"
-#: PostgreSQL drivers that take libpq's connect_timeout and options (the timeouts above).
-PG_DRIVERS = ("psycopg", "psycopg2")
-#: The driver of a plain mysql:// or mariadb:// URL (the `mysql` extra installs it).
-MYSQL_DEFAULT_DRIVER = "pymysql"
-#: MySQL drivers that take connect_timeout, read_timeout and init_command.
-MYSQL_DRIVERS = ("pymysql", "mysqldb")
-#: The extra that installs the default driver of each server backend.
-DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
-MYSQL_CONNECT_TIMEOUT_S = 10
-MYSQL_LOCK_WAIT_TIMEOUT_S = 30
-MYSQL_READ_TIMEOUT_S = 120
-
-
-class _Any:
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-#: "Do not check" for `expected_task_state`.
-ANY: Any = _Any()
-
-_UPDATABLE = frozenset(
-    {
-        "name",
-        "host",
-        "node",
-        "vm_state",
-        "task_state",
-        "power_state",
-        "flavor",
-        "image",
-        "metadata",
-        "fault",
-        "launched_at",
-    }
-)
-
-
-def _normalise_mountpoint(mountpoint: str) -> str:
-    return mountpoint if mountpoint.startswith("/dev/") else f"/dev/{mountpoint}"
-
-
-def _column_value(key: str, value: Any) -> Any:
-    if key == "power_state" and isinstance(value, PowerState):
-        return value.value
-    if key == "flavor" and not isinstance(value, Mapping):
-        return flavor_to_json(value)
-    if key == "image" and value is not None and not isinstance(value, Mapping):
-        return image_to_json(value)
-    if key == "metadata":
-        return dict(value or {})
-    if isinstance(value, VmState | TaskState):
-        return value.value
-    return value
-
-
-def database_url(url: str, *, what: str = "state_connection") -> sa.URL:
-    """`url` parsed, a plain postgresql:// made postgresql+psycopg:// and a plain mysql:// or
-    mariadb:// made mysql+pymysql:// or mariadb+pymysql:// (ConfigError if invalid).
-
-    SQLAlchemy's own choice for a plain postgresql:// is psycopg2 up to 2.0 and psycopg (3)
-    from 2.1, for mysql:// mysqlclient (a C build); naming one keeps the URL meaning what
-    the `postgresql` or `mysql` extra installs.
-    """
-    try:
-        parsed = sa.make_url(url)
-    except exc.ArgumentError:
-        raise ConfigError(
-            f"{what} is not a valid SQLAlchemy URL",
-            hint="use sqlite:////path/to/virtkit.sqlite or postgresql://user@host/db",
-        ) from None
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername=f"postgresql+{PG_DEFAULT_DRIVER}")
-    elif parsed.drivername in ("mysql", "mariadb"):  # SQLAlchemy's own choice: mysqlclient
-        parsed = parsed.set(drivername=f"{parsed.drivername}+{MYSQL_DEFAULT_DRIVER}")
-    return parsed
-
-
-def server_connect_args(url: sa.URL) -> dict[str, Any]:
-    """connect_args bounding a PostgreSQL connection attempt, lock wait and statement (on
-    MySQL/MariaDB: the connection attempt, InnoDB's lock wait and each wait for a reply)."""
-    if url.get_backend_name() in ("mysql", "mariadb") and url.get_driver_name() in MYSQL_DRIVERS:
-        return {
-            "connect_timeout": MYSQL_CONNECT_TIMEOUT_S,
-            "read_timeout": MYSQL_READ_TIMEOUT_S,
-            "init_command": f"SET SESSION innodb_lock_wait_timeout={MYSQL_LOCK_WAIT_TIMEOUT_S}",
-        }
-    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in PG_DRIVERS:
-        return {}
-    return {
-        "connect_timeout": PG_CONNECT_TIMEOUT_S,
-        "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"
-        f" -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
-    }
-
-
-def driver_hint(url: sa.URL) -> str | None:
-    """What to install when `url`'s database driver is missing (None: no extra has it)."""
-    extra = DRIVER_EXTRAS.get(url.get_backend_name())
-    return f"pip install 'virtkit[{extra}]'" if extra else None
-
-
-def _make_engine(url: str) -> sa.Engine:
-    parsed = database_url(url)
-    options: dict[str, Any] = {"hide_parameters": True, "future": True}
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
-        if database in ("", ":memory:"):
-            options["poolclass"] = StaticPool
-        else:
-            store_migrate.private_sqlite_file(Path(database).expanduser())
-            # A file's connections are cheap, and threads may keep one each
-            # (`kept_transaction`): never make a thread wait for one.
-            options["max_overflow"] = -1
-    else:
-        options["pool_pre_ping"] = True
-        options["connect_args"] = server_connect_args(parsed)
-    try:
-        engine = sa.create_engine(parsed, **options)
-    except ImportError as error:
-        raise ConfigError(f"cannot use state_connection: {error}",
-                          hint=driver_hint(parsed)) from None
-    except exc.ArgumentError as error:
-        raise ConfigError(f"cannot use state_connection: {error}") from None
-    if engine.dialect.name == "sqlite":
-        _setup_sqlite(engine)
-    return engine
-
-
-def _setup_sqlite(engine: sa.Engine) -> None:
-    """WAL with synchronous=NORMAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE so
-    writers queue, not fail.
-
-    synchronous=NORMAL is the standard setting for WAL: a commit is not fsynced (the WAL is,
-    at each checkpoint). A killed process loses nothing committed; an OS crash or power cut
-    may lose the last transactions (a suffix, never one in the middle) but never corrupts
-    the database. What runs on top must tolerate that: the recovery engine does, because
-    every step with an effect outside the store is redone or undone idempotently when its
-    journal entry is missing (see "Power cuts" in docs/recovery.md).
-    """
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")  # per connection: not persistent
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        # Straight to the driver: through exec_driver_sql it costs as much as a real
-        # statement, and every transaction pays it.
-        driver_conn = conn.connection.driver_connection
-        assert driver_conn is not None
-        try:
-            driver_conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:  # e.g. "database is locked" after the busy timeout
-            raise exc.OperationalError("BEGIN IMMEDIATE", None, error) from None
 
 
 class Store:
@@ -262,7 +66,7 @@ class Store:
         """Open the store; `migrate` upgrades its schema, else `check_schema` refuses an
         outdated one (StoreError: run `virtkit db upgrade`)."""
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = make_engine(url)
         self._kept: list[sa.Connection] = []
         self._kept_lock = threading.Lock()
         self._local = threading.local()
@@ -271,9 +75,9 @@ class Store:
         if migrate or check_schema:
             with self._errors():
                 if migrate:
-                    store_migrate.upgrade(self.engine, self.where)
+                    _migrate.upgrade(self.engine, self.where)
                 else:
-                    store_migrate.require_current(self.engine, self.where)
+                    _migrate.require_current(self.engine, self.where)
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts, *, migrate: bool | None = None) -> Store:
@@ -298,18 +102,26 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.where!r})"
 
+    # -- schema ------------------------------------------------------------------------------
+
+    def schema_status(self) -> _migrate.SchemaStatus:
+        """Where this database's schema stands against this virtkit's migrations (imports
+        alembic: for `virtkit db`, not for every open)."""
+        with self._errors():
+            return _migrate.status(self.engine)
+
+    def upgrade_schema(self) -> None:
+        """Migrate the database to this virtkit's schema (StoreError if it is newer)."""
+        with self._errors():
+            _migrate.upgrade(self.engine, self.where)
+
     # -- transactions ------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """Turn database errors into StoreError, without parameters (they may hold secrets)."""
-        try:
+        with store_errors(self.where):
             yield
-        except exc.DBAPIError as error:
-            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-            raise StoreError(f"state store {self.where}: {reason}") from None
-        except exc.SQLAlchemyError as error:
-            raise StoreError(f"state store {self.where}: {type(error).__name__}") from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -360,7 +172,7 @@ class Store:
         node: str | None = None,
         conn: sa.Connection | None = None,
     ) -> InstanceRecord:
-        """Record a new instance; its uuid must be new."""
+        """Record a new instance (its uuid must be new) and return the record as stored."""
         now = utcnow()
         values = {
             "uuid": instance.uuid,
@@ -382,6 +194,9 @@ class Store:
         with self._use(conn) as c:
             if c.execute(sa.select(instances.c.uuid).where(instances.c.uuid == instance.uuid)).first():
                 raise InvalidRequest(f"instance {instance.uuid} is already recorded")
+            if c.dialect.insert_returning:  # the record as stored, in the same round trip
+                row = c.execute(instances.insert().values(**values).returning(instances))
+                return InstanceRecord.from_row(row.mappings().one())
             c.execute(instances.insert().values(**values))
             return self.get_instance(instance.uuid, conn=c)
 
@@ -468,17 +283,17 @@ class Store:
         them) the update is a compare-and-swap: if the row no longer matches, nothing
         changes and InvalidState says what the instance is doing.
         """
-        unknown = set(values) - _UPDATABLE
+        unknown = set(values) - UPDATABLE
         if unknown:
             raise InvalidRequest(f"cannot update instance fields {sorted(unknown)}")
-        params = {f"b_{key}": _column_value(key, value) for key, value in values.items()}
+        params = {f"b_{key}": column_value(key, value) for key, value in values.items()}
         params.update(b_updated_at=utcnow(), b_uuid=uuid)
         with self._use(conn) as c:
             returning = c.dialect.update_returning  # SQLite >= 3.35, PostgreSQL
-            query = _update_statement(tuple(sorted(values)), returning)
+            query = update_statement(tuple(sorted(values)), returning)
             if expected_task_state is not ANY or expected_vm_state is not ANY:
-                query = _expect(query, instances.c.task_state, expected_task_state)
-                query = _expect(query, instances.c.vm_state, expected_vm_state)
+                query = expect(query, instances.c.task_state, expected_task_state)
+                query = expect(query, instances.c.vm_state, expected_vm_state)
             if returning:  # the new record in the same round trip
                 row = c.execute(query, params).mappings().first()
                 if row is not None:
@@ -497,13 +312,13 @@ class Store:
                             **values: Any) -> None:
         """`update_instance` without reading the record back (InstanceNotFound if gone):
         for writers that do not use it, e.g. recovery's re-home and power state."""
-        unknown = set(values) - _UPDATABLE
+        unknown = set(values) - UPDATABLE
         if unknown:
             raise InvalidRequest(f"cannot update instance fields {sorted(unknown)}")
-        params = {f"b_{key}": _column_value(key, value) for key, value in values.items()}
+        params = {f"b_{key}": column_value(key, value) for key, value in values.items()}
         params.update(b_updated_at=utcnow(), b_uuid=uuid)
         with self._use(conn) as c:
-            if not _set_fields_statement(tuple(sorted(values))).execute(c, params).rowcount:
+            if not set_fields_statement(tuple(sorted(values))).execute(c, params).rowcount:
                 self.get_instance(uuid, conn=c)  # raises InstanceNotFound
 
     def delete_instance(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
@@ -539,7 +354,7 @@ class Store:
         self, instance_uuid: str, block_device: BlockDevice, *, conn: sa.Connection | None = None
     ) -> BlockDeviceRecord:
         """Record a volume attachment; the mountpoint must be free on that instance."""
-        mountpoint = _normalise_mountpoint(block_device.mountpoint)
+        mountpoint = normalise_mountpoint(block_device.mountpoint)
         with self._use(conn) as c:
             self.get_instance(instance_uuid, conn=c)
             taken = c.execute(
@@ -586,7 +401,7 @@ class Store:
     ) -> BlockDeviceRecord:
         """The attachment at mountpoint `ref` (vdb or /dev/vdb) or of volume id `ref`."""
         for record in self.list_block_devices(instance_uuid, conn=conn):
-            if record.volume_id == ref or record.mountpoint == _normalise_mountpoint(ref):
+            if record.volume_id == ref or record.mountpoint == normalise_mountpoint(ref):
                 return record
         raise VolumeNotFound(
             f"instance {instance_uuid} has no volume at or with id {ref!r}",
@@ -611,6 +426,28 @@ class Store:
     def remove_block_device(self, record_id: int, *, conn: sa.Connection | None = None) -> None:
         with self._use(conn) as c:
             c.execute(block_devices.delete().where(block_devices.c.id == record_id))
+
+    def attachments_of_volume(
+        self, volume_id: str, *, excluding_uuid: str | None = None,
+        conn: sa.Connection | None = None,
+    ) -> list[AttachmentRecord]:
+        """The live instances volume `volume_id` is attached to (but `excluding_uuid`), by
+        instance name."""
+        params = {"b_volume": volume_id, "b_uuid": excluding_uuid or ""}
+        with self._use(conn) as c:
+            return [AttachmentRecord.from_row(row)
+                    for row in c.execute(ATTACHMENTS_OF_VOLUME, params).mappings()]
+
+    def block_devices_of_host(
+        self, host: str, *, conn: sa.Connection | None = None
+    ) -> dict[str, list[BlockDeviceRecord]]:
+        """The block devices of every live instance of `host` in one query: by instance uuid,
+        each list by mountpoint (as `list_block_devices` orders it)."""
+        found: dict[str, list[BlockDeviceRecord]] = {}
+        with self._use(conn) as c:
+            for row in c.execute(DEVICES_OF_HOST, {"b_host": host}).mappings():
+                found.setdefault(row["instance_uuid"], []).append(BlockDeviceRecord.from_row(row))
+        return found
 
     # -- vifs --------------------------------------------------------------------------------
 
@@ -730,37 +567,3 @@ class Store:
         with self._use(conn) as c:
             return [EventRecord.from_row(row) for row in c.execute(query).mappings()]
 
-
-@functools.lru_cache(maxsize=128)
-def _update_statement(keys: tuple[str, ...], returning: bool) -> sa.Update:
-    """UPDATE of a live instance's `keys` (and updated_at), bound as b_<key> and b_uuid.
-
-    Built once per set of keys: building a statement costs more than running it on SQLite.
-    """
-    columns = (*keys, "updated_at")
-    query = (
-        instances.update()
-        .where(instances.c.uuid == sa.bindparam("b_uuid"), instances.c.deleted_at.is_(None))
-        .values({key: sa.bindparam(f"b_{key}", type_=instances.c[key].type) for key in columns})
-    )
-    return query.returning(instances) if returning else query
-
-
-@functools.lru_cache(maxsize=128)
-def _set_fields_statement(keys: tuple[str, ...]) -> DirectStatement:
-    """`_update_statement` without RETURNING, run directly: recovery runs it twice per
-    instance."""
-    return DirectStatement(_update_statement(keys, False))
-
-
-def _expect(query: sa.Update, column: sa.Column[Any], expected: Any) -> sa.Update:
-    if expected is ANY:
-        return query
-    choices = expected if isinstance(expected, tuple | list | set | frozenset) else (expected,)
-    values = [str(v) for v in choices if v is not None]
-    clauses = []
-    if values:
-        clauses.append(column.in_(values))
-    if any(v is None for v in choices):
-        clauses.append(column.is_(None))
-    return query.where(sa.or_(*clauses))

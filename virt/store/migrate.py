@@ -1,13 +1,11 @@
-"""Bring a state-store database to the schema this virtkit knows (alembic, programmatic),
-check it without changing it, and create a SQLite store's files private to their owner."""
+"""Migrations of the state store: bring a database to the schema this virtkit knows
+(alembic, run programmatically on the scripts in `migrations/`), or check it without
+changing it."""
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import logging
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,28 +150,6 @@ def _all_revisions() -> set[str]:
         if isinstance(revision, str):
             revisions.add(revision)
     return revisions
-
-
-def private_sqlite_file(path: Path) -> None:
-    """A SQLite store's directory STATE_DIR_MODE (0711: not listable by others) when created
-    here, its file (and -wal/-shm) 0600.
-
-    The store holds volume connection_info with CHAP secrets. SQLite creates -wal and -shm
-    with the database file's mode, so the file is created 0600 before SQLite opens it; an
-    existing one readable by others is tightened.
-    """
-    if not path.parent.exists():
-        from virt.config import STATE_DIR_MODE
-
-        path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-        path.parent.chmod(STATE_DIR_MODE)  # whatever the umask
-    with contextlib.suppress(OSError):  # SQLite reports what it cannot open
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm", f"{path.name}-journal"):
-        with contextlib.suppress(OSError):
-            candidate = path.with_name(name)
-            if stat.S_IMODE(candidate.stat().st_mode) & 0o077:
-                candidate.chmod(0o600)
 
 
 def upgrade(engine: sa.Engine, where: str) -> None:

@@ -178,6 +178,28 @@ class BlockDeviceRecord:
 
 
 @dataclass(frozen=True)
+class AttachmentRecord:
+    """A live instance a volume is attached to. `connection_info` holds secrets: repr masks
+    it by leaving it out."""
+
+    instance_uuid: str
+    name: str
+    host: str | None
+    mountpoint: str
+    connection_info: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> AttachmentRecord:
+        return cls(
+            instance_uuid=row["uuid"],
+            name=row["name"],
+            host=row["host"],
+            mountpoint=row["mountpoint"],
+            connection_info=json.loads(row["connection_info"]),
+        )
+
+
+@dataclass(frozen=True)
 class VifRecord:
     id: str
     instance_uuid: str

@@ -1,57 +1,16 @@
-"""The state store's tables (SQLAlchemy Core) and the instance state vocabularies.
+"""The state store's tables (SQLAlchemy Core): instances and what hangs off them, hosts,
+and recovery's claims and journal.
 
-These Table objects describe the schema the migrations in `virt/migrations/` create; they
-are for queries only. A schema change is a new migration plus the matching edit here.
+One MetaData for the whole store. These Table objects describe the schema the migrations in
+`virt/store/migrations/` create; they are for queries only (a unit test compares them with
+the migrated database). A schema change is a new migration plus the matching edit here.
 """
 
 from __future__ import annotations
 
-import enum
-
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
-
-
-class VmState(enum.StrEnum):
-    """Nova's vm_states: what the instance is, as the service sees it."""
-
-    BUILDING = "building"
-    ACTIVE = "active"
-    STOPPED = "stopped"
-    PAUSED = "paused"
-    SUSPENDED = "suspended"
-    RESCUED = "rescued"
-    ERROR = "error"
-    DELETED = "deleted"
-
-
-class TaskState(enum.StrEnum):
-    """Nova's task_states: the operation in progress (None when idle)."""
-
-    SPAWNING = "spawning"
-    DELETING = "deleting"
-    POWERING_OFF = "powering-off"
-    POWERING_ON = "powering-on"
-    REBOOTING = "rebooting"
-    REBOOTING_HARD = "rebooting_hard"
-    PAUSING = "pausing"
-    UNPAUSING = "unpausing"
-    SUSPENDING = "suspending"
-    RESUMING = "resuming"
-    IMAGE_SNAPSHOT = "image_snapshot"
-    UPDATING_PASSWORD = "updating_password"
-    ATTACHING_VOLUME = "attaching_volume"
-    DETACHING_VOLUME = "detaching_volume"
-    REBUILDING = "rebuilding"
-
-
-class HostStatus(enum.StrEnum):
-    UP = "up"
-    DOWN = "down"
-    FENCED = "fenced"
-    DISABLED = "disabled"
-
 
 instances = sa.Table(
     "instances",
@@ -138,4 +97,36 @@ instance_events = sa.Table(
     sa.Column("timestamp", sa.DateTime, nullable=False),
     sa.Column("host", sa.String(255), nullable=True),
     sa.Column("detail", sa.Text, nullable=True),
+)
+
+# -- recovery (migration 0002): who recovers which instance, and each step it took -----------
+
+recovery_claims = sa.Table(
+    "recovery_claims",
+    metadata,
+    # Not a foreign key: with --nova-db the instance lives in Nova's database.
+    sa.Column("instance_uuid", sa.String(36), primary_key=True),
+    sa.Column("claim_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("source_host", sa.String(255), nullable=False),
+    sa.Column("target_host", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("claimed_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+recovery_journal = sa.Table(
+    "recovery_journal",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("claim_id", sa.String(36), nullable=False, index=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("instance_uuid", sa.String(36), nullable=False, index=True),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("timestamp", sa.DateTime, nullable=False),
 )

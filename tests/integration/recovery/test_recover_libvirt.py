@@ -19,8 +19,8 @@ from tests.iscsi_target import TargetFactory, tgtd_available
 from tests.testbed import require
 from virt.config import build_conf
 from virt.driver import load_driver
-from virt.model import Flavor, ImageRef, Instance, new_uuid
-from virt.store import Store, VmState
+from virt.model import Flavor, ImageRef, Instance, VmState, new_uuid
+from virt.store import Store
 
 pytestmark = [pytest.mark.slow]
 

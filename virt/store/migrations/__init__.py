@@ -1,1 +1,1 @@
-"""Alembic migrations of the virtkit state store (run by virt.store_migrate)."""
+"""Alembic migrations of the virtkit state store (run by virt.store.migrate)."""
