@@ -13,8 +13,10 @@ import docker.errors
 import requests.exceptions
 from oslo_config import cfg
 
-from drivers.docker import guest, images, resources, spec, states
+from drivers.docker import guest, images, resources, spec
 from drivers.docker.connection import Engine, api_error_text
+from drivers.docker.containers import Containers
+from drivers.docker.containers import ident as _ident
 from drivers.docker.events import EventWatcher
 from drivers.docker.forced import ForcedStops
 from drivers.docker.options import GROUP, OPTS
@@ -49,10 +51,6 @@ LOG = logging.getLogger(__name__)
 _SPAWN_LOG_LINES = 20
 
 
-def _ident(instance: Instance) -> str:
-    return f"{instance.name} ({instance.uuid})"
-
-
 class DockerDriver(ComputeDriver):
     """Instances as containers of a local or remote dockerd (`[docker] base_url`)."""
 
@@ -80,7 +78,8 @@ class DockerDriver(ComputeDriver):
         self._watcher: EventWatcher | None = None
         self._dispatcher: LifecycleDispatcher[Any] | None = None
         self._lock = threading.Lock()
-        self._forced = ForcedStops(self._forced_path(self._host))
+        self._containers = Containers(self._engine, self._host,
+                                      ForcedStops(self._forced_path(self._host)))
 
     def _forced_path(self, host: str) -> Path | None:
         state_path = getattr(self.conf, "state_path", None)
@@ -107,7 +106,8 @@ class DockerDriver(ComputeDriver):
 
     def init_host(self, *, host: str) -> None:
         if host != self._host:
-            self._forced = ForcedStops(self._forced_path(host))
+            self._containers = Containers(self._engine, host,
+                                          ForcedStops(self._forced_path(host)))
         self._host = host
         self._engine.check()
         self._info(refresh=True)
@@ -143,102 +143,19 @@ class DockerDriver(ComputeDriver):
 
     # -- state -----------------------------------------------------------------------------
 
-    def _list(self) -> list[dict[str, Any]]:
-        with self._engine.translate("list containers"):
-            entries: list[dict[str, Any]] = self._engine.api.containers(
-                all=True, filters={"label": spec.host_filters(self._host)}
-            )
-        return entries
-
     def list_instances(self) -> list[str]:
         return sorted(
             (entry.get("Labels") or {}).get(spec.LABEL_NAME)
             or str((entry.get("Names") or ["?"])[0]).lstrip("/")
-            for entry in self._list()
+            for entry in self._containers.list()
         )
 
     def list_instance_uuids(self) -> list[str]:
-        return sorted((entry.get("Labels") or {})[spec.LABEL_UUID] for entry in self._list())
-
-    def _states(self) -> dict[str, PowerState]:
-        """uuid -> PowerState of every container of this host (the watcher's resync).
-
-        Running, paused and created containers read from the list; an exited or dead one is
-        inspected, so that its state is the one get_info reports (OOMKilled, exit code,
-        the driver's own forced stops).
-        """
-        result: dict[str, PowerState] = {}
-        for entry in self._list():
-            uuid = (entry.get("Labels") or {})[spec.LABEL_UUID]
-            if not states.needs_inspect(str(entry.get("State", ""))):
-                result[uuid] = states.from_list_entry(entry)
-                continue
-            with self._engine.translate("inspect a stopped container"):
-                try:
-                    data = self._engine.api.inspect_container(entry["Id"])
-                except docker.errors.NotFound:
-                    continue  # removed since the list call: it is gone
-            result[uuid] = self._state(data)
-        return result
-
-    def _exit_state(self, container_id: str, exit_code: int, oom: bool) -> PowerState:
-        """The state of a container after a `die` event (the event watcher asks).
-
-        Inspected, like get_info, while it stays stopped; a container already removed or
-        started again is read from the event (exit code, OOM event, forced-stop record).
-        """
-        with self._engine.translate("inspect a container that died"):
-            try:
-                data = self._engine.api.inspect_container(container_id)
-            except docker.errors.NotFound:
-                data = None
-        if data is not None and states.needs_inspect(str((data.get("State") or {}).get("Status"))):
-            return self._state(data)
-        return states.exit_state(exit_code, oom, forced=self._forced.has(container_id))
-
-    def _is_ours(self, data: dict[str, Any] | None, instance: Instance) -> bool:
-        labels = ((data or {}).get("Config") or {}).get("Labels") or {}
-        return (
-            labels.get(spec.LABEL_MANAGED) == "1"
-            and labels.get(spec.LABEL_HOST) == self._host
-            and labels.get(spec.LABEL_UUID) == instance.uuid
-        )
-
-    def _find(self, instance: Instance) -> dict[str, Any] | None:
-        """`docker inspect` of the instance's container, or None; never a foreign container."""
-        api = self._engine.api
-        with self._engine.translate(f"look up the container of {_ident(instance)}"):
-            try:
-                data: dict[str, Any] | None = api.inspect_container(instance.name)
-            except docker.errors.NotFound:
-                data = None
-            if self._is_ours(data, instance):
-                return data
-            # Not under its name (renamed, or the name is someone else's): ask by label.
-            entries = api.containers(
-                all=True,
-                filters={
-                    "label": [*spec.host_filters(self._host), f"{spec.LABEL_UUID}={instance.uuid}"]
-                },
-            )
-            for entry in entries:
-                try:
-                    data = api.inspect_container(entry["Id"])
-                except docker.errors.NotFound:
-                    continue
-                if self._is_ours(data, instance):
-                    return data
-        return None
-
-    def _require(self, instance: Instance) -> dict[str, Any]:
-        data = self._find(instance)
-        if data is None:
-            raise InstanceNotFound(_ident(instance))
-        return data
+        return sorted((entry.get("Labels") or {})[spec.LABEL_UUID] for entry in self._containers.list())
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
         try:
-            data = self._find(instance)
+            data = self._containers.find(instance)
         except HypervisorUnavailable as exc:
             LOG.warning("docker: state of %s unknown: %s", _ident(instance), exc)
             return InstanceInfo(state=PowerState.UNKNOWN)
@@ -248,14 +165,14 @@ class DockerDriver(ComputeDriver):
         memory = int(host_config.get("Memory") or 0)
         nano_cpus = int(host_config.get("NanoCpus") or 0)
         return InstanceInfo(
-            state=self._state(data),
+            state=self._containers.state(data),
             internal_id=str(data.get("Id")),
             max_mem_kb=memory // 1024 or None,
             num_cpu=math.ceil(nano_cpus / spec.NANO) or None,
         )
 
     def instance_exists(self, *, instance: Instance) -> bool:
-        return self._find(instance) is not None
+        return self._containers.find(instance) is not None
 
     # -- spawn / destroy -------------------------------------------------------------------
 
@@ -359,7 +276,7 @@ class DockerDriver(ComputeDriver):
     ) -> VirtError:
         text = api_error_text(exc)
         if exc.status_code == 409:
-            data = self._find(instance)
+            data = self._containers.find(instance)
             if data is not None:
                 return InstanceExists(_ident(instance))
             return SpawnError(
@@ -414,7 +331,7 @@ class DockerDriver(ComputeDriver):
 
     def _remove_leftover(self, instance: Instance) -> None:
         """After a failed create: remove the container if the daemon made it after all."""
-        data = self._find(instance)
+        data = self._containers.find(instance)
         if data is not None:
             self._remove(str(data["Id"]))
 
@@ -425,13 +342,13 @@ class DockerDriver(ComputeDriver):
         block_devices: Sequence[BlockDevice] = (),
         destroy_disks: bool = True,
     ) -> None:
-        data = self._find(instance)
+        data = self._containers.find(instance)
         if data is None:
             return
         cid = str(data["Id"])
-        running = self._state(data) in ON_STATES
+        running = self._containers.state(data) in ON_STATES
         if running:  # rm -f SIGKILLs it: a stop, not a crash, in the die event it causes
-            self._record_forced(data, persist=False)
+            self._containers.record_forced(data, persist=False)
         with self._engine.translate(f"remove the container of {_ident(instance)}"):
             try:
                 self._engine.api.remove_container(cid, force=True, v=True)
@@ -441,40 +358,29 @@ class DockerDriver(ComputeDriver):
                 if exc.status_code != 409 or "in progress" not in api_error_text(exc):
                     raise
         if not running or self._watcher is None:
-            self._forced.forget(cid)  # else the watcher forgets it at the destroy event
+            self._containers.forced.forget(cid)  # else the watcher forgets it at the destroy event
         LOG.info("docker: destroyed %s", _ident(instance))
 
     # -- power -----------------------------------------------------------------------------
 
-    def _state(self, data: dict[str, Any]) -> PowerState:
-        """PowerState from `docker inspect`, with the record of the driver's forced stops."""
-        state = data.get("State") or {}
-        forced = self._forced.matches(str(data.get("Id")), str(state.get("StartedAt") or ""))
-        return states.from_inspect(state, forced=forced)
-
-    def _record_forced(self, data: dict[str, Any], *, persist: bool = True) -> None:
-        """Before the driver SIGKILLs (or may SIGKILL) the current run of a container."""
-        started_at = str((data.get("State") or {}).get("StartedAt") or "")
-        self._forced.record(str(data["Id"]), started_at, persist=persist)
-
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
         timeout = power.check_timeout(timeout)
-        data = self._require(instance)
+        data = self._containers.require(instance)
         # docker's restart takes whole seconds; a soft reboot keeps at least one.
         grace = 0 if hard else math.ceil(power.reboot_grace(timeout, self._opts.reboot_timeout))
         with self._engine.translate("reboot the container", instance=_ident(instance)):
-            if self._state(data) is PowerState.PAUSED:
+            if self._containers.state(data) is PowerState.PAUSED:
                 self._engine.api.unpause(data["Id"])
-            self._record_forced(data)  # restart SIGKILLs after the grace
+            self._containers.record_forced(data)  # restart SIGKILLs after the grace
             self._engine.api.restart(data["Id"], timeout=grace)
 
     def power_off(
         self, *, instance: Instance, timeout: float = 60, retry_interval: float = 10
     ) -> PowerOffResult:
-        data = self._require(instance)
+        data = self._containers.require(instance)
         cid, ident = str(data["Id"]), _ident(instance)
         signal = (data.get("Config") or {}).get("StopSignal") or "SIGTERM"
-        paused = self._state(data) is PowerState.PAUSED
+        paused = self._containers.state(data) is PowerState.PAUSED
 
         def request_stop() -> None:
             nonlocal paused
@@ -486,7 +392,7 @@ class DockerDriver(ComputeDriver):
         with self._engine.translate("power off the container", instance=ident):
             result = power.graceful_power_off(
                 timeout=timeout, retry_interval=retry_interval,
-                is_off=lambda: self._state(data) not in ON_STATES,
+                is_off=lambda: self._containers.state(data) not in ON_STATES,
                 request_stop=request_stop,
                 wait_off=lambda seconds: self._wait_stopped(cid, seconds),
                 force_off=lambda: self._force_stop(data),
@@ -499,11 +405,11 @@ class DockerDriver(ComputeDriver):
         """SIGKILL the container (recorded as the driver's own stop first); False if it had
         stopped by itself meanwhile (its exit code is then its own)."""
         cid = str(data["Id"])
-        self._record_forced(data)
+        self._containers.record_forced(data)
         if self._signal(cid, "SIGKILL"):
             self._wait_stopped(cid, self._engine.timeout)
             return True
-        self._forced.forget(cid)
+        self._containers.forced.forget(cid)
         return False
 
     def _signal(self, cid: str, signal: str) -> bool:
@@ -540,9 +446,9 @@ class DockerDriver(ComputeDriver):
                  call: str) -> None:
         """The API call `call` ('start', 'pause' ...) on the container, unless the kit's
         guard `should` says it is a no-op in the container's state (or refuses it)."""
-        data = self._require(instance)
+        data = self._containers.require(instance)
         ident = _ident(instance)
-        if should(self._state(data), ident):
+        if should(self._containers.state(data), ident):
             with self._engine.translate(f"{call} the container", instance=ident):
                 getattr(self._engine.api, call)(data["Id"])
 
@@ -550,7 +456,7 @@ class DockerDriver(ComputeDriver):
 
     def snapshot(self, *, instance: Instance, name: str) -> ImageRef:
         repository, tag = spec.parse_image_name(name)
-        data = self._require(instance)
+        data = self._containers.require(instance)
         ident = _ident(instance)
         image_id = images.commit(
             self._engine, str(data["Id"]), repository, tag, ident=ident,
@@ -564,7 +470,7 @@ class DockerDriver(ComputeDriver):
     # -- guest -----------------------------------------------------------------------------
 
     def get_console_output(self, *, instance: Instance, max_bytes: int = 64 * 1024) -> str:
-        data = self._require(instance)
+        data = self._containers.require(instance)
         with self._engine.translate("read the log", instance=_ident(instance)):
             output = self._engine.api.logs(
                 data["Id"], stdout=True, stderr=True, tail=self._opts.console_tail_lines
@@ -575,7 +481,7 @@ class DockerDriver(ComputeDriver):
         target = guest.validate_guest_path(path)
         if not isinstance(contents, bytes | bytearray):
             raise InvalidRequest("file contents must be bytes")
-        data = self._require(instance)
+        data = self._containers.require(instance)
         ident = _ident(instance)
         api = self._engine.api
         with self._engine.translate(f"write {target}", instance=ident):
@@ -592,8 +498,8 @@ class DockerDriver(ComputeDriver):
 
     def set_admin_password(self, *, instance: Instance, password: str) -> None:
         guest.check_password(password)
-        data = self._require(instance)
-        if self._state(data) is not PowerState.RUNNING:
+        data = self._containers.require(instance)
+        if self._containers.state(data) is not PowerState.RUNNING:
             raise InstanceNotRunning(_ident(instance), "set_admin_password")
         guest.set_password(self._engine, str(data["Id"]), ident=_ident(instance),
                            user=guest.admin_user(instance), password=password)
@@ -613,12 +519,12 @@ class DockerDriver(ComputeDriver):
                 self._watcher = EventWatcher(
                     self._engine,
                     host=self._host,
-                    list_states=self._states,
+                    list_states=self._containers.states,
                     emit=self._dispatcher.push,
                     window=self._opts.event_window,
                     resync_interval=self._opts.resync_interval,
-                    exit_state=self._exit_state,
-                    removed=lambda cid: self._forced.forget(cid),
+                    exit_state=self._containers.exit_state,
+                    removed=lambda cid: self._containers.forced.forget(cid),
                 )
                 self._watcher.start()
 

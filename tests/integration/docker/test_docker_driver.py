@@ -318,7 +318,7 @@ def test_sigkill_not_sent_by_the_driver_reads_crashed(driver, spawn, docker_host
         assert wait_for(lambda: last(killed) == [Transition.CRASHED]), events
         assert wait_for(lambda: last(stubborn) == [Transition.STOPPED]), events
         # The resync reads the same truth as get_info (it inspects stopped containers).
-        resynced = driver._states()
+        resynced = driver._containers.states()
         assert resynced[killed.uuid] is PowerState.CRASHED
         assert resynced[stubborn.uuid] is PowerState.SHUTDOWN
         # A restarted compute service (new driver, same state_path) still knows its stop.
@@ -508,3 +508,35 @@ def test_spawn_with_admin_password(driver, spawn):
     salt = hashed.split("$")[2]
     again = exec_in(instance, "mkpasswd", "-m", "sha512", "-S", salt, stdin="Spawn-time-pw-1\n")
     assert again.strip() == hashed
+
+
+def test_a_reboot_is_not_reported_as_a_shutdown(docker_image, docker_host, tmp_path_factory):
+    """With the default stopped_event_delay, the die + start of a reboot (the driver's soft
+    and hard ones, and a `docker restart` from outside) is one STARTED each, never a
+    STOPPED; a real power-off still is one, once the delay has passed."""
+    from drivers.docker.options import STOPPED_EVENT_DELAY
+
+    driver = make_driver(tmp_path_factory, docker_host, event_window=1.0)
+    events = []
+    driver.register_event_listener(events.append)
+    instance = new_instance(docker_image, command=SLEEPER)
+    try:
+        assert driver.event_watcher.synced.wait(15)
+        driver.spawn(instance=instance, image=instance.image)
+
+        def mine():
+            return [e.transition for e in events if e.instance_uuid == instance.uuid]
+
+        assert wait_for(lambda: mine() == [Transition.STARTED], 10), events
+        driver.reboot(instance=instance, hard=False, timeout=5)
+        driver.reboot(instance=instance, hard=True)
+        docker_cli("restart", "-t", "1", instance.name)
+        assert wait_for(lambda: mine().count(Transition.STARTED) == 4, 15), mine()
+        time.sleep(STOPPED_EVENT_DELAY + 1)  # a held STOPPED would have been delivered
+        assert mine() == [Transition.STARTED] * 4
+        driver.power_off(instance=instance, timeout=5)
+        assert wait_for(lambda: mine()[-1:] == [Transition.STOPPED], STOPPED_EVENT_DELAY + 10)
+    finally:
+        driver.unregister_event_listener(events.append)
+        driver.destroy(instance=instance)
+        driver.cleanup_host(host=docker_host)

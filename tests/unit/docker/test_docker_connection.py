@@ -6,7 +6,7 @@ import pytest
 
 from virt.config import build_conf
 from virt.driver import load_driver, load_driver_class
-from virt.errors import ConfigError, HypervisorUnavailable
+from virt.errors import AccessDenied, ConfigError, HypervisorUnavailable, InvalidRequest
 from virt.model import Flavor, Instance, PowerState
 
 INSTANCE = Instance(uuid="6f1c2d3e-0000-4000-8000-000000000001", name="vk-nodaemon",
@@ -38,3 +38,53 @@ def test_bad_api_version_is_a_config_error(tmp_path, version, text):
     driver = driver_at(tmp_path, base_url=f"unix://{tmp_path}/absent.sock", api_version=version)
     with pytest.raises(ConfigError, match=text):
         driver.init_host(host="unit")
+
+
+def test_permission_denied_on_the_socket_is_access_denied_not_a_lost_connection(
+        tmp_path, monkeypatch):
+    # As root the test bed cannot be refused by the socket's mode: make connect() fail with
+    # EACCES as it does for a user outside the docker group (fault injection).
+    import errno
+    import socket
+
+    import docker.transport.unixconn as unixconn
+
+    class Refused(socket.socket):
+        def connect(self, _address):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(unixconn.socket, "socket", Refused)
+    driver = driver_at(tmp_path, base_url=f"unix://{tmp_path}/docker.sock", call_timeout=2.0)
+    with pytest.raises(AccessDenied) as err:
+        driver.init_host(host="unit")
+    assert not isinstance(err.value, HypervisorUnavailable)
+    assert f"{tmp_path}/docker.sock" in err.value.message and "permission denied" in str(err.value)
+    assert "docker group" in err.value.hint and "[docker] base_url" in err.value.hint
+    with pytest.raises(AccessDenied):
+        driver.list_instances()
+
+
+def test_hints_name_what_an_operator_does_not_the_test_bed(tmp_path):
+    driver = driver_at(tmp_path, base_url=f"unix://{tmp_path}/absent.sock", call_timeout=2.0)
+    with pytest.raises(HypervisorUnavailable) as err:
+        driver.list_instances()
+    assert "systemctl start docker" in err.value.hint
+    assert "testbed" not in str(err.value) and "scripts/" not in str(err.value)
+
+
+def test_old_stop_timeout_keeps_working_and_warns_once_naming_reboot_timeout(tmp_path, caplog):
+    path = tmp_path / "virtkit.conf"
+    path.write_text(f"[DEFAULT]\ncompute_driver = docker\nstate_path = {tmp_path}\n"
+                    "[docker]\nstop_timeout = 3\n")
+    conf = build_conf(path)
+    load_driver_class("docker").register_opts(conf)
+    assert conf.docker.reboot_timeout == 3
+    assert conf.docker.reboot_timeout == 3
+    warnings = [r.getMessage() for r in caplog.records if "stop_timeout" in r.getMessage()]
+    assert len(warnings) == 1 and "reboot_timeout" in warnings[0], warnings
+
+
+def test_negative_timeouts_are_invalid_requests(tmp_path):
+    driver = driver_at(tmp_path, base_url=f"unix://{tmp_path}/absent.sock", call_timeout=2.0)
+    with pytest.raises(InvalidRequest, match="timeout"):
+        driver.reboot(instance=INSTANCE, timeout=-1)

@@ -14,7 +14,14 @@ from drivers.docker import guest, images, spec
 from drivers.docker.connection import Engine
 from virt.config import build_conf
 from virt.driver import load_driver, load_driver_class
-from virt.errors import ImageError, ImageNotFound, VirtError
+from virt.errors import (
+    AccessDenied,
+    ImageError,
+    ImageNotFound,
+    InvalidRequest,
+    InvalidState,
+    VirtError,
+)
 from virt.model import Flavor, Instance
 
 HOST = "unit"
@@ -201,3 +208,31 @@ def test_exec_output_frames_are_demultiplexed():
     result = guest.exec_with_stdin(api, "c", ["chpasswd"], b"x\n", user="root", timeout=5)
     assert result == guest.ExecResult(0, "out err")
     assert guest.demux(frame(1, b"abc")[:-1]) == [(1, b"ab")]  # a cut frame keeps its part
+
+
+# -- what the daemon's refusals mean ----------------------------------------------------------
+
+
+def test_refusals_by_status_are_the_kit_error_kinds(daemon_socket, tmp_path):
+    """403 (an authorization plugin) is AccessDenied; a 409 'is not running' (the container
+    stopped between inspect and pause) InvalidState; anything else the daemon's words."""
+    routes = {
+        CONTAINER: inspect_answer,
+        ("GET", "/containers/json"): lambda _q, _b: (403, {"message": "authz plugin: denied"}),
+        ("POST", r"/containers/[^/]+/pause"): lambda _q, _b: (
+            409, {"message": "Container c0ffee is not running"}),
+        ("POST", r"/containers/[^/]+/restart"): lambda _q, _b: (
+            500, {"message": "cannot restart: disk full"}),
+    }
+    with FakeDockerd(daemon_socket, routes):
+        driver = driver_at(f"unix://{daemon_socket}", tmp_path)
+        with pytest.raises(AccessDenied, match="authz plugin: denied"):
+            driver.list_instances()
+        with pytest.raises(InvalidState, match="is not running") as err:
+            driver.pause(instance=INSTANCE)
+        assert INSTANCE.uuid in err.value.message
+        with pytest.raises(VirtError, match="dockerd said: cannot restart: disk full") as err:
+            driver.reboot(instance=INSTANCE, hard=True)
+        assert type(err.value) is VirtError
+        with pytest.raises(InvalidRequest, match="timeout"):
+            driver.power_off(instance=INSTANCE, timeout=-5)
