@@ -36,9 +36,10 @@ from tests.recovery_helpers import record_instances
 from virt.config import build_conf
 from virt.driver import load_driver
 from virt.model import ImageRef
-from virt.recovery import Recoverer, RecoveryOptions, register_opts
-from virt.recovery_journal import RecoveryJournal
-from virt.recovery_source import StoreSource
+from virt.recovery.engine import Recoverer
+from virt.recovery.journal import RecoveryJournal
+from virt.recovery.options import RecoveryOptions, register_opts
+from virt.recovery.sources import StoreSource
 from virt.store import Store
 
 SPAWN_MS, VOLUME_MS, VOLUMES = 50, 20, 2

@@ -17,9 +17,11 @@ from virt.model import (
     VolumeConnection,
     new_uuid,
 )
-from virt.recovery import Recoverer, RecoveryOptions, RecoveryReport, register_opts
-from virt.recovery_journal import RecoveryJournal
-from virt.recovery_source import InstanceSource, StoreSource
+from virt.recovery.engine import Recoverer
+from virt.recovery.journal import RecoveryJournal
+from virt.recovery.options import RecoveryOptions, register_opts
+from virt.recovery.report import RecoveryReport
+from virt.recovery.sources import InstanceSource, StoreSource
 from virt.store import Store
 
 FLAVOR = Flavor(name="m1.tiny", vcpus=1, memory_mb=64)

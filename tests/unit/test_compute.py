@@ -9,6 +9,7 @@ from tests.volumes import CHAP_CONNECTION_INFO as CONNECTION_INFO
 from tests.volumes import CHAP_SECRET
 from virt.compute import ComputeService
 from virt.driver import Capability
+from virt.driver.rollback import SpawnRollback
 from virt.errors import (
     InstanceExists,
     InstanceNotFound,
@@ -69,6 +70,36 @@ def test_failed_spawn_is_error_with_reason_and_nothing_on_the_hypervisor(conf):
         assert events(service, "bad-vm") == ["spawning", "spawn_failed"]
 
 
+class RollbackDriver(FakeDriver):
+    """Defines the guest, then fails; its spawn undoes what it made with the kit's rollback
+    stack, the one owner of a failed spawn's clean-up."""
+
+    def __init__(self, conf):
+        super().__init__(conf)
+        self.destroys = 0
+
+    def spawn(self, *, instance, image, **kwargs):
+        with SpawnRollback(f"{instance.name} ({instance.uuid})") as rollback:
+            super().spawn(instance=instance, image=image, **kwargs)
+            rollback.push("its guest", lambda: self.destroy(instance=instance))
+            raise RuntimeError("engine exploded after defining the guest")
+
+    def destroy(self, **kwargs):
+        self.destroys += 1
+        super().destroy(**kwargs)
+
+
+def test_failed_spawn_is_cleaned_up_by_the_drivers_rollback_alone(conf):
+    with ComputeService(conf, driver=RollbackDriver(conf)) as service:
+        with pytest.raises(RuntimeError):
+            boot(service, "rolled-back")
+        record = service.get("rolled-back")
+        assert record.vm_state == "error" and record.task_state is None
+        assert record.fault == "spawn: RuntimeError: engine exploded after defining the guest"
+        assert service.driver.list_instance_uuids() == []
+        assert service.driver.destroys == 1  # the rollback's; the service destroys nothing
+
+
 class LeakyDriver(FakeDriver):
     """Leaves its guest behind when spawn fails (what a buggy third-party driver does)."""
 
@@ -77,14 +108,17 @@ class LeakyDriver(FakeDriver):
         raise RuntimeError("engine exploded after defining the guest")
 
 
-def test_failed_spawn_of_a_leaky_driver_is_cleaned_up_by_the_service(conf):
+def test_failed_spawn_of_a_leaky_driver_is_recorded_as_left_behind(conf):
+    """The service is no second clean-up owner: it says what the driver left, and where."""
     with ComputeService(conf, driver=LeakyDriver(conf)) as service:
         with pytest.raises(RuntimeError):
             boot(service, "leaky")
         record = service.get("leaky")
-        assert record.vm_state == "error"
-        assert record.fault == "spawn: RuntimeError: engine exploded after defining the guest"
-        assert service.driver.list_instance_uuids() == []
+        assert record.vm_state == "error" and record.task_state is None
+        assert record.fault.startswith(
+            "spawn: RuntimeError: engine exploded after defining the guest; the fake driver "
+            "left the guest on the hypervisor: remove it by hand")
+        assert service.driver.list_instance_uuids() == [record.uuid]
 
 
 def test_lifecycle_keeps_states_and_events(service):
@@ -305,11 +339,13 @@ def test_a_volume_attached_elsewhere_is_refused_at_attach_and_boot(service):
     service.attach_volume("vm4", CONNECTION_INFO, "vdb")
 
 
-def test_ctrl_c_during_spawn_records_error_and_destroys(conf):
+def test_ctrl_c_during_spawn_records_error_and_leaves_nothing(conf):
     class InterruptedDriver(FakeDriver):
-        def spawn(self, **kwargs):
-            super().spawn(**kwargs)
-            raise KeyboardInterrupt  # the operator's Ctrl-C, mid-spawn
+        def spawn(self, *, instance, **kwargs):
+            with SpawnRollback(instance.name) as rollback:  # undoes on BaseException too
+                super().spawn(instance=instance, **kwargs)
+                rollback.push("its guest", lambda: self.destroy(instance=instance))
+                raise KeyboardInterrupt  # the operator's Ctrl-C, mid-spawn
 
     driver = InterruptedDriver(conf)
     with ComputeService(conf, driver=driver) as svc:

@@ -12,9 +12,9 @@ from tests.recovery_helpers import iscsi_info, record_instances, recover
 from virt.driver import load_driver
 from virt.errors import InvalidRequest, NotFenced
 from virt.model import PowerState
-from virt.recovery import Outcome
-from virt.recovery_journal import Claim, ClaimLost, ClaimState, Holder, RecoveryJournal
-from virt.recovery_source import StoreSource
+from virt.recovery.journal import Claim, ClaimLost, ClaimState, Holder, RecoveryJournal
+from virt.recovery.report import Outcome
+from virt.recovery.sources import StoreSource
 from virt.store import Store
 
 
@@ -275,7 +275,7 @@ def test_stale_claim_of_another_recoverer_is_taken_over_and_journaled(conf, stor
 
 
 def item_claim(store, uuid):
-    from virt.recovery_journal import claims
+    from virt.recovery.journal import claims
 
     with store.transaction() as conn:
         return conn.execute(claims.select().where(claims.c.instance_uuid == uuid)).one().claim_id
@@ -365,7 +365,7 @@ def test_journal_batches_entries_into_few_transactions(conf, store):
 
 def test_run_lock_refuses_a_second_run_of_the_same_host(tmp_path):
     from virt.errors import EXIT_USAGE
-    from virt.recovery_lock import RecoveryBusy, run_lock
+    from virt.recovery.lock import RecoveryBusy, run_lock
 
     with run_lock(tmp_path, "host-b") as path:
         assert path.read_text().strip() == str(os.getpid())
@@ -378,3 +378,78 @@ def test_run_lock_refuses_a_second_run_of_the_same_host(tmp_path):
             pass
     with run_lock(tmp_path, "host-b"):  # released with the first
         pass
+
+
+# -- the `recovering` task state: ComputeService refuses what a claim holds ------------------
+
+
+def host_b_service(conf, store):
+    from virt.compute import ComputeService
+
+    conf.set_override("host", "host-b")
+    return ComputeService(conf, store=store)
+
+
+def test_stop_is_refused_while_the_recovery_holds_the_claim_and_allowed_after(
+        conf, store, monkeypatch):
+    from drivers.fake.driver import FakeDriver
+    from virt.errors import InvalidState
+
+    (uuid,) = record_instances(store, "host-a", 1)
+    seen: list[tuple[str | None, str]] = []
+    real = FakeDriver.spawn
+    with host_b_service(conf, store) as service:
+        def spawn(self, **kwargs):  # a `virtkit stop` on host-b, mid-recovery
+            real(self, **kwargs)
+            try:
+                service.stop(uuid, timeout=0)
+                seen.append((store.get_instance(uuid).task_state, "stop went through"))
+            except InvalidState as exc:
+                seen.append((store.get_instance(uuid).task_state, str(exc)))
+
+        monkeypatch.setattr(FakeDriver, "spawn", spawn)
+        report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True)
+        assert report.exit_code == 0, report.instances[0].error
+        ((task, refusal),) = seen
+        assert task == "recovering"
+        assert refusal.startswith("cannot stop instance inst-0000: it is being recovered by "
+                                  "host host-b (wait for the recovery to finish")
+        record = store.get_instance(uuid)
+        assert (record.task_state, record.vm_state) == (None, "active")
+        stopped, _ = service.stop(uuid, timeout=0)  # the claim ended: allowed
+        assert (stopped.vm_state, stopped.task_state) == ("stopped", None)
+
+
+def test_a_claim_left_by_a_killed_run_refuses_stop_until_resumed(conf, store):
+    from virt.errors import InvalidState
+
+    (uuid,) = record_instances(store, "host-b", 1)
+    instance = source_instance(store, uuid)
+    fake_driver(conf, "host-b").spawn(instance=instance, image=instance.image)
+    journal = RecoveryJournal(store, host="host-b")
+    claim = journal.claim(uuid, "host-b", effect=lambda conn: StoreSource(store).begin_recovery(
+        uuid, host="host-b", conn=conn))  # what the engine's claim does; then it was killed
+    assert isinstance(claim, Claim)
+    with host_b_service(conf, store) as service:
+        with pytest.raises(InvalidState, match="being recovered by host host-b") as refused:
+            service.stop(uuid, timeout=0)
+        assert "run virtkit-recover again on host-b to resume it" in str(refused.value)
+        (item,) = recover(conf, store, "host-b", resume_local=True).instances
+        assert item.outcome == Outcome.RECOVERED and item.resumed  # running: nothing to do
+        assert store.get_instance(uuid).task_state is None
+        assert service.stop(uuid, timeout=0)[0].vm_state == "stopped"
+
+
+def test_a_released_or_failed_recovery_clears_the_mark(conf, store):
+    load_driver("fake", conf)  # registers [fake]
+    paused, failing = record_instances(store, "host-b", 2)
+    driver = fake_driver(conf, "host-b")
+    instance = source_instance(store, paused)
+    driver.spawn(instance=instance, image=instance.image)
+    driver.pause(instance=instance)  # resume-local leaves a paused domain alone: released
+    conf.set_override("fail_spawn_on_name_prefix", "inst-0001", group="fake")
+    report = recover(conf, store, "host-b", resume_local=True)
+    assert [i.outcome for i in report.instances] == [Outcome.RELEASED, Outcome.FAILED]
+    assert store.get_instance(paused).task_state is None
+    failed = store.get_instance(failing)
+    assert failed.task_state is None and failed.fault.startswith("recovery failed: ")

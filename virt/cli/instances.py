@@ -33,8 +33,9 @@ def _report(ctx: Context, verb: str, record: InstanceRecord) -> None:
     ctx.out.message(f"{verb} {_summary(record)}", json_value=record.as_dict())
 
 
-def read_connection_info(path: str) -> dict[str, Any]:
-    """A Nova connection_info JSON file, or a clear error naming the file."""
+def read_connection(path: str) -> VolumeConnection:
+    """A Nova connection_info JSON file, parsed (once) into the volume it describes, or a
+    clear error naming the file."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -47,8 +48,7 @@ def read_connection_info(path: str) -> dict[str, Any]:
         ) from None
     if not isinstance(info, dict):
         raise InvalidRequest(f"connection_info file {path} must hold a JSON object")
-    VolumeConnection.from_connection_info(info)  # validates the shape
-    return info
+    return VolumeConnection.from_connection_info(info)
 
 
 def _volume_spec(spec: str) -> BlockDevice:
@@ -57,10 +57,7 @@ def _volume_spec(spec: str) -> BlockDevice:
         raise InvalidRequest(
             f"--volume {spec!r} must be CONNINFO.json:MOUNTPOINT (e.g. vol.json:/dev/vdb)"
         )
-    connection = VolumeConnection.from_connection_info(read_connection_info(path))
-    if not mountpoint.startswith("/dev/"):
-        mountpoint = f"/dev/{mountpoint}"
-    return BlockDevice(connection=connection, mountpoint=mountpoint)
+    return BlockDevice(connection=read_connection(path), mountpoint=mountpoint)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -227,10 +224,10 @@ def cmd_console(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_volume_attach(ctx: Context, args: argparse.Namespace) -> int:
-    info = read_connection_info(args.connection_info)
+    connection = read_connection(args.connection_info)
     with ctx.out.progress(f"Attaching a volume to {args.instance} at {args.mountpoint}"):
         bdm = ctx.service.attach_volume(
-            args.instance, info, args.mountpoint, disk_bus=args.disk_bus,
+            args.instance, connection, args.mountpoint, disk_bus=args.disk_bus,
             delete_on_termination=args.delete_on_termination,
         )
     ctx.out.message(

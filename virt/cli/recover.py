@@ -25,7 +25,8 @@ from virt.errors import EXIT_FAILED, EXIT_USAGE, VirtError
 if TYPE_CHECKING:
     from oslo_config import cfg
 
-    from virt.recovery import InstanceReport, RecoveryOptions, RecoveryReport
+    from virt.recovery.options import RecoveryOptions
+    from virt.recovery.report import InstanceReport, RecoveryReport
 
 CONFIG_ENV = "VIRTKIT_CONFIG"
 
@@ -90,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `--help` and usage errors stay fast.
-    from virt.recovery import RecoveryOptions, register_opts, report_lines
-    from virt.recovery_lock import run_lock
+    from virt.recovery.lock import run_lock
+    from virt.recovery.options import RecoveryOptions, register_opts
+    from virt.recovery.report import report_lines
 
     conf = build_conf(args.config or os.environ.get(CONFIG_ENV) or None)
     register_opts(conf)
@@ -125,9 +127,9 @@ def _recover(conf: cfg.ConfigOpts, args: argparse.Namespace, host: str,
              options: RecoveryOptions) -> RecoveryReport:
     """Open the store, source and driver; run the recovery."""
     from virt.driver import load_driver
-    from virt.recovery import Recoverer
-    from virt.recovery_journal import RecoveryJournal
-    from virt.recovery_source import InstanceSource, NovaSource, StoreSource
+    from virt.recovery.engine import Recoverer
+    from virt.recovery.journal import RecoveryJournal
+    from virt.recovery.sources import InstanceSource, NovaSource, StoreSource
     from virt.store import Store
 
     store = Store.from_conf(conf)

@@ -1,39 +1,32 @@
-"""ComputeService: the configured driver plus the state store, and the record keeping
-around every driver call.
+"""ComputeService: the configured driver plus the state store, and the operations the CLI
+and embedders call (boot, delete, power, snapshot, console, volumes, password).
 
-Each operation finds the instance in the store, claims it by setting its task_state (a
-compare-and-swap, so two processes never run operations on one instance at once), calls the
-driver, then records the outcome: the power state the driver reports, the vm_state that
-follows from it, the task_state cleared, and an event. A failure is recorded as the
-instance's fault and raised unchanged.
+The record keeping around each driver call (task-state claim, outcome, fault, events) is
+`virt.compute.records.RecordKeeping`; the lifecycle rules it applies are `virt.lifecycle`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from oslo_config import cfg
 
+from virt.compute.records import RecordKeeping
 from virt.config import build_conf, configured_flavors, make_state_dir
 from virt.driver import Capability, ComputeDriver, load_driver
 from virt.errors import (
-    HypervisorUnavailable,
     InstanceExists,
-    InstanceNotFound,
     InstanceNotRunning,
     InvalidRequest,
-    InvalidState,
     UnsupportedOperation,
-    VirtError,
     VolumeNotFound,
 )
-from virt.events import LifecycleEvent, Transition
+from virt.lifecycle import SETTLED, vm_state_for
 from virt.model import (
     BlockDevice,
     Flavor,
@@ -53,34 +46,10 @@ LOG = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# What a lifecycle event says about the guest's power state.
-EVENT_POWER_STATE = {
-    Transition.STARTED: PowerState.RUNNING,
-    Transition.RESUMED: PowerState.RUNNING,
-    Transition.STOPPED: PowerState.SHUTDOWN,
-    Transition.PAUSED: PowerState.PAUSED,
-    Transition.SUSPENDED: PowerState.SUSPENDED,
-    Transition.CRASHED: PowerState.CRASHED,
-}
-
-# The vm_state an idle instance has when the engine reports this power state.
-POWER_VM_STATE = {
-    PowerState.RUNNING: VmState.ACTIVE,
-    PowerState.PAUSED: VmState.PAUSED,
-    PowerState.SUSPENDED: VmState.SUSPENDED,
-    PowerState.SHUTDOWN: VmState.STOPPED,
-    PowerState.CRASHED: VmState.ERROR,
-}
-
-_SETTLED = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
 _PASSWORD_STATES = (VmState.ACTIVE,)
 
 
-def _vm_state_for(power: PowerState, fallback: str) -> str:
-    return POWER_VM_STATE.get(power, fallback)
-
-
-class ComputeService:
+class ComputeService(RecordKeeping):
     """The operations the CLI and embedders call, on the configured driver and store."""
 
     def __init__(
@@ -156,33 +125,6 @@ class ComputeService:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def get(self, ref: str) -> InstanceRecord:
-        """The live instance named `ref` (or with uuid `ref`), on any host."""
-        return self.store.find_instance(ref)
-
-    def get_owned(self, ref: str, operation: str) -> InstanceRecord:
-        """The live instance `ref`, which must be on this host for `operation`.
-
-        Another host's instance is refused (InvalidState): this host's driver does not
-        have its guest, so acting on it would corrupt its record (or delete the record of
-        a guest that keeps running elsewhere).
-        """
-        return self._require_here(self.get(ref), operation)
-
-    def is_here(self, record: InstanceRecord) -> bool:
-        """Whether `record` belongs to this host (a record without a host counts as ours)."""
-        return not record.host or record.host == self.host
-
-    def _require_here(self, record: InstanceRecord, operation: str) -> InstanceRecord:
-        if not self.is_here(record):
-            raise InvalidState(
-                f"cannot {operation} instance {record.name}: it is on host '{record.host}', "
-                f"not this host '{self.host}'",
-                hint=f"run the command on {record.host}; if {record.host} is dead, move its "
-                "instances here with virtkit-recover",
-            )
-        return record
-
     def list_instances(self, *, all_hosts: bool = False) -> list[InstanceRecord]:
         """This host's instances, or every host's with `all_hosts`."""
         return self.store.list_instances(host=None if all_hosts else self.host)
@@ -205,8 +147,8 @@ class ComputeService:
         power = self._power_state(record.to_instance())
         if power is not PowerState.UNKNOWN and power is not record.power_state:
             values: dict[str, Any] = {"power_state": power}
-            if record.task_state is None and record.vm_state in _SETTLED:
-                values["vm_state"] = _vm_state_for(power, record.vm_state)
+            if record.task_state is None and record.vm_state in SETTLED:
+                values["vm_state"] = vm_state_for(power, record.vm_state)
             record = self.store.update_instance(
                 record.uuid, expected_task_state=record.task_state, **values
             )
@@ -228,7 +170,7 @@ class ComputeService:
         values: dict[str, Any] = {"task_state": None}
         if power is not PowerState.UNKNOWN:
             values["power_state"] = power
-        values["vm_state"] = vm_state or _vm_state_for(power, VmState.ERROR)
+        values["vm_state"] = vm_state or vm_state_for(power, VmState.ERROR)
         detail = f"task {record.task_state or '-'} cleared, was {record.vm_state}"
         with self.store.transaction() as conn:
             updated = self.store.update_instance(record.uuid, conn=conn, **values)
@@ -266,36 +208,15 @@ class ComputeService:
     ) -> InstanceRecord:
         """Record and spawn a new instance.
 
-        On failure the record is left in ERROR with the reason, and the driver is asked to
-        destroy whatever it may have created, so nothing stays on the hypervisor.
+        On failure the record is left in ERROR with the reason; the driver's spawn has
+        removed whatever it created (a failed spawn leaves nothing behind).
         """
         instance = Instance(
             uuid=new_uuid(), name=name, flavor=flavor, image=image, host=self.host,
             metadata=metadata or {},
         )
-        # Refusals before anything is recorded: no ERROR record for a request never tried.
-        for bdm in block_devices:
-            self._require_volume_support(bdm.connection)
-        volume_ids = [b.volume_id for b in block_devices if b.volume_id]
-        for volume_id in {v for v in volume_ids if volume_ids.count(v) > 1}:
-            raise InvalidRequest(f"volume {volume_id} is given twice")
-        mountpoints = [b.mountpoint for b in block_devices]
-        for mountpoint in {m for m in mountpoints if mountpoints.count(m) > 1}:
-            raise InvalidRequest(f"two volumes at {mountpoint}")
-        with self.store.transaction() as conn:
-            if self.store.list_instances(name=name, conn=conn):
-                raise InstanceExists(
-                    name, hint="choose another name or delete the existing instance")
-            for bdm in block_devices:
-                self._refuse_attached_elsewhere(bdm, instance.uuid, conn=conn)
-            self.store.create_instance(
-                instance, task_state=TaskState.SPAWNING, node=self.host, conn=conn
-            )
-            for bdm in block_devices:
-                self.store.add_block_device(instance.uuid, bdm, conn=conn)
-            for vif in vifs:
-                self.store.add_vif(instance.uuid, vif, conn=conn)
-            self.store.add_event(instance.uuid, "spawning", host=self.host, conn=conn)
+        self._check_boot_volumes(block_devices)
+        record = self._record_new(instance, block_devices, vifs)
         LOG.info("spawning %s (%s) on %s", name, instance.uuid, self.host)
         try:
             self.driver.spawn(
@@ -307,48 +228,54 @@ class ComputeService:
                 power_on=power_on,
             )
         except BaseException as exc:  # also Ctrl-C: never leave the record in spawning
-            self._fail_spawn(instance, block_devices, exc)
+            self._fail_spawn(record, instance, exc)
             raise
         power = self._power_state(instance)
         fallback = VmState.ACTIVE if power_on else VmState.STOPPED
         with self.store.transaction() as conn:
-            record = self.store.update_instance(
-                instance.uuid,
+            spawned = self.store.update_instance(
+                record.uuid,
                 expected_task_state=TaskState.SPAWNING,
-                vm_state=_vm_state_for(power, fallback),
+                vm_state=vm_state_for(power, fallback),
                 task_state=None,
                 power_state=power,
                 launched_at=utcnow(),
                 conn=conn,
             )
             self.store.add_event(
-                instance.uuid, "spawned", host=self.host, detail=power.value, conn=conn
+                record.uuid, "spawned", host=self.host, detail=power.value, conn=conn
             )
-        return record
+        return spawned
 
-    def _fail_spawn(
-        self, instance: Instance, block_devices: Sequence[BlockDevice], exc: BaseException
-    ) -> None:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
-        # The caller gets the exception; a warning here would say the same thing twice.
-        LOG.info("spawn of %s (%s) failed: %s", instance.name, instance.uuid, reason)
-        try:
-            self.driver.destroy(instance=instance, block_devices=block_devices)
-            if self.driver.instance_exists(instance=instance):
-                reason += "; the guest is still on the hypervisor after cleanup"
-        except BaseException as cleanup_exc:  # a second Ctrl-C must not skip the record
-            reason += f"; cleanup failed: {_reason(cleanup_exc)}"
-        try:
-            self.store.update_instance(
-                instance.uuid,
-                vm_state=VmState.ERROR,
-                task_state=None,
-                power_state=PowerState.NOSTATE,
-                fault=f"spawn: {reason}",
+    def _check_boot_volumes(self, block_devices: Sequence[BlockDevice]) -> None:
+        """Refusals before anything is recorded: no ERROR record for a request never tried."""
+        for bdm in block_devices:
+            self._require_volume_support(bdm.connection)
+        volume_ids = [b.volume_id for b in block_devices if b.volume_id]
+        for volume_id in {v for v in volume_ids if volume_ids.count(v) > 1}:
+            raise InvalidRequest(f"volume {volume_id} is given twice")
+        mountpoints = [b.mountpoint for b in block_devices]
+        for mountpoint in {m for m in mountpoints if mountpoints.count(m) > 1}:
+            raise InvalidRequest(f"two volumes at {mountpoint}")
+
+    def _record_new(self, instance: Instance, block_devices: Sequence[BlockDevice],
+                    vifs: Sequence[Vif]) -> InstanceRecord:
+        """Record the instance as spawning, with its volumes and VIFs, in one transaction."""
+        with self.store.transaction() as conn:
+            if self.store.list_instances(name=instance.name, conn=conn):
+                raise InstanceExists(
+                    instance.name, hint="choose another name or delete the existing instance")
+            for bdm in block_devices:
+                self._refuse_attached_elsewhere(bdm, instance.uuid, conn=conn)
+            record = self.store.create_instance(
+                instance, task_state=TaskState.SPAWNING, node=self.host, conn=conn
             )
-            self.store.add_event(instance.uuid, "spawn_failed", host=self.host, detail=reason)
-        except VirtError as store_exc:  # the spawn error matters more
-            LOG.error("could not record the failed spawn of %s: %s", instance.uuid, store_exc)
+            for bdm in block_devices:
+                self.store.add_block_device(record.uuid, bdm, conn=conn)
+            for vif in vifs:
+                self.store.add_vif(record.uuid, vif, conn=conn)
+            self.store.add_event(record.uuid, "spawning", host=self.host, conn=conn)
+        return record
 
     def delete(self, ref: str) -> InstanceRecord:
         """Destroy the guest and its disks, then soft-delete the record.
@@ -393,11 +320,11 @@ class ComputeService:
 
         return self._operate(
             ref, "stop", TaskState.POWERING_OFF,
-            (*_SETTLED, VmState.ERROR, VmState.RESCUED), call,
+            (*SETTLED, VmState.ERROR, VmState.RESCUED), call,
         )
 
     def reboot(self, ref: str, *, hard: bool = False) -> InstanceRecord:
-        states = (*_SETTLED, VmState.ERROR) if hard else (VmState.ACTIVE,)
+        states = (*SETTLED, VmState.ERROR) if hard else (VmState.ACTIVE,)
         task = TaskState.REBOOTING_HARD if hard else TaskState.REBOOTING
         return self._operate(
             ref, "reboot", task, states,
@@ -439,7 +366,7 @@ class ComputeService:
         if not name or not name.strip():
             raise InvalidRequest("snapshot name must not be empty")
         return self._operate(
-            ref, "snapshot", TaskState.IMAGE_SNAPSHOT, _SETTLED,
+            ref, "snapshot", TaskState.IMAGE_SNAPSHOT, SETTLED,
             lambda instance, _r: self.driver.snapshot(instance=instance, name=name),
             capability=Capability.SNAPSHOT,
             detail=lambda image: f"{name}: {image.ref}",
@@ -478,18 +405,20 @@ class ComputeService:
     def attach_volume(
         self,
         ref: str,
-        connection_info: Mapping[str, Any] | str,
+        connection_info: VolumeConnection | Mapping[str, Any] | str,
         mountpoint: str,
         *,
         disk_bus: str | None = None,
         delete_on_termination: bool = False,
     ) -> BlockDeviceRecord:
-        """Attach a volume given Nova's connection_info at `mountpoint` and record it."""
-        connection = VolumeConnection.from_connection_info(connection_info)
+        """Attach a volume at `mountpoint` (`/dev/vdb` or `vdb`) and record it; the volume is
+        a parsed VolumeConnection or Nova's connection_info (a mapping or its JSON text)."""
+        connection = (connection_info if isinstance(connection_info, VolumeConnection)
+                      else VolumeConnection.from_connection_info(connection_info))
         self._require_volume_support(connection)
         bdm = BlockDevice(
             connection=connection,
-            mountpoint=mountpoint if mountpoint.startswith("/dev/") else f"/dev/{mountpoint}",
+            mountpoint=mountpoint,
             disk_bus=disk_bus,
             delete_on_termination=delete_on_termination,
         )
@@ -574,138 +503,3 @@ class ComputeService:
         chap = str(connection.data.get("auth_method", "")).upper() == "CHAP"
         if chap and not self.driver.supports(Capability.VOLUME_ISCSI_CHAP):
             raise UnsupportedOperation(self.driver.name, "iSCSI volumes with CHAP")
-
-    # -- the record keeping ------------------------------------------------------------------
-
-    def _operate(
-        self,
-        ref: str,
-        operation: str,
-        task_state: TaskState,
-        allowed: Sequence[str],
-        call: Callable[[Instance, InstanceRecord], T],
-        *,
-        capability: Capability | None = None,
-        detail: Callable[[T], str] | None = None,
-    ) -> tuple[InstanceRecord, T]:
-        """Claim the instance with `task_state`, run `call`, record the outcome."""
-        record = self._admit(ref, operation, allowed, capability=capability)
-        record = self.store.update_instance(
-            record.uuid,
-            expected_task_state=None,
-            expected_vm_state=tuple(allowed),
-            task_state=task_state,
-        )
-        instance = record.to_instance()
-        try:
-            result = call(instance, record)
-        except InstanceNotFound as exc:
-            self._record_failure(record, operation, exc)
-            raise InstanceNotFound(
-                record.name,
-                hint="it is in the state store but the hypervisor has no such guest; "
-                "delete it, or recover it with virtkit-recover",
-            ) from exc
-        except Exception as exc:
-            self._record_failure(record, operation, exc)
-            raise
-        power = self._power_state(instance)
-        values: dict[str, Any] = {"task_state": None, "fault": None}
-        if power is not PowerState.UNKNOWN:
-            values["power_state"] = power
-            values["vm_state"] = _vm_state_for(power, record.vm_state)
-        text = detail(result) if detail is not None else None
-        with self.store.transaction() as conn:
-            updated = self.store.update_instance(record.uuid, conn=conn, **values)
-            self.store.add_event(record.uuid, operation.replace(" ", "_"), host=self.host,
-                                 detail=text, conn=conn)
-        return updated, result
-
-    def _admit(
-        self,
-        ref: str,
-        operation: str,
-        allowed: Sequence[str],
-        *,
-        capability: Capability | None = None,
-    ) -> InstanceRecord:
-        """The instance `ref`, if the driver can do `operation` and its vm_state allows it."""
-        if capability is not None and not self.driver.supports(capability):
-            raise UnsupportedOperation(self.driver.name, operation)
-        record = self.get_owned(ref, operation)
-        if record.vm_state not in allowed:
-            raise InvalidState(
-                f"cannot {operation} instance {record.name}: it is {record.vm_state}",
-                hint=f"{operation} needs it {' or '.join(str(s) for s in allowed)}",
-            )
-        return record
-
-    def _record_failure(
-        self,
-        record: InstanceRecord,
-        operation: str,
-        exc: BaseException,
-        *,
-        vm_state: str | None = None,
-    ) -> None:
-        reason = _reason(exc)
-        LOG.info("%s of %s (%s) failed: %s", operation, record.name, record.uuid, reason)
-        values: dict[str, Any] = {"task_state": None, "fault": f"{operation}: {reason}"}
-        power = self._power_state(record.to_instance())
-        if power is not PowerState.UNKNOWN:
-            values["power_state"] = power
-            if vm_state is None:
-                vm_state = _vm_state_for(power, record.vm_state)
-        if vm_state is not None:
-            values["vm_state"] = vm_state
-        try:
-            self.store.update_instance(record.uuid, **values)
-            self.store.add_event(record.uuid, f"{operation.replace(' ', '_')}_failed",
-                                 host=self.host, detail=reason)
-        except VirtError as store_exc:  # the original error matters more
-            LOG.error("could not record the failure of %s on %s: %s", operation, record.uuid,
-                      store_exc)
-
-    def _power_state(self, instance: Instance) -> PowerState:
-        """What the engine says now; NOSTATE if it has no such guest, UNKNOWN if unreachable."""
-        try:
-            return self.driver.get_info(instance=instance).state
-        except InstanceNotFound:
-            return PowerState.NOSTATE
-        except HypervisorUnavailable as exc:
-            LOG.warning("cannot read the power state of %s: %s", instance.uuid, exc)
-            return PowerState.UNKNOWN
-
-    def _on_event(self, event: LifecycleEvent) -> None:
-        """Driver lifecycle event → power state (and vm_state of an idle instance) + history."""
-        power = EVENT_POWER_STATE.get(event.transition)
-        with self.store.transaction() as conn:
-            try:
-                record = self.store.get_instance(event.instance_uuid, conn=conn)
-            except InstanceNotFound:
-                LOG.debug("event %s for unknown instance %s ignored", event.transition.value,
-                          event.instance_uuid)
-                return
-            values: dict[str, Any] = {}
-            if power is not None:
-                values["power_state"] = power
-                if record.task_state is None and record.vm_state in _SETTLED:
-                    values["vm_state"] = _vm_state_for(power, record.vm_state)
-            if values:
-                self.store.update_instance(record.uuid, conn=conn, **values)
-            self.store.add_event(
-                record.uuid,
-                event.transition.value,
-                host=self.host,
-                detail=f"lifecycle event seq {event.seq}",
-                timestamp=dt.datetime.fromtimestamp(event.timestamp, dt.UTC).replace(tzinfo=None),
-                conn=conn,
-            )
-
-
-def _reason(exc: BaseException) -> str:
-    """One line for a fault: the virtkit message, or the type and text of anything else."""
-    if isinstance(exc, VirtError):
-        return str(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

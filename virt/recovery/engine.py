@@ -1,14 +1,15 @@
 """Recover a failed host's instances here (or this host's own after a reboot).
 
-Per instance: claim → refresh volumes → re-home → remove a stale domain → spawn → attach →
-record the power state, each step journaled `started`/`done` so a killed run resumes where it
-stopped (a step found `started` but not `done` is undone first). The volumes, the image
-and (optionally) the root disk are checked before anything changes, so an instance that
-cannot be finished is released untouched. No step ever deletes an instance's disks; after a
-reboot (`--resume-local`) a shut-off domain still defined here is powered on, not rebuilt.
-`--dry-run` walks the same steps and only describes the ones that change something.
+Per instance: plan (`virt.recovery.plan`) -> claim -> execute the planned steps, each
+journaled `started`/`done` so a killed run resumes where it stopped (a step found `started`
+but not `done` is undone first, where it has an undo). The volumes, the image and
+(optionally) the root disk are checked before anything changes, so an instance that cannot
+be finished is released untouched. While the claim is held the instance's task_state is
+`recovering` (in the virtkit store), so `virtkit stop` and the like refuse it instead of
+racing the recovery; the claim's end clears it. `--dry-run` walks the same steps and only
+describes the ones that change something.
 
-Journal writes are batched (see `virt.recovery_journal`): one transaction before each step
+Journal writes are batched (see `virt.recovery.journal`): one transaction before each step
 that must be undone after a crash, one at the end. A claim held by another recoverer is
 watched; if its heartbeat stops for a whole lease it is taken over.
 """
@@ -16,190 +17,39 @@ watched; if its heartbeat stops for a whole lease it is taken over.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
 import threading
 import time
-import uuid as uuidlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
-from oslo_config import cfg
 
-from virt.config import register_group_opts
 from virt.driver import ComputeDriver
-from virt.errors import (
-    EXIT_FAILED,
-    EXIT_OK,
-    HypervisorUnavailable,
-    InstanceMoved,
-    InstanceNotFound,
-    InvalidRequest,
-    NotFenced,
-    VirtError,
-    VolumeError,
-    VolumeNotFound,
-)
-from virt.model import BlockDevice, Instance, PowerState, VolumeConnection
-from virt.recovery_fence import check_fenced
-from virt.recovery_journal import (
+from virt.errors import InstanceNotFound, InvalidRequest, NotFenced, VirtError
+from virt.lifecycle import fault_text
+from virt.model import BlockDevice
+from virt.recovery.fence import check_fenced
+from virt.recovery.journal import (
     Claim,
     ClaimLost,
     ClaimRefused,
     ClaimState,
-    Effect,
     Holder,
     RecoveryJournal,
 )
-from virt.recovery_source import ROOT_DEVICES, Candidate, InstanceSource, VolumeRef
-from virt.volume import connector_for, parse_iscsi_target
+from virt.recovery.options import RecoveryOptions
+from virt.recovery.plan import Planner, Release
+from virt.recovery.report import (
+    InstanceReport,
+    Outcome,
+    RecoveryReport,
+    VolumeReport,
+    describe_error,
+)
+from virt.recovery.sources import Candidate, InstanceSource
 
 LOG = logging.getLogger(__name__)
-
-RECOVERY_OPTS = [
-    cfg.StrOpt("fence_check_command", default="",
-               help="Command that says whether a failed host is fenced: run with the host "
-               "name as its last argument, exit 0 means fenced (powered off). Without it, "
-               "the host must be marked fenced in the store or --confirm-fenced given."),
-    cfg.IntOpt("fence_check_timeout", default=60, min=1,
-               help="Seconds the fence check command may take; slower means not fenced."),
-    cfg.StrOpt("volume_check", default="probe", choices=["probe", "none"],
-               help="probe: log in to each volume's target (CHAP included) and read its size "
-               "before recovering; none: trust the stored connection_info."),
-    cfg.FloatOpt("volume_timeout", default=15.0, min=1,
-                 help="Seconds a volume probe may take."),
-    cfg.IntOpt("parallel", default=4, min=1, max=64,
-               help="Instances recovered at once."),
-    cfg.IntOpt("claim_lease_seconds", default=60, min=0,
-               help="A recoverer renews its claims every lease/4 seconds. A claim of another "
-               "recoverer that stays unrenewed for this long (watched on this host's clock) "
-               "is taken over; its host must be fenced if it had got as far as spawning. "
-               "Longer than any single spawn or attach can take. 0: never take over."),
-    cfg.BoolOpt("require_instance_disk", default=False,
-                help="Instance disks live on storage shared with the failed host: an instance "
-                "booted from an image whose root disk is not found here is left unclaimed, "
-                "named in the report (--rebuild-missing-disks rebuilds it from the image). "
-                "Needs a driver that can say where a root disk is (libvirt)."),
-    cfg.StrOpt("nova_image_dir", default="",
-               help="With --nova-db: where the images of Nova's instances are, by Glance id: "
-               "Nova's image cache (<instances_path>/_base, files named sha1(image id)) or "
-               "files named by the id. Empty: image_ref goes to the driver as it is."),
-    cfg.BoolOpt("shared_storage", default=False, deprecated_for_removal=True,
-                deprecated_reason="recovery never removes an instance's disks any more; "
-                "the option has no effect",
-                help="Ignored: a stale or half-spawned domain is always removed keeping its "
-                "disks, and spawn reuses a valid existing root disk."),
-]
-
-
-def register_opts(conf: cfg.ConfigOpts) -> None:
-    register_group_opts(conf, "recovery", RECOVERY_OPTS)
-
-
-class Outcome:
-    RECOVERED = "recovered"
-    PLANNED = "planned"
-    SKIPPED = "skipped"
-    RELEASED = "released"
-    FAILED = "failed"
-
-
-@dataclass
-class VolumeReport:
-    volume_id: str | None
-    mountpoint: str
-    status: str = "pending"
-    size_bytes: int | None = None
-    path: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class InstanceReport:
-    uuid: str
-    name: str
-    outcome: str = Outcome.PLANNED
-    duration_s: float = 0.0
-    power_state: str | None = None
-    volumes: list[VolumeReport] = field(default_factory=list)
-    steps: list[str] = field(default_factory=list)
-    error: str | None = None
-    resumed: bool = False
-    disk: str | None = None  # its root disk here, when checked: "present|missing|rebuilt PATH"
-
-
-@dataclass
-class RecoveryReport:
-    run_id: str
-    mode: str
-    failed_host: str | None
-    target_host: str
-    source: str
-    dry_run: bool
-    fenced: str | None = None
-    instances: list[InstanceReport] = field(default_factory=list)
-    duration_s: float = 0.0
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.instances:
-            counts[item.outcome] = counts.get(item.outcome, 0) + 1
-        return counts
-
-    @property
-    def exit_code(self) -> int:
-        bad = (Outcome.FAILED, Outcome.RELEASED)
-        return EXIT_FAILED if any(i.outcome in bad for i in self.instances) else EXIT_OK
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["summary"] = self.counts()
-        data["exit_code"] = self.exit_code
-        return data
-
-
-@dataclass(frozen=True)
-class RecoveryOptions:
-    failed_host: str | None = None
-    instances: tuple[str, ...] = ()
-    resume_local: bool = False
-    dry_run: bool = False
-    parallel: int = 4
-    confirm_fenced: bool = False
-    allow_missing_volumes: bool = False
-    volume_check: str = "probe"
-    volume_timeout: float = 15.0
-    fence_command: str = ""
-    fence_timeout: float = 60.0
-    claim_lease: float = 60.0
-    require_instance_disk: bool = False
-    rebuild_missing_disks: bool = False
-
-
-@dataclass
-class _Step:
-    """One journaled action. `run` does it, `undo` cleans up a half-done attempt.
-
-    `run` may hand back a store write, committed together with the step's `done` entry.
-    """
-
-    name: str
-    describe: str
-    run: Callable[[], Effect | None]
-    undo: Callable[[], None] | None = None
-    always: bool = False  # read-only or idempotent: run again even when journaled done
-    #: Journaled durably on both sides: `started` committed before it runs (a crash leaves
-    #: it to undo, even for a recoverer taking the claim over) and `done` right after (a
-    #: crash after it does not redo it). For the spawn: undoing or redoing it costs a boot.
-    durable: bool = False
-
-
-class _Release(Exception):
-    """Stop this instance before anything changed, giving its claim back."""
 
 
 class Recoverer:
@@ -242,6 +92,9 @@ class Recoverer:
         self._lock = threading.Lock()
         self._contested: dict[str, Holder | None] = {}  # refused for now: watch, maybe take over
         self._joined = source.joins(journal.store)
+        self.planner = Planner(driver=driver, source=source, host=host, node=self.node,
+                               source_host=self.source_host, options=options,
+                               joined=self._joined)
 
     @property
     def source_host(self) -> str:
@@ -382,9 +235,7 @@ class Recoverer:
             else:
                 if take_over is not None:
                     self._check_takeover(take_over)
-                taken = self.journal.claim(candidate.uuid, self.source_host,
-                                           renew_done=self.options.resume_local,
-                                           take_over=take_over)
+                taken = self._claim(candidate, take_over)
                 if isinstance(taken, ClaimRefused):
                     item.outcome = Outcome.SKIPPED
                     item.error = taken.reason
@@ -396,22 +247,25 @@ class Recoverer:
                 item.resumed = claim.resumed
                 if claim.taken_over_from:
                     item.steps.append(f"took the claim over from {claim.taken_over_from}")
-                self._execute(candidate, claim, item)
+                recorded = self._execute(candidate, claim, item)
                 item.outcome = Outcome.RECOVERED
                 self.journal.note(claim, "recovered", "done", item.power_state)
-                self.journal.finish(claim, ClaimState.DONE)
-        except _Release as why:
+                self.journal.finish(claim, ClaimState.DONE, effect=None if recorded else (
+                    self.planner.write(lambda conn: self.source.end_recovery(
+                        candidate.uuid, conn=conn))))
+        except Release as why:
             item.outcome, item.error = Outcome.RELEASED, str(why)
             if claim is not None:
-                self.journal.release(claim, str(why))
+                self.journal.release(claim, str(why), effect=self.planner.write(
+                    lambda conn: self.source.end_recovery(candidate.uuid, conn=conn)))
         except ClaimLost as lost:
             item.outcome, item.error = Outcome.FAILED, str(lost)
             LOG.warning("recovery of %s stopped: %s", candidate.uuid, lost)
         except Exception as exc:  # one instance's failure never stops the run
-            item.outcome, item.error = Outcome.FAILED, _describe(exc)
+            item.outcome, item.error = Outcome.FAILED, describe_error(exc)
             LOG.warning("recovery of %s failed: %s", candidate.uuid, item.error)
             if claim is not None:
-                self._record_failure(candidate, claim, item.error)
+                self._record_failure(candidate, claim, exc)
         finally:
             item.duration_s = round(time.monotonic() - started, 3)
         return item
@@ -426,28 +280,46 @@ class Recoverer:
             check_fenced(holder.target_host, command=self.options.fence_command,
                          timeout=self.options.fence_timeout, host_status=self.host_status)
         except NotFenced as exc:
-            raise _Release(
+            raise Release(
                 f"claimed by {holder.actor}, whose lease expired after it started spawning "
                 f"on {holder.target_host}; not taken over: {exc}") from None
 
-    def _record_failure(self, candidate: Candidate, claim: Claim, error: str) -> None:
+    def _claim(self, candidate: Candidate, take_over: Holder | None) -> Claim | ClaimRefused:
+        """Claim the instance; the claim's transaction marks it `recovering` in the source
+        (when the source is the journal's store; otherwise right after)."""
+        def mark(conn: sa.Connection | None) -> None:
+            self.source.begin_recovery(candidate.uuid, host=self.host, conn=conn)
+
+        taken = self.journal.claim(candidate.uuid, self.source_host,
+                                   renew_done=self.options.resume_local, take_over=take_over,
+                                   effect=mark if self._joined else None)
+        if isinstance(taken, Claim) and not self._joined:
+            mark(None)
+        return taken
+
+    def _record_failure(self, candidate: Candidate, claim: Claim, exc: Exception) -> None:
+        """End the claim as failed and record the fault (which clears `recovering`)."""
         try:
-            self.journal.finish(claim, ClaimState.FAILED, error)
-            self.source.record_result(candidate.uuid, power_state=None, running=False,
-                                      fault=f"recovery failed: {error}")
-        except ClaimLost as exc:
-            LOG.warning("not recording the failure of %s: %s", candidate.uuid, exc)
-        except Exception as exc:  # the report still carries the original error
-            LOG.warning("could not record the failure of %s: %s", candidate.uuid, _describe(exc))
+            self.journal.finish(claim, ClaimState.FAILED, describe_error(exc))
+            self.source.record_result(candidate.uuid, power_state=None,
+                                      fault=fault_text("recovery failed", exc))
+        except ClaimLost as lost:
+            LOG.warning("not recording the failure of %s: %s", candidate.uuid, lost)
+        except Exception as other:  # the report still carries the original error
+            LOG.warning("could not record the failure of %s: %s", candidate.uuid,
+                        describe_error(other))
 
     # -- the steps --------------------------------------------------------------------------
 
-    def _execute(self, candidate: Candidate, claim: Claim | None, item: InstanceReport) -> None:
+    def _execute(self, candidate: Candidate, claim: Claim | None, item: InstanceReport) -> bool:
+        """Run the planned steps, journaled; True if this run recorded the outcome in the
+        source (which ends the `recovering` mark)."""
         instance = candidate.instance(self.host)
         done = claim.steps if claim else {}
         devices: list[BlockDevice] = []
-        steps = self._plan(candidate, instance, devices, item, done)
+        steps = self.planner.plan(candidate, instance, devices, item, done)
         spawned_here = False  # the domain here is this run's: no earlier attach is on it
+        recorded = False
         for step in steps:
             status = done.get(step.name)
             if self.options.dry_run:
@@ -456,7 +328,7 @@ class Recoverer:
                     step.run()
                 continue
             assert claim is not None
-            if status == "done" and not step.always:
+            if status == "done" and not (step.always or step.rerun):
                 item.steps.append(f"{step.describe} (done in an earlier run)")
                 continue
             if step.undo and (status in ("started", "failed") or (
@@ -473,291 +345,15 @@ class Recoverer:
                 self.journal.note(claim, step.name, "started")
             try:
                 effect = step.run()
-            except _Release:
+            except Release:
                 raise
             except Exception as exc:
-                self.journal.note(claim, step.name, "failed", _describe(exc))
+                self.journal.note(claim, step.name, "failed", describe_error(exc))
                 raise
             self.journal.note(claim, step.name, "done", effect=effect)
             if step.durable:
                 self.journal.flush(claim)
             item.steps.append(step.describe)
             spawned_here = spawned_here or step.name == "spawn"
-
-    def _plan(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
-              item: InstanceReport, done: Mapping[str, str]) -> list[_Step]:
-        """The steps for this instance: after a reboot, a domain still defined here is
-        started as it is (its disks untouched); otherwise it is spawned."""
-        if not self.options.resume_local or "spawn" in done:
-            return self._spawn_steps(candidate, instance, devices, item, done)
-        state = self._local_state(instance)
-        if state is None:
-            return self._spawn_steps(candidate, instance, devices, item, done)
-        if state is PowerState.RUNNING or not candidate.should_run:
-            item.steps.append(f"defined here and {state.value}, as recorded: nothing to do")
-            item.power_state = state.value
-            return []
-        if state not in (PowerState.SHUTDOWN, PowerState.CRASHED):
-            raise _Release(f"its domain here is {state.value}: left as it is (unpause or "
-                           "resume it, or power it off, then run again)")
-        return self._power_on_steps(candidate, instance, devices, item)
-
-    def _refresh_step(self, candidate: Candidate, devices: list[BlockDevice],
-                      item: InstanceReport) -> _Step:
-        def refresh() -> Effect | None:
-            found, writes = self._refresh_volumes(candidate, item)
-            devices.extend(found)
-            return self._write(*writes) if writes else None
-
-        return _Step("volumes", f"refresh {len(candidate.volumes)} volume connection(s)",
-                     refresh, always=True)
-
-    def _power_on_steps(self, candidate: Candidate, instance: Instance,
-                        devices: list[BlockDevice], item: InstanceReport) -> list[_Step]:
-        """Start the shut-off domain defined here (like Nova's resume_state_on_host_boot),
-        each volume put back in its definition with the refreshed connection first."""
-        steps = [self._refresh_step(candidate, devices, item)]
-        steps += [self._reattach_step(instance, volume, devices) for volume in candidate.volumes]
-        steps.append(_Step("power-on", "power on its existing domain (disks kept)",
-                           lambda: self.driver.power_on(instance=instance,
-                                                        block_devices=list(devices))))
-        steps.append(_Step("power", "record the power state",
-                           lambda: self._record_power(candidate, instance, item)))
-        return steps
-
-    def _reattach_step(self, instance: Instance, volume: VolumeRef,
-                       devices: list[BlockDevice]) -> _Step:
-        """Detach the volume from the stopped domain's definition if it is there, then attach
-        it with the refreshed connection: there exactly once, never with stale details.
-        Idempotent, so a crash needs no undo. A volume missing (and allowed to be) is only
-        detached: the domain would not start with it."""
-        def reattach() -> None:
-            bdm = next((d for d in devices if d.device_name == volume.device), None)
-            stored = bdm or _stored_device(volume)
-            if stored is not None:
-                try:
-                    self.driver.detach_volume(instance=instance, block_device=stored)
-                except VolumeNotFound:
-                    pass
-            if bdm is not None:
-                self.driver.attach_volume(instance=instance, block_device=bdm)
-
-        return _Step(f"reattach:{volume.device}",
-                     f"re-attach volume at {volume.mountpoint} to the stopped domain", reattach)
-
-    def _spawn_steps(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
-                     item: InstanceReport, done: Mapping[str, str]) -> list[_Step]:
-        if done.get("spawn") != "done":  # nothing changes for one that cannot be spawned
-            problem = candidate.problem or (
-                None if candidate.image else "it has no image to spawn from")
-            if problem:
-                raise _Release(f"{problem} (left unclaimed)")
-        at_spawn, hot = self._split_volumes(candidate)
-        steps = [self._refresh_step(candidate, devices, item)]
-        if self.options.require_instance_disk and candidate.image is not None and not at_spawn:
-            steps.insert(0, _Step("disk", "check its root disk is here",
-                                  lambda: self._check_disk(instance, item), always=True))
-        if not self.options.resume_local:
-            steps.append(_Step("rehome", f"re-home to {self.host}",
-                               lambda: self._rehome(candidate)))
-        steps.append(_Step("remove-stale", "remove any stale domain of it here",
-                           lambda: self._remove_domain(instance)))
-
-        def spawn() -> None:
-            names = {d.device_name for d in devices}
-            boot = [d for d in devices if d.device_name in {v.device for v in at_spawn}]
-            LOG.debug("spawning %s with %s", instance.uuid, sorted(names))
-            image = candidate.image
-            if image is None:
-                raise InvalidRequest(f"instance {candidate.uuid} has no image to spawn from")
-            self.driver.spawn(instance=instance, image=image, block_devices=boot,
-                              power_on=candidate.should_run)
-
-        power = "running" if candidate.should_run else "stopped"
-        steps.append(_Step("spawn", f"spawn ({power}) with {len(at_spawn)} volume(s) at boot",
-                           spawn, undo=lambda: self._remove_domain(instance), durable=True))
-        for volume in hot:
-            steps.append(self._attach_step(instance, volume, devices))
-        steps.append(_Step("power", "record the power state",
-                           lambda: self._record_power(candidate, instance, item)))
-        return steps
-
-    def _check_disk(self, instance: Instance, item: InstanceReport) -> None:
-        """Release an instance whose root disk should be on shared storage and is not
-        (a wrong mount, a deleted directory), unless the operator allows rebuilding it."""
-        path = self.driver.instance_disk_path(instance=instance)
-        if path is None:  # refused at construction: the driver keeps no disk file
-            return
-        if os.path.exists(path):
-            item.disk = f"present {path}"
-            return
-        if not self.options.rebuild_missing_disks:
-            item.disk = f"missing {path}"
-            raise _Release(f"its root disk {path} is missing (is the shared instance storage "
-                           "mounted here?); left unclaimed; --rebuild-missing-disks rebuilds "
-                           "it from its image, losing what was on it")
-        item.disk = f"rebuilt {path}"
-        item.steps.append(f"root disk {path} missing: rebuilt from the image "
-                          "(--rebuild-missing-disks)")
-
-    def _split_volumes(self, candidate: Candidate) -> tuple[list[VolumeRef], list[VolumeRef]]:
-        """Volumes given to spawn (all for a stopped instance; the root one) and hot-attached."""
-        if not candidate.should_run:
-            return list(candidate.volumes), []
-        at_spawn = [v for v in candidate.volumes if v.device in ROOT_DEVICES]
-        return at_spawn, [v for v in candidate.volumes if v.device not in ROOT_DEVICES]
-
-    def _attach_step(self, instance: Instance, volume: VolumeRef,
-                     devices: list[BlockDevice]) -> _Step:
-        def device() -> BlockDevice | None:
-            return next((d for d in devices if d.device_name == volume.device), None)
-
-        def attach() -> None:
-            bdm = device()
-            if bdm is not None:  # None: missing and allowed to be
-                self.driver.attach_volume(instance=instance, block_device=bdm)
-
-        def undo() -> None:
-            bdm = device()
-            if bdm is None:
-                return
-            try:
-                self.driver.detach_volume(instance=instance, block_device=bdm)
-            except (VolumeError, InstanceNotFound) as exc:
-                LOG.debug("undo attach of %s: %s", volume.device, exc)
-
-        return _Step(f"attach:{volume.device}", f"attach volume at {volume.mountpoint}",
-                     attach, undo=undo)
-
-    def _rehome(self, candidate: Candidate) -> Effect | None:
-        def write(conn: sa.Connection | None) -> None:
-            self.source.rehome(candidate.uuid, host=self.host, node=self.node,
-                               from_host=self.source_host, conn=conn)
-
-        try:
-            return self._write(write)
-        except InstanceMoved as moved:  # before anything changed here
-            raise _Release(moved.message) from None
-
-    def _write(self, *writes: Callable[[sa.Connection | None], None]) -> Effect | None:
-        """Source writes: handed back to commit with the journal when the source is the
-        journal's store, else done now (a Nova database is another database)."""
-        if not self._joined:
-            for write in writes:
-                write(None)
-            return None
-
-        def joined(conn: sa.Connection) -> None:
-            for write in writes:
-                write(conn)
-
-        return joined
-
-    def _refresh_volumes(self, candidate: Candidate, item: InstanceReport
-                         ) -> tuple[list[BlockDevice], list[Callable[[sa.Connection | None], None]]]:
-        """Check every volume from this host (re-login with CHAP); missing ones release.
-
-        Returns the devices and the source writes that refresh their connection_info.
-        """
-        devices: list[BlockDevice] = []
-        writes: list[Callable[[sa.Connection | None], None]] = []
-        problems: list[str] = []
-        for volume, vreport in zip(candidate.volumes, item.volumes, strict=True):
-            try:
-                conn = VolumeConnection.from_connection_info(dict(volume.connection_info))
-                connector = connector_for(conn)
-                if conn.driver_volume_type.lower() == "iscsi":
-                    parse_iscsi_target(conn)  # malformed connection_info fails even unprobed
-                if self.options.volume_check == "probe":
-                    found = connector.probe(conn, timeout=self.options.volume_timeout)
-                    vreport.size_bytes, vreport.path = found.size_bytes, found.path
-                if not self.options.dry_run:
-                    writes.append(functools.partial(
-                        self._refresh_write, candidate.uuid, volume, conn.to_connection_info()))
-                devices.append(BlockDevice(connection=conn, mountpoint=volume.mountpoint,
-                                           volume_id=volume.volume_id, disk_bus=volume.disk_bus))
-                vreport.status = "reachable"
-            except VirtError as exc:
-                vreport.status, vreport.error = "missing", str(exc)
-                problems.append(f"volume {volume.volume_id or volume.mountpoint}: {exc}")
-        if problems and not self.options.allow_missing_volumes:
-            raise _Release("; ".join(problems) + " (left unclaimed; --allow-missing-volumes "
-                           "recovers it without them)")
-        return devices, writes
-
-    def _refresh_write(self, uuid: str, volume: VolumeRef, info: dict[str, Any],
-                       db: sa.Connection | None) -> None:
-        self.source.refresh_volume(uuid, volume, info, conn=db)
-
-    def _remove_domain(self, instance: Instance) -> None:
-        """Destroy a domain of this instance here, never its disks: they may be the only
-        copy of its data (shared storage, or this host's own after a reboot). The spawn
-        that follows reuses a valid root disk it finds."""
-        if self.driver.instance_exists(instance=instance):
-            self.driver.destroy(instance=instance, destroy_disks=False)
-
-    def _local_state(self, instance: Instance) -> PowerState | None:
-        """The power state of its domain here, None if there is none."""
-        if not self.driver.instance_exists(instance=instance):
-            return None
-        state = self.driver.get_info(instance=instance).state
-        if state is PowerState.UNKNOWN:
-            raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown")
-        return state
-
-    def _record_power(self, candidate: Candidate, instance: Instance,
-                      item: InstanceReport) -> Effect | None:
-        state = self.driver.get_info(instance=instance).state
-        if state is PowerState.UNKNOWN:
-            raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown after spawn")
-        item.power_state = state.value
-        for vreport in item.volumes:
-            if vreport.status == "reachable":
-                vreport.status = "attached"
-        return self._write(lambda conn: self.source.record_result(
-            candidate.uuid, power_state=state, running=state is PowerState.RUNNING, conn=conn))
-
-
-def _stored_device(volume: VolumeRef) -> BlockDevice | None:
-    """The volume as the source records it (to detach it), None if that is unusable."""
-    try:
-        conn = VolumeConnection.from_connection_info(dict(volume.connection_info))
-    except VirtError:
-        return None
-    return BlockDevice(connection=conn, mountpoint=volume.mountpoint,
-                       volume_id=volume.volume_id, disk_bus=volume.disk_bus)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, VirtError):
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def new_run_id() -> str:
-    return str(uuidlib.uuid4())
-
-
-def report_lines(report: RecoveryReport) -> Sequence[str]:
-    """The report as lines for people."""
-    title = "plan" if report.dry_run else "recovery"
-    lines = [f"{title} {report.mode}: {report.failed_host or report.target_host} -> "
-             f"{report.target_host} ({report.source})"]
-    if report.fenced:
-        lines.append(f"fencing: {report.fenced}")
-    for item in report.instances:
-        extra = f" [{item.power_state}]" if item.power_state else ""
-        lines.append(f"  {item.outcome:<9} {item.name} {item.uuid}{extra} {item.duration_s:.2f}s")
-        if report.dry_run or item.outcome == Outcome.FAILED:
-            lines.extend(f"      - {step}" for step in item.steps)
-        if item.disk:
-            lines.append(f"      root disk {item.disk}")
-        for vol in item.volumes:
-            size = f" {vol.size_bytes} bytes" if vol.size_bytes is not None else ""
-            err = f": {vol.error}" if vol.error else ""
-            lines.append(f"      volume {vol.mountpoint} {vol.status}{size}{err}")
-        if item.error:
-            lines.append(f"      error: {item.error}")
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts().items())) or "nothing to do"
-    lines.append(f"{len(report.instances)} instance(s): {counts} in {report.duration_s:.2f}s")
-    return lines
+            recorded = recorded or step.name == "power"
+        return recorded

@@ -154,44 +154,54 @@ class RecoveryJournal:
     # -- claims -----------------------------------------------------------------------------
 
     def claim(self, instance_uuid: str, source_host: str, *, renew_done: bool = False,
-              take_over: Holder | None = None) -> Claim | ClaimRefused:
+              take_over: Holder | None = None,
+              effect: Effect | None = None) -> Claim | ClaimRefused:
         """Take (or resume) the claim on an instance; refuse if another recoverer has it.
 
         `renew_done` starts a new claim over a finished one of this host (resume-local runs
         after every reboot). `take_over` replaces another recoverer's claim, but only if it
-        is still exactly as the caller saw it go stale.
+        is still exactly as the caller saw it go stale. `effect` (a store write, e.g. the
+        instance's task state) commits in the same transaction if the claim is taken.
         """
         with self.store.kept_transaction() as conn:
-            if take_over is None and conn.dialect.name in _INSERT_CLAIM_UNLESS_ANY:
-                # The usual case, an instance never claimed: one statement. A row already
-                # there (or being inserted) makes it a no-op, and the checks below decide.
-                claim = self._new_claim(conn, instance_uuid, source_host, replace=False)
-                if isinstance(claim, Claim):
-                    return claim
-            row = conn.execute(_LOCK_CLAIM_ROW, {"b_uuid": instance_uuid}).mappings().first()
-            if row is None and _exists(conn, instance_uuid):
-                return ClaimRefused("another recoverer is claiming it right now", busy=True)
-            if row is not None and take_over is not None:
-                return self._take_over(conn, row, take_over)
-            if row is not None and row["source_host"] == source_host:
-                if row["target_host"] != self.host and row["state"] != ClaimState.FAILED:
-                    done = row["state"] == ClaimState.DONE
-                    return ClaimRefused(
-                        f"claimed by {row['actor']} (run {row['run_id']})", already_done=done,
-                        holder=None if done else Holder.of(row))
-                if (row["target_host"] == self.host and row["state"] == ClaimState.DONE
-                        and not renew_done):
-                    return ClaimRefused("already recovered here", already_done=True)
-                if row["target_host"] == self.host and row["state"] != ClaimState.DONE:
-                    conn.execute(claims.update().where(claims.c.instance_uuid == instance_uuid)
-                                 .values(state=ClaimState.CLAIMED, run_id=self.run_id,
-                                         actor=self.actor, reason=None, updated_at=utcnow()))
-                    return Claim(instance_uuid, row["claim_id"], source_host, self.host,
-                                 ClaimState.CLAIMED, self.run_id, self.actor, resumed=True,
-                                 steps=_steps(conn, row["claim_id"]))
-            # New claim; an old row (an earlier recovery from another host, or a failed
-            # attempt by another host) is replaced.
-            return self._new_claim(conn, instance_uuid, source_host, replace=row is not None)
+            taken = self._claim(conn, instance_uuid, source_host, renew_done, take_over)
+            if effect is not None and isinstance(taken, Claim):
+                effect(conn)
+            return taken
+
+    def _claim(self, conn: sa.Connection, instance_uuid: str, source_host: str,
+               renew_done: bool, take_over: Holder | None) -> Claim | ClaimRefused:
+        """The claim decision, on the caller's transaction."""
+        if take_over is None and conn.dialect.name in _INSERT_CLAIM_UNLESS_ANY:
+            # The usual case, an instance never claimed: one statement. A row already
+            # there (or being inserted) makes it a no-op, and the checks below decide.
+            claim = self._new_claim(conn, instance_uuid, source_host, replace=False)
+            if isinstance(claim, Claim):
+                return claim
+        row = conn.execute(_LOCK_CLAIM_ROW, {"b_uuid": instance_uuid}).mappings().first()
+        if row is None and _exists(conn, instance_uuid):
+            return ClaimRefused("another recoverer is claiming it right now", busy=True)
+        if row is not None and take_over is not None:
+            return self._take_over(conn, row, take_over)
+        if row is not None and row["source_host"] == source_host:
+            if row["target_host"] != self.host and row["state"] != ClaimState.FAILED:
+                done = row["state"] == ClaimState.DONE
+                return ClaimRefused(
+                    f"claimed by {row['actor']} (run {row['run_id']})", already_done=done,
+                    holder=None if done else Holder.of(row))
+            if (row["target_host"] == self.host and row["state"] == ClaimState.DONE
+                    and not renew_done):
+                return ClaimRefused("already recovered here", already_done=True)
+            if row["target_host"] == self.host and row["state"] != ClaimState.DONE:
+                conn.execute(claims.update().where(claims.c.instance_uuid == instance_uuid)
+                             .values(state=ClaimState.CLAIMED, run_id=self.run_id,
+                                     actor=self.actor, reason=None, updated_at=utcnow()))
+                return Claim(instance_uuid, row["claim_id"], source_host, self.host,
+                             ClaimState.CLAIMED, self.run_id, self.actor, resumed=True,
+                             steps=_steps(conn, row["claim_id"]))
+        # New claim; an old row (an earlier recovery from another host, or a failed
+        # attempt by another host) is replaced.
+        return self._new_claim(conn, instance_uuid, source_host, replace=row is not None)
 
     def _new_claim(self, conn: sa.Connection, instance_uuid: str, source_host: str, *,
                    replace: bool, taken_over_from: str | None = None) -> Claim | ClaimRefused:
@@ -245,15 +255,22 @@ class RecoveryJournal:
                                       claims.c.state == ClaimState.CLAIMED)
                 .values(updated_at=utcnow())).rowcount
 
-    def release(self, claim: Claim, reason: str) -> None:
-        """Give the instance back unclaimed (nothing was changed), journaling why."""
-        self.note(claim, "release", "done", reason)
-        self.flush(claim, lambda conn: conn.execute(
-            claims.delete().where(claims.c.claim_id == claim.claim_id)))
+    def release(self, claim: Claim, reason: str, *, effect: Effect | None = None) -> None:
+        """Give the instance back unclaimed (nothing was changed), journaling why; `effect`
+        (e.g. clearing the instance's task state) commits with it."""
+        def delete(conn: sa.Connection) -> None:
+            conn.execute(claims.delete().where(claims.c.claim_id == claim.claim_id))
+            if effect is not None:
+                effect(conn)
 
-    def finish(self, claim: Claim, state: ClaimState, reason: str | None = None) -> None:
-        """End the claim, with everything still buffered, in one transaction."""
-        self._flush(claim, None, end=(state, reason))
+        self.note(claim, "release", "done", reason)
+        self.flush(claim, delete)
+
+    def finish(self, claim: Claim, state: ClaimState, reason: str | None = None, *,
+               effect: Effect | None = None) -> None:
+        """End the claim, with everything still buffered (then `effect`), in one
+        transaction."""
+        self._flush(claim, effect, end=(state, reason))
 
     # -- entries ----------------------------------------------------------------------------
 
@@ -370,6 +387,15 @@ class RecoveryJournal:
                 .order_by(journal.c.id)
             ).mappings().all()
         return [dict(row) for row in rows]
+
+
+def recovering_host(store: Store, instance_uuid: str) -> str | None:
+    """The host whose recoverer holds a live claim on the instance now, None if none."""
+    with store.transaction() as conn:
+        return conn.execute(
+            sa.select(claims.c.target_host).where(claims.c.instance_uuid == instance_uuid,
+                                                  claims.c.state == ClaimState.CLAIMED)
+        ).scalar()
 
 
 def _steps(conn: sa.Connection, claim_id: str) -> dict[str, str]:

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from virt.errors import ConfigError, InstanceMoved, InstanceNotFound, StoreError
-from virt.model import Flavor, ImageRef, Instance, PowerState, VmState
+from virt.lifecycle import vm_state_for
+from virt.model import Flavor, ImageRef, Instance, PowerState, TaskState, VmState
 from virt.store import (
     BlockDeviceRecord,
     InstanceRecord,
@@ -84,8 +85,19 @@ class InstanceSource(Protocol):
     def refresh_volume(self, uuid: str, volume: VolumeRef, connection_info: Mapping[str, Any],
                        conn: sa.Connection | None = None) -> None: ...
 
-    def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
-                      fault: str | None = None, conn: sa.Connection | None = None) -> None: ...
+    def begin_recovery(self, uuid: str, *, host: str, conn: sa.Connection | None = None) -> None:
+        """Mark the instance as being recovered by `host` (its claim was just taken)."""
+        ...
+
+    def end_recovery(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
+        """Clear that mark: the claim was given back with nothing changed."""
+        ...
+
+    def record_result(self, uuid: str, *, power_state: PowerState | None,
+                      fault: str | None = None, conn: sa.Connection | None = None) -> None:
+        """The outcome: the power state found after it (the vm_state follows from it), or
+        the fault of a failed recovery. Clears the `recovering` mark."""
+        ...
 
 
 class StoreSource:
@@ -135,15 +147,22 @@ class StoreSource:
             self.store.update_block_device(volume.row_id, connection_info=connection_info,
                                            conn=conn)
 
-    def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
+    def begin_recovery(self, uuid: str, *, host: str, conn: sa.Connection | None = None) -> None:
+        # Whatever task a dead process left is overridden: the claim decides who acts now.
+        self.store.set_instance_fields(uuid, task_state=TaskState.RECOVERING, conn=conn)
+
+    def end_recovery(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
+        self.store.set_instance_fields(uuid, task_state=None, conn=conn)
+
+    def record_result(self, uuid: str, *, power_state: PowerState | None,
                       fault: str | None = None, conn: sa.Connection | None = None) -> None:
         # A failed recovery keeps vm_state (what the instance should be) so a retry knows
         # whether to start it; the fault says what went wrong.
         values: dict[str, Any] = {"task_state": None, "fault": fault}
-        if not fault:
-            values["vm_state"] = VmState.ACTIVE if running else VmState.STOPPED
         if power_state is not None:
             values["power_state"] = power_state
+            if not fault:
+                values["vm_state"] = vm_state_for(power_state, VmState.STOPPED)
         self.store.set_instance_fields(uuid, conn=conn, **values)
 
 
@@ -262,7 +281,13 @@ class NovaSource:
                        conn: sa.Connection | None = None) -> None:
         """Nova's rows are Nova's: connection_info is not written back."""
 
-    def record_result(self, uuid: str, *, power_state: PowerState | None, running: bool,
+    def begin_recovery(self, uuid: str, *, host: str, conn: sa.Connection | None = None) -> None:
+        """Nova's task_state is Nova's: the claim in virtkit's store is the mark."""
+
+    def end_recovery(self, uuid: str, *, conn: sa.Connection | None = None) -> None:
+        """Nothing was marked in Nova's database."""
+
+    def record_result(self, uuid: str, *, power_state: PowerState | None,
                       fault: str | None = None, conn: sa.Connection | None = None) -> None:
         """Nova's own power-state sync records the state; only host/node are ours to write."""
 

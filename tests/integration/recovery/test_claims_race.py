@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tests.pg import pg_url  # noqa: F401  (fixture)
-from virt.recovery_journal import Claim, ClaimRefused, RecoveryJournal
+from virt.recovery.journal import Claim, ClaimRefused, RecoveryJournal
 from virt.store import Store
 
 ROUNDS = 40

@@ -25,7 +25,7 @@ from tests.testbed import env, require
 from virt.config import build_conf
 from virt.driver import load_driver
 from virt.model import Flavor, ImageRef, Instance
-from virt.recovery_journal import RecoveryJournal
+from virt.recovery.journal import RecoveryJournal
 from virt.store import Store
 
 RECOVER = [sys.executable, "-m", "virt.cli.recover"]
@@ -154,7 +154,7 @@ def lose_last_transactions(store: Store, uuid: str, count: int) -> None:
     """What a power cut does to a SQLite store with synchronous=NORMAL: the last `count`
     journal transactions of `uuid` are gone (before the end, two end with an entry of the
     spawn: its write-ahead `started`, with the re-homing, and its `done`)."""
-    from virt.recovery_journal import journal
+    from virt.recovery.journal import journal
 
     entries = RecoveryJournal(store, host="x").entries(uuid)
     ends = [i for i, e in enumerate(entries) if e["step"] == "spawn"]
@@ -542,7 +542,7 @@ def test_claims_of_a_killed_recoverer_are_taken_over_after_the_lease(tmp_path, p
 
 
 def claims_of(store: Store, host: str | None = None) -> list[dict]:
-    from virt.recovery_journal import claims
+    from virt.recovery.journal import claims
 
     query = claims.select()
     if host is not None:

@@ -12,8 +12,8 @@ from drivers.libvirt.driver import LibvirtDriver
 from tests.libvirt_helpers import qcow2_base
 from tests.recovery_helpers import record_instances, recover
 from virt.errors import InvalidRequest
-from virt.recovery import Outcome
-from virt.recovery_source import StoreSource
+from virt.recovery.report import Outcome
+from virt.recovery.sources import StoreSource
 from virt.store import Store
 
 
@@ -103,7 +103,7 @@ def test_nova_image_ids_resolve_through_nova_base(libvirt_conf, store, tmp_path)
     import sqlalchemy as sa
 
     from tests.recovery_helpers import iscsi_info
-    from virt.recovery_source import NovaSource, nova_cache_name
+    from virt.recovery.sources import NovaSource, nova_cache_name
 
     base = tmp_path / "nova-instances" / "_base"
     base.mkdir(parents=True)
@@ -153,7 +153,7 @@ def test_nova_image_ids_resolve_through_nova_base(libvirt_conf, store, tmp_path)
 
 
 def test_nova_image_path_takes_ids_not_paths(tmp_path):
-    from virt.recovery_source import nova_image_path
+    from virt.recovery.sources import nova_image_path
 
     assert nova_image_path(str(tmp_path), "../etc") is None
     (tmp_path / "plain-id").write_bytes(b"x")

@@ -1,0 +1,81 @@
+"""The lifecycle rules the compute service and recovery share.
+
+- The vm_state an idle instance has for the power state its engine reports
+  (`vm_state_for`), and the power state a lifecycle event implies (`EVENT_POWER_STATE`).
+- The text a failure leaves in an instance's fault (`failure_reason`, `fault_text`).
+- Who cleans up after a failed spawn: the driver's spawn, and nobody else. A spawn that
+  fails leaves nothing on the engine (the driver kit's rollback stack, `virt.driver.rollback`,
+  undoes what it created). The callers only keep the record: `spawn_leftover` says whether a
+  driver broke that contract, so the fault can name it; they never destroy the guest again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from virt.driver import ComputeDriver
+from virt.errors import VirtError
+from virt.events import Transition
+from virt.model import Instance, PowerState, VmState
+
+LOG = logging.getLogger(__name__)
+
+#: What a lifecycle event says about the guest's power state.
+EVENT_POWER_STATE = {
+    Transition.STARTED: PowerState.RUNNING,
+    Transition.RESUMED: PowerState.RUNNING,
+    Transition.STOPPED: PowerState.SHUTDOWN,
+    Transition.PAUSED: PowerState.PAUSED,
+    Transition.SUSPENDED: PowerState.SUSPENDED,
+    Transition.CRASHED: PowerState.CRASHED,
+}
+
+#: The vm_state an idle instance has when the engine reports this power state.
+POWER_VM_STATE = {
+    PowerState.RUNNING: VmState.ACTIVE,
+    PowerState.PAUSED: VmState.PAUSED,
+    PowerState.SUSPENDED: VmState.SUSPENDED,
+    PowerState.SHUTDOWN: VmState.STOPPED,
+    PowerState.CRASHED: VmState.ERROR,
+}
+
+#: The vm_states an idle instance settles in (the power state decides between them).
+SETTLED = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
+
+
+def vm_state_for(power: PowerState, fallback: str) -> str:
+    """The vm_state that follows from `power`; `fallback` when it says nothing (NOSTATE,
+    UNKNOWN)."""
+    return POWER_VM_STATE.get(power, fallback)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying what failed: the virtkit message, or the type and first line of
+    anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, VirtError):
+        return str(exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def fault_text(operation: str, reason: BaseException | str) -> str:
+    """The fault recorded on an instance when `operation` failed."""
+    why = reason if isinstance(reason, str) else failure_reason(reason)
+    return f"{operation}: {why}"
+
+
+def spawn_leftover(driver: ComputeDriver, instance: Instance) -> str | None:
+    """After a failed spawn: a note for the fault if the driver left the guest behind
+    (it broke its contract; an operator must remove it), else None. Never cleans up."""
+    try:
+        if driver.instance_exists(instance=instance):
+            LOG.error("the %s driver's failed spawn left %s (%s) on the hypervisor",
+                      driver.name, instance.name, instance.uuid)
+            return (f"the {driver.name} driver left the guest on the hypervisor: remove it "
+                    "by hand (a failed spawn must leave nothing)")
+    except Exception as exc:  # the spawn's error matters more
+        return f"cannot tell whether the guest was left behind: {failure_reason(exc)}"
+    return None
