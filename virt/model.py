@@ -304,7 +304,8 @@ class VolumeConnection:
 
 @dataclass(frozen=True)
 class BlockDevice:
-    """A volume attached (or to attach) to an instance at a mount point."""
+    """A volume attached (or to attach) to an instance at a mount point (`vdb` is taken as
+    `/dev/vdb`: the one place a mount point is normalised)."""
 
     connection: VolumeConnection
     mountpoint: str
@@ -320,6 +321,8 @@ class BlockDevice:
             isinstance(self.mountpoint, str) and bool(_DEVICE_RE.match(self.mountpoint)),
             f"mountpoint {self.mountpoint!r} is not a device name like /dev/vdb",
         )
+        if not self.mountpoint.startswith("/dev/"):  # "vdb" means /dev/vdb, here only
+            object.__setattr__(self, "mountpoint", f"/dev/{self.mountpoint}")
         _require_optional_str(self.volume_id, "block device volume_id")
         _require_optional_str(self.disk_bus, "block device disk_bus")
         if self.volume_id is None and self.connection.serial:
