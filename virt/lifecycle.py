@@ -1,7 +1,8 @@
 """The lifecycle rules the compute service and recovery share.
 
 - The vm_state an idle instance has for the power state its engine reports
-  (`vm_state_for`), and the power state a lifecycle event implies (`EVENT_POWER_STATE`).
+  (`vm_state_for`); the power state a lifecycle event implies is the driver kit's
+  `virt.driver.transitions.POWER_STATE_AFTER`.
 - The text a failure leaves in an instance's fault (`failure_reason`, `fault_text`).
 - Who cleans up after a failed spawn: the driver's spawn, and nobody else. A spawn that
   fails leaves nothing on the engine (the driver kit's rollback stack, `virt.driver.rollback`,
@@ -15,20 +16,9 @@ import logging
 
 from virt.driver import ComputeDriver
 from virt.errors import VirtError
-from virt.events import Transition
 from virt.model import Instance, PowerState, VmState
 
 LOG = logging.getLogger(__name__)
-
-#: What a lifecycle event says about the guest's power state.
-EVENT_POWER_STATE = {
-    Transition.STARTED: PowerState.RUNNING,
-    Transition.RESUMED: PowerState.RUNNING,
-    Transition.STOPPED: PowerState.SHUTDOWN,
-    Transition.PAUSED: PowerState.PAUSED,
-    Transition.SUSPENDED: PowerState.SUSPENDED,
-    Transition.CRASHED: PowerState.CRASHED,
-}
 
 #: The vm_state an idle instance has when the engine reports this power state.
 POWER_VM_STATE = {

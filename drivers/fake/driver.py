@@ -1,6 +1,7 @@
 """The fake driver: an in-process hypervisor with the reference semantics of the interface.
 
-It declares every capability. Its "hypervisor" is a directory of small JSON files under
+It declares every capability but `instance_disk_file` (its disks are records, not
+files). Its "hypervisor" is a directory of small JSON files under
 `instances_path` (see `drivers.fake.state`), so successive CLI processes (and several
 processes on one host) see the same instances. The
 `[fake]` latency options stand for the engine's and the SAN's waits in benchmarks.
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 
 from oslo_config import cfg
 
+from drivers.fake import records
 from drivers.fake.state import Change, HostState
 from virt.driver import Capability, ComputeDriver, power
 from virt.errors import (
@@ -50,7 +52,6 @@ from virt.model import (
 LOG = logging.getLogger(__name__)
 
 SNAPSHOT_SCHEME = "fake-snapshot:"
-CONSOLE_MAX_LINES = 400
 HYPERVISOR_VERSION = 1_000_000
 
 FAKE_OPTS: list[cfg.Opt] = [
@@ -72,80 +73,6 @@ FAKE_OPTS: list[cfg.Opt] = [
                help="IP address reported in this host's volume connector."),
 ]
 
-# Images are "found" unless they point at something that is not there: an absolute path
-# that does not exist, or a snapshot this host never took.
-_ALIVE = frozenset({PowerState.RUNNING.value, PowerState.PAUSED.value})
-
-
-def _instance_record(instance: Instance, image: ImageRef, state: PowerState) -> dict[str, Any]:
-    flavor = instance.flavor
-    return {
-        "uuid": instance.uuid,
-        "name": instance.name,
-        "host": instance.host,
-        "flavor": {
-            "name": flavor.name,
-            "vcpus": flavor.vcpus,
-            "memory_mb": flavor.memory_mb,
-            "root_gb": flavor.root_gb,
-            "ephemeral_gb": flavor.ephemeral_gb,
-            "swap_mb": flavor.swap_mb,
-        },
-        "image": _image_record(image),
-        "state": state.value,
-        "created_at": time.time(),
-        "cpu_time_ns": 0,
-        "running_since": None,
-        "block_devices": {},
-        "vifs": [],
-        "files": {},
-        "rescued": False,
-        "admin_password_changed_at": None,
-        "console": [],
-    }
-
-
-def _image_record(image: ImageRef) -> dict[str, Any]:
-    return {
-        "ref": image.ref,
-        "disk_format": image.disk_format,
-        "kernel": image.kernel,
-        "ramdisk": image.ramdisk,
-        "kernel_cmdline": image.kernel_cmdline,
-    }
-
-
-def _console(record: dict[str, Any], *lines: str) -> None:
-    """Append lines to the instance's console log (bounded)."""
-    since = record.get("running_since")
-    uptime = max(0.0, time.time() - since) if since else 0.0
-    console = record["console"]
-    console.extend(f"[{uptime:12.6f}] {line}" for line in lines)
-    if len(console) > CONSOLE_MAX_LINES:
-        del console[:-CONSOLE_MAX_LINES]
-
-
-def _start(record: dict[str, Any]) -> None:
-    record["state"] = PowerState.RUNNING.value
-    record["running_since"] = time.time()
-    _console(record, f"Linux version 6.1.0-fake ({record['name']}) booting",
-             f"virtkit-fake: root disk from image {record['image']['ref']}",
-             f"{record['name']} login:")
-
-
-def _stop(record: dict[str, Any], how: str) -> None:
-    if record.get("running_since"):
-        elapsed = max(0.0, time.time() - record["running_since"])
-        record["cpu_time_ns"] += int(elapsed * 1e9 * 0.01)
-    _console(record, f"reboot: {how}")
-    record["state"] = PowerState.SHUTDOWN.value
-    record["running_since"] = None
-
-
-def _state_of(record: dict[str, Any]) -> PowerState:
-    return PowerState(record["state"])
-
-
 def _check_instance(instance: Any) -> Instance:
     if not isinstance(instance, Instance):
         raise InvalidRequest(f"instance must be a virt.model.Instance, got {type(instance).__name__}")
@@ -153,10 +80,12 @@ def _check_instance(instance: Any) -> Instance:
 
 
 class FakeDriver(ComputeDriver):
-    """Reference driver: every capability, real state machine, state in JSON files."""
+    """Reference driver: every capability (but a disk file), real state machine, state in JSON
+    files."""
 
     name: ClassVar[str] = "fake"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    capabilities: ClassVar[frozenset[Capability]] = (
+        frozenset(Capability) - {Capability.INSTANCE_DISK_FILE})
     config_group: ClassVar[str | None] = "fake"
     config_opts: ClassVar[Sequence[cfg.Opt]] = FAKE_OPTS
 
@@ -210,6 +139,8 @@ class FakeDriver(ComputeDriver):
         return record
 
     def _check_image(self, image: ImageRef, txn: Change) -> None:
+        # Images are "found" unless they point at something that is not there: an absolute
+        # path that does not exist, or a snapshot this host never took.
         if not isinstance(image, ImageRef):
             raise InvalidRequest(f"image must be a virt.model.ImageRef, got {type(image).__name__}")
         for path in (image.ref, image.kernel, image.ramdisk):
@@ -236,10 +167,10 @@ class FakeDriver(ComputeDriver):
 
     def get_available_resource(self) -> HostResources:
         fake = self.conf.fake
-        records = self._hypervisor.records()
-        vcpus_used = sum(r["flavor"]["vcpus"] for r in records)
-        memory_used = sum(r["flavor"]["memory_mb"] for r in records)
-        disk_used = sum(r["flavor"]["root_gb"] + r["flavor"]["ephemeral_gb"] for r in records)
+        guests = self._hypervisor.records()
+        vcpus_used = sum(r["flavor"]["vcpus"] for r in guests)
+        memory_used = sum(r["flavor"]["memory_mb"] for r in guests)
+        disk_used = sum(r["flavor"]["root_gb"] + r["flavor"]["ephemeral_gb"] for r in guests)
         cpu_info = {"arch": "x86_64", "model": "fake", "vendor": "virtkit",
                     "topology": {"sockets": 1, "cores": fake.vcpus, "threads": 1}}
         return HostResources(
@@ -324,7 +255,7 @@ class FakeDriver(ComputeDriver):
                     f"spawn of instance {instance.uuid} failed: fault injected by "
                     f"[fake] fail_spawn_on_name_prefix={prefix!r}"
                 )
-            record = _instance_record(instance, image, PowerState.SHUTDOWN)
+            record = records.new_instance(instance, image, PowerState.SHUTDOWN)
             now = time.time()
             for entry in attached.values():
                 entry["attached_at"] = now
@@ -333,9 +264,9 @@ class FakeDriver(ComputeDriver):
                               for v in vifs]
             if admin_password:
                 record["admin_password_changed_at"] = time.time()
-            _console(record, f"virtkit-fake: defined {instance.name} ({instance.uuid})")
+            records.console(record, f"virtkit-fake: defined {instance.name} ({instance.uuid})")
             if power_on:
-                _start(record)
+                records.start(record)
             txn.record = record
         LOG.info("fake: spawned %s (%s)", instance.name, instance.uuid)
         if power_on:
@@ -355,7 +286,7 @@ class FakeDriver(ComputeDriver):
             if record is None:
                 LOG.debug("fake: destroy of unknown instance %s is a no-op", instance.uuid)
                 return
-        if record["state"] in _ALIVE or record["state"] == PowerState.SUSPENDED.value:
+        if record["state"] in records.ALIVE or record["state"] == PowerState.SUSPENDED.value:
             self._emit(instance.uuid, [Transition.STOPPED])
 
     def reboot(self, *, instance: Instance, hard: bool = False, timeout: float = 60) -> None:
@@ -364,15 +295,15 @@ class FakeDriver(ComputeDriver):
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not hard:
-                power.require_running(_state_of(record), instance.uuid, "soft reboot",
+                power.require_running(records.state_of(record), instance.uuid, "soft reboot",
                                       hint="use a hard reboot")
-                _console(record, "reboot: Restarting system")
-                _start(record)
+                records.console(record, "reboot: Restarting system")
+                records.start(record)
                 return []
-            was_running = record["state"] in _ALIVE
+            was_running = record["state"] in records.ALIVE
             if was_running:
-                _stop(record, "Power down (hard reboot)")
-            _start(record)
+                records.stop(record, "Power down (hard reboot)")
+            records.start(record)
             return [Transition.STOPPED, Transition.STARTED] if was_running else [
                 Transition.STARTED]
 
@@ -386,9 +317,9 @@ class FakeDriver(ComputeDriver):
 
         def stop(how: str) -> bool:
             def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-                if _state_of(record) is PowerState.SHUTDOWN:
+                if records.state_of(record) is PowerState.SHUTDOWN:
                     return []
-                _stop(record, how)
+                records.stop(record, how)
                 return [Transition.STOPPED]
 
             self._mutate(instance, change)
@@ -396,9 +327,9 @@ class FakeDriver(ComputeDriver):
 
         return power.graceful_power_off(
             timeout=timeout, retry_interval=retry_interval,
-            is_off=lambda: _state_of(self._record(instance)) is PowerState.SHUTDOWN,
+            is_off=lambda: records.state_of(self._record(instance)) is PowerState.SHUTDOWN,
             request_stop=lambda: stop("Power down"),
-            wait_off=lambda _seconds: _state_of(self._record(instance)) is PowerState.SHUTDOWN,
+            wait_off=lambda _seconds: records.state_of(self._record(instance)) is PowerState.SHUTDOWN,
             force_off=lambda: stop("Power down (forced)"),
         )
 
@@ -406,11 +337,11 @@ class FakeDriver(ComputeDriver):
         self._sleep("operation_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            if not power.should_power_on(_state_of(record), instance.uuid):
+            if not power.should_power_on(records.state_of(record), instance.uuid):
                 return []
             for bdm in block_devices:
                 record["block_devices"].setdefault(bdm.mountpoint, self._bdm_record(bdm))
-            _start(record)
+            records.start(record)
             return [Transition.STARTED]
 
         self._mutate(instance, change)
@@ -435,11 +366,11 @@ class FakeDriver(ComputeDriver):
         self._sleep("operation_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
-            if not guard(_state_of(record), instance.uuid):
+            if not guard(records.state_of(record), instance.uuid):
                 return []
             record["state"] = state.value
             if console:
-                _console(record, console)
+                records.console(record, console)
             return [event]
 
         self._mutate(instance, change)
@@ -461,9 +392,9 @@ class FakeDriver(ComputeDriver):
                 kernel_cmdline=source["kernel_cmdline"],
                 properties={"name": name, "source_instance": instance.uuid},
             )
-            txn.images[ref] = {**_image_record(image), "name": name,
+            txn.images[ref] = {**records.image_record(image), "name": name,
                                     "source_instance": instance.uuid, "created_at": time.time()}
-            _console(record, f"virtkit-fake: snapshot {name!r} taken as {ref}")
+            records.console(record, f"virtkit-fake: snapshot {name!r} taken as {ref}")
             taken.append(image)
 
         self._mutate(instance, change,
@@ -479,15 +410,15 @@ class FakeDriver(ComputeDriver):
             if record["rescued"]:
                 raise InvalidState(f"instance {instance.uuid} is already in rescue mode",
                                    hint="unrescue it first")
-            if _state_of(record) not in (PowerState.RUNNING, PowerState.SHUTDOWN):
+            if records.state_of(record) not in (PowerState.RUNNING, PowerState.SHUTDOWN):
                 raise InvalidState(f"cannot rescue instance {instance.uuid}: it is "
                                    f"{record['state']}, rescue needs it running or shutdown")
             self._check_image(image, txn)
-            events = [Transition.STOPPED] if record["state"] in _ALIVE else []
+            events = [Transition.STOPPED] if record["state"] in records.ALIVE else []
             record["rescued"] = True
             record["rescue_image"] = image.ref
-            _console(record, f"virtkit-fake: rescue boot from {image.ref}")
-            _start(record)
+            records.console(record, f"virtkit-fake: rescue boot from {image.ref}")
+            records.start(record)
             return [*events, Transition.STARTED]
 
         self._mutate(instance, change)
@@ -500,8 +431,8 @@ class FakeDriver(ComputeDriver):
                 return []
             record["rescued"] = False
             record.pop("rescue_image", None)
-            _stop(record, "Power down (leaving rescue)")
-            _start(record)
+            records.stop(record, "Power down (leaving rescue)")
+            records.start(record)
             return [Transition.STOPPED, Transition.STARTED]
 
         self._mutate(instance, change)
@@ -572,7 +503,7 @@ class FakeDriver(ComputeDriver):
                     f"volume {block_device.volume_id} is already attached to {instance.uuid}")
             entry["attached_at"] = time.time()
             attached[block_device.mountpoint] = entry
-            _console(record, f"virtio_blk: [{block_device.device_name}] attached")
+            records.console(record, f"virtio_blk: [{block_device.device_name}] attached")
 
         self._mutate(instance, change)
 
@@ -591,7 +522,7 @@ class FakeDriver(ComputeDriver):
                     f"to instance {instance.uuid}")
             for mountpoint in found:
                 del attached[mountpoint]
-            _console(record, f"virtio_blk: [{block_device.device_name}] detached")
+            records.console(record, f"virtio_blk: [{block_device.device_name}] detached")
 
         self._mutate(instance, change)
 
@@ -614,7 +545,7 @@ class FakeDriver(ComputeDriver):
                 raise InstanceNotRunning(instance.uuid, "set_admin_password")
             # Only the fact and the time are kept: the password itself never touches the file.
             record["admin_password_changed_at"] = time.time()
-            _console(record, "virtkit-agent: admin password changed")
+            records.console(record, "virtkit-agent: admin password changed")
 
         self._mutate(instance, change)
 
@@ -628,7 +559,7 @@ class FakeDriver(ComputeDriver):
         def change(record: dict[str, Any], _txn: Change) -> None:
             record["files"][path] = {"size": len(contents),
                                      "sha256": hashlib.sha256(contents).hexdigest()}
-            _console(record, f"virtkit-fake: injected {path} ({len(contents)} bytes)")
+            records.console(record, f"virtkit-fake: injected {path} ({len(contents)} bytes)")
 
         self._mutate(instance, change)
 

@@ -71,6 +71,7 @@ class LibvirtDriver(ComputeDriver):
         Capability.VOLUME_ISCSI_CHAP,
         Capability.CONSOLE_OUTPUT,
         Capability.LIFECYCLE_EVENTS,
+        Capability.INSTANCE_DISK_FILE,
     })
     config_group = "libvirt"
     config_opts = OPTS

@@ -54,7 +54,7 @@ class ExampleDriver(ComputeDriver):
 
     name: ClassVar[str] = "example"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.PAUSE, Capability.LIFECYCLE_EVENTS})
+        {Capability.PAUSE, Capability.LIFECYCLE_EVENTS, Capability.INSTANCE_DISK_FILE})
     config_group: ClassVar[str | None] = "example"
     config_opts: ClassVar[Sequence[cfg.Opt]] = EXAMPLE_OPTS
 
@@ -133,7 +133,7 @@ class ExampleDriver(ComputeDriver):
             supported_instances=(("x86_64", "example", "hvm"),),
         )
 
-    def instance_disk_path(self, *, instance: Instance) -> str | None:
+    def instance_disk_path(self, *, instance: Instance) -> str:
         return str(self._disk(instance))
 
     # -- state -----------------------------------------------------------------------------
@@ -191,8 +191,7 @@ class ExampleDriver(ComputeDriver):
             self._guest(instance)
             self._remove_guest(instance)
         except InstanceNotFound:
-            LOG.debug("example: destroy of unknown instance %s is a no-op", instance.uuid)
-            return
+            LOG.debug("example: instance %s has no guest to remove", instance.uuid)
         if destroy_disks:
             images.remove_root_disk(self._disk(instance))
 

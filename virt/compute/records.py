@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from virt.driver import Capability, ComputeDriver
+from virt.driver.transitions import POWER_STATE_AFTER
 from virt.errors import (
     HypervisorUnavailable,
     InstanceNotFound,
@@ -25,7 +26,6 @@ from virt.errors import (
 )
 from virt.events import LifecycleEvent
 from virt.lifecycle import (
-    EVENT_POWER_STATE,
     SETTLED,
     failure_reason,
     fault_text,
@@ -227,7 +227,7 @@ class RecordKeeping:
 
     def _on_event(self, event: LifecycleEvent) -> None:
         """Driver lifecycle event → power state (and vm_state of an idle instance) + history."""
-        power = EVENT_POWER_STATE.get(event.transition)
+        power = POWER_STATE_AFTER.get(event.transition)
         with self.store.transaction() as conn:
             try:
                 record = self.store.get_instance(event.instance_uuid, conn=conn)

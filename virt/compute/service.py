@@ -8,7 +8,6 @@ The record keeping around each driver call (task-state claim, outcome, fault, ev
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -18,7 +17,7 @@ from oslo_config import cfg
 
 from virt.compute.records import RecordKeeping
 from virt.config import build_conf, configured_flavors, make_state_dir
-from virt.driver import Capability, ComputeDriver, load_driver
+from virt.driver import Capability, ComputeDriver, load_driver, power
 from virt.errors import (
     InstanceExists,
     InstanceNotRunning,
@@ -308,11 +307,7 @@ class ComputeService(RecordKeeping):
 
     def stop(self, ref: str, *, timeout: float = 60) -> tuple[InstanceRecord, PowerOffResult]:
         """Shut the guest down cleanly, forcing it off after `timeout` seconds."""
-        if not math.isfinite(timeout) or timeout < 0:
-            raise InvalidRequest(
-                f"stop timeout must be a finite number of seconds, 0 or more, got {timeout}",
-                hint="0 forces the guest off at once",
-            )
+        timeout = power.check_timeout(timeout, "stop timeout")
 
         def call(instance: Instance, _record: InstanceRecord) -> PowerOffResult:
             return self.driver.power_off(instance=instance, timeout=timeout,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,6 +217,18 @@ def test_inject_file(driver, workbench):
     driver.inject_file(instance=workbench, path="/etc/virtkit-conformance",
                        contents=b"injected by the conformance suite\n")
     assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+
+
+@cap(Capability.INSTANCE_DISK_FILE)
+@ops("instance_disk_path", "spawn", "destroy")
+def test_instance_disk_file_is_kept_by_destroy_without_disks(driver, guests):
+    instance = guests.spawn("disk-file")
+    path = Path(driver.instance_disk_path(instance=instance))
+    assert path.is_absolute() and path.is_file(), f"no root disk file at {path} after spawn"
+    driver.destroy(instance=instance, destroy_disks=False)
+    assert path.is_file(), "destroy(destroy_disks=False) removed the root disk"
+    driver.destroy(instance=instance)
+    assert not path.exists(), "destroy left the root disk behind"
 
 
 @cap(Capability.LIFECYCLE_EVENTS)

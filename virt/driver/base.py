@@ -45,6 +45,7 @@ class Capability(enum.StrEnum):
     SET_ADMIN_PASSWORD = "set_admin_password"
     INJECT_FILE = "inject_file"
     LIFECYCLE_EVENTS = "lifecycle_events"
+    INSTANCE_DISK_FILE = "instance_disk_file"
 
 
 # Every public operation of the interface, and the capability that gates it (None: mandatory).
@@ -74,6 +75,7 @@ OPERATIONS: dict[str, Capability | None] = {
     "get_console_output": Capability.CONSOLE_OUTPUT,
     "set_admin_password": Capability.SET_ADMIN_PASSWORD,
     "inject_file": Capability.INJECT_FILE,
+    "instance_disk_path": Capability.INSTANCE_DISK_FILE,
     "register_event_listener": None,
     "unregister_event_listener": None,
 }
@@ -90,9 +92,9 @@ class ComputeDriver(abc.ABC):
 
     Recovery relies on three more: `spawn` reuses a valid root disk that already exists at
     `instance_disk_path` (shared storage after a host failed) instead of replacing it;
-    `destroy(destroy_disks=False)` removes the guest and keeps its disks; and
-    `instance_disk_path` says where the root disk lives as a file (None: the driver keeps
-    none, so recovery cannot check one is there).
+    `destroy(destroy_disks=False)` removes the guest and keeps its disks; and a driver that
+    keeps the root disk as a file declares `Capability.INSTANCE_DISK_FILE` and says where it
+    is through `instance_disk_path` (without it recovery cannot check the disk is there).
 
     The kit in this package gives the shared mechanics: `power` (timeout checks, graceful
     power-off, state guards), `rollback.SpawnRollback` (the one owner of a failed spawn's
@@ -142,11 +144,11 @@ class ComputeDriver(abc.ABC):
         """This host as a storage initiator."""
         raise self._unsupported("get_volume_connector")
 
-    def instance_disk_path(self, *, instance: Instance) -> str | None:
-        """Where this host keeps (or would make) the instance's root disk as a file, or None
-        for a driver that keeps none (the default). Part of the interface: recovery checks
-        the file is there (shared storage) before spawning, and `spawn` reuses it."""
-        return None
+    def instance_disk_path(self, *, instance: Instance) -> str:
+        """Where this host keeps (or would make) the instance's root disk as a file
+        (`Capability.INSTANCE_DISK_FILE`): recovery checks the file is there (shared storage)
+        before spawning, and `spawn` reuses it."""
+        raise self._unsupported("instance_disk_path")
 
     # -- state -----------------------------------------------------------------------------
 
@@ -194,10 +196,12 @@ class ComputeDriver(abc.ABC):
         block_devices: Sequence[BlockDevice] = (),
         destroy_disks: bool = True,
     ) -> None:
-        """Stop and remove the guest; a no-op for an unknown instance.
+        """Stop and remove the guest; for an unknown instance, no error.
 
         With `destroy_disks=False` the guest's disks are kept where they are (recovery and
-        evacuation rely on it); volumes in `block_devices` are disconnected, never deleted.
+        evacuation rely on it); with True they are removed even when the guest is already
+        gone (disks an earlier `destroy_disks=False` kept). Volumes in `block_devices` are
+        disconnected, never deleted.
         """
 
     @abc.abstractmethod

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
-from virt.driver import ComputeDriver
+from virt.driver import Capability, ComputeDriver
 from virt.errors import InstanceNotFound, InvalidRequest, NotFenced, VirtError
 from virt.lifecycle import fault_text
 from virt.model import BlockDevice
@@ -75,8 +75,7 @@ class Recoverer:
                 hint="use --resume-local to restart this host's own instances")
         if options.parallel < 1:
             raise InvalidRequest("--parallel must be at least 1")
-        if options.require_instance_disk and (
-                type(driver).instance_disk_path is ComputeDriver.instance_disk_path):
+        if options.require_instance_disk and not driver.supports(Capability.INSTANCE_DISK_FILE):
             raise InvalidRequest(
                 f"[recovery] require_instance_disk: the {driver.name} driver cannot say where "
                 "an instance's disk is", hint="unset it for this driver")

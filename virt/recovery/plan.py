@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from virt.driver import ComputeDriver
+from virt.driver import Capability, ComputeDriver
 from virt.errors import (
     HypervisorUnavailable,
     InstanceMoved,
@@ -192,9 +192,9 @@ class Planner:
     def _check_disk(self, instance: Instance, item: InstanceReport) -> None:
         """Release an instance whose root disk should be on shared storage and is not
         (a wrong mount, a deleted directory), unless the operator allows rebuilding it."""
+        if not self.driver.supports(Capability.INSTANCE_DISK_FILE):
+            return  # refused at construction when the option asks for the check
         path = self.driver.instance_disk_path(instance=instance)
-        if path is None:  # refused at construction: the driver keeps no disk file
-            return
         if os.path.exists(path):
             item.disk = f"present {path}"
             return

@@ -15,6 +15,19 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _instances()
+    _block_devices()
+    _vifs()
+    _hosts()
+    _instance_events()
+
+
+def _owned_by_instance() -> sa.Column:
+    return sa.Column("instance_uuid", sa.String(36),
+                     sa.ForeignKey("instances.uuid", ondelete="CASCADE"), nullable=False)
+
+
+def _instances() -> None:
     op.create_table(
         "instances",
         sa.Column("uuid", sa.String(36), primary_key=True),
@@ -36,15 +49,12 @@ def upgrade() -> None:
     op.create_index("ix_instances_name", "instances", ["name"])
     op.create_index("ix_instances_host", "instances", ["host"])
 
+
+def _block_devices() -> None:
     op.create_table(
         "block_devices",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column(
-            "instance_uuid",
-            sa.String(36),
-            sa.ForeignKey("instances.uuid", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _owned_by_instance(),
         sa.Column("volume_id", sa.String(255), nullable=True),
         sa.Column("mountpoint", sa.String(64), nullable=False),
         sa.Column("connection_info", sa.Text, nullable=False),
@@ -55,15 +65,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_block_devices_instance_uuid", "block_devices", ["instance_uuid"])
 
+
+def _vifs() -> None:
     op.create_table(
         "vifs",
         sa.Column("id", sa.String(255), primary_key=True),
-        sa.Column(
-            "instance_uuid",
-            sa.String(36),
-            sa.ForeignKey("instances.uuid", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _owned_by_instance(),
         sa.Column("address", sa.String(17), nullable=False),
         sa.Column("network", sa.String(255), nullable=True),
         sa.Column("bridge", sa.String(255), nullable=True),
@@ -72,6 +79,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_vifs_instance_uuid", "vifs", ["instance_uuid"])
 
+
+def _hosts() -> None:
     op.create_table(
         "hosts",
         sa.Column("name", sa.String(255), primary_key=True),
@@ -82,15 +91,12 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime, nullable=False),
     )
 
+
+def _instance_events() -> None:
     op.create_table(
         "instance_events",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column(
-            "instance_uuid",
-            sa.String(36),
-            sa.ForeignKey("instances.uuid", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _owned_by_instance(),
         sa.Column("event", sa.String(64), nullable=False),
         sa.Column("timestamp", sa.DateTime, nullable=False),
         sa.Column("host", sa.String(255), nullable=True),
