@@ -36,7 +36,7 @@ def through_service(service: ComputeService, i: int) -> None:
 
 def on_driver(driver, i: int) -> None:
     instance = Instance(uuid=new_uuid(), name=f"raw-{i}", flavor=FLAVOR, image=IMAGE)
-    driver.spawn(instance=instance, image=IMAGE)
+    driver.spawn(instance=instance)
     driver.get_info(instance=instance)
     driver.power_off(instance=instance, timeout=1)
     driver.power_on(instance=instance)

@@ -52,7 +52,7 @@ def new_instance(image: str) -> Instance:
 
 def driver_cycle(driver, image: str) -> None:
     instance = new_instance(image)
-    driver.spawn(instance=instance, image=instance.image)
+    driver.spawn(instance=instance)
     driver.destroy(instance=instance)
 
 

@@ -83,9 +83,9 @@ def main() -> None:
     instances = work / "state" / "instances"
 
     def driver_run(i: int) -> None:
-        inst = Instance(uuid=str(uuid.uuid4()), name=f"boot-{i}", flavor=flavor)
+        inst = Instance(uuid=str(uuid.uuid4()), name=f"boot-{i}", flavor=flavor, image=image)
         began = time.perf_counter()
-        driver.spawn(instance=inst, image=image)
+        driver.spawn(instance=inst)
         wait_marker(instances / inst.uuid / "console.log")
         drv_times.append(time.perf_counter() - began)
         driver.destroy(instance=inst)
@@ -110,8 +110,9 @@ def main() -> None:
         virsh("destroy", raw_uuid)
 
     try:
-        probe = Instance(uuid=str(uuid.uuid4()), name="boot-template", flavor=flavor)
-        driver.spawn(instance=probe, image=image, power_on=False)
+        probe = Instance(uuid=str(uuid.uuid4()), name="boot-template", flavor=flavor,
+                         image=image)
+        driver.spawn(instance=probe, power_on=False)
         template_uuid = probe.uuid
         template = driver.connection.connection().lookupByUUIDString(probe.uuid).XMLDesc(
             libvirt.VIR_DOMAIN_XML_INACTIVE)

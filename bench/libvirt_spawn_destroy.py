@@ -71,11 +71,11 @@ def raw_cycle(conn: libvirt.virConnect, xml_template: str, flags: int,
 
 
 def driver_cycle(driver: LibvirtDriver, image: ImageRef) -> float:
-    instances = [Instance(uuid=str(uuid.uuid4()), name=f"drv-{i}", flavor=FLAVOR)
+    instances = [Instance(uuid=str(uuid.uuid4()), name=f"drv-{i}", flavor=FLAVOR, image=image)
                  for i in range(N)]
     began = time.perf_counter()
     for inst in instances:
-        driver.spawn(instance=inst, image=image)
+        driver.spawn(instance=inst)
     for inst in instances:
         driver.destroy(instance=inst)
     return time.perf_counter() - began
@@ -109,8 +109,8 @@ def driver_round(work: Path, image: ImageRef, listening: bool = False) -> tuple[
     """(driver seconds, file-work seconds) with a freshly connected, warmed-up driver."""
     driver = new_driver(work, listening)
     try:
-        warm = Instance(uuid=str(uuid.uuid4()), name="warm", flavor=FLAVOR)
-        driver.spawn(instance=warm, image=image)  # image cache, learned undefine flags
+        warm = Instance(uuid=str(uuid.uuid4()), name="warm", flavor=FLAVOR, image=image)
+        driver.spawn(instance=warm)  # image cache, learned undefine flags
         driver.destroy(instance=warm)
         files = files_cycle(driver, image, driver.conf.instances_path)
         return driver_cycle(driver, image), files
@@ -122,8 +122,8 @@ def template(work: Path, image: ImageRef) -> tuple[str, int]:
     """The XML the driver defines for one instance (as a template) and its undefine flags."""
     driver = new_driver(work)
     try:
-        probe = Instance(uuid=str(uuid.uuid4()), name="warm", flavor=FLAVOR)
-        driver.spawn(instance=probe, image=image)
+        probe = Instance(uuid=str(uuid.uuid4()), name="warm", flavor=FLAVOR, image=image)
+        driver.spawn(instance=probe)
         xml = driver.connection.connection().lookupByUUIDString(probe.uuid).XMLDesc(
             libvirt.VIR_DOMAIN_XML_INACTIVE)
         driver.destroy(instance=probe)

@@ -20,7 +20,7 @@ from drivers.docker.containers import ident as _ident
 from drivers.docker.events import EventWatcher
 from drivers.docker.forced import ForcedStops
 from drivers.docker.options import GROUP, OPTS
-from virt.driver import Capability, ComputeDriver, power
+from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.driver.rollback import SpawnRollback
 from virt.driver.transitions import ON_STATES, LifecycleDispatcher
 from virt.errors import (
@@ -180,13 +180,12 @@ class DockerDriver(ComputeDriver):
         self,
         *,
         instance: Instance,
-        image: ImageRef,
         block_devices: Sequence[BlockDevice] = (),
         vifs: Sequence[Vif] = (),
         admin_password: str | None = None,
         power_on: bool = True,
     ) -> None:
-        container_spec = self._spec(instance, image, vifs)
+        container_spec = self._spec(instance, vifs)
         if block_devices:
             raise UnsupportedOperation(
                 self.name, "spawn with block devices", reason="volumes cannot be attached"
@@ -208,8 +207,9 @@ class DockerDriver(ComputeDriver):
                                        user=guest.admin_user(instance), password=admin_password)
         LOG.info("docker: spawned %s as container %s", _ident(instance), container_id[:12])
 
-    def _spec(self, instance: Instance, image: ImageRef, vifs: Sequence[Vif]) -> spec.ContainerSpec:
-        """Validate everything before anything is created."""
+    def _spec(self, instance: Instance, vifs: Sequence[Vif]) -> spec.ContainerSpec:
+        """Validate everything (the image is `instance.image`) before anything is created."""
+        image = spawn_image(instance)
         name = spec.validate_container_name(instance.name)
         image_ref = spec.image_name(image)
         command = spec.image_command(image)

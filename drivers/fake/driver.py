@@ -22,7 +22,7 @@ from oslo_config import cfg
 
 from drivers.fake import records
 from drivers.fake.state import Change, HostState
-from virt.driver import Capability, ComputeDriver, power
+from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.errors import (
     ImageNotFound,
     InstanceExists,
@@ -228,13 +228,13 @@ class FakeDriver(ComputeDriver):
         self,
         *,
         instance: Instance,
-        image: ImageRef,
         block_devices: Sequence[BlockDevice] = (),
         vifs: Sequence[Vif] = (),
         admin_password: str | None = None,
         power_on: bool = True,
     ) -> None:
         _check_instance(instance)
+        image = spawn_image(instance)
         fake = self.conf.fake
         self._check_capacity(instance, fake)
         for bdm in block_devices:

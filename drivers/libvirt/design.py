@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from drivers.libvirt import xml
 from drivers.libvirt.images import InstanceDisks
+from virt.driver import spawn_image
 from virt.errors import InvalidRequest
 from virt.model import Flavor, ImageRef, Instance, Vif
 
@@ -39,17 +40,17 @@ def free_targets(used: set[str], count: int, prefix: str = "vd") -> list[str]:
 def domain_for(
     *,
     instance: Instance,
-    image: ImageRef,
     virt_type: str,
     disks: InstanceDisks,
     volume_disks: Sequence[xml.Disk],
     vifs: Sequence[Vif],
     cache_mode: str | None,
 ) -> xml.Domain:
-    """The domain to define for `instance`."""
+    """The domain to define for `instance`, booting `instance.image`."""
     return _domain(name=instance.name, uuid=instance.uuid, flavor=instance.flavor,
-                   properties=instance.metadata, image=image, virt_type=virt_type, disks=disks,
-                   volume_disks=volume_disks, vifs=vifs, cache_mode=cache_mode)
+                   properties=instance.metadata, image=spawn_image(instance),
+                   virt_type=virt_type, disks=disks, volume_disks=volume_disks, vifs=vifs,
+                   cache_mode=cache_mode)
 
 
 def _domain(
@@ -121,7 +122,6 @@ _templates_lock = threading.Lock()
 def domain_xml(
     *,
     instance: Instance,
-    image: ImageRef,
     virt_type: str,
     disks: InstanceDisks,
     volume_disks: Sequence[xml.Disk],
@@ -131,9 +131,9 @@ def domain_xml(
     """The XML of `domain_for(...)`, from a cached template when the layout allows one."""
     layout = _layout(disks)
     if volume_disks or layout is None:  # volumes pick the local disks' names: build it all
-        return domain_for(instance=instance, image=image, virt_type=virt_type, disks=disks,
+        return domain_for(instance=instance, virt_type=virt_type, disks=disks,
                           volume_disks=volume_disks, vifs=vifs, cache_mode=cache_mode).to_xml()
-    flavor = instance.flavor
+    image, flavor = spawn_image(instance), instance.flavor
     key = (virt_type, cache_mode, image.ref, image.kernel_cmdline, layout, flavor.name,
            flavor.vcpus, flavor.memory_mb, flavor.root_gb, flavor.ephemeral_gb, flavor.swap_mb)
     template = _templates.get(key)

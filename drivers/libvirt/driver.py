@@ -18,7 +18,7 @@ from drivers.libvirt.connection import Connection, classify
 from drivers.libvirt.opts import OPTS
 from drivers.libvirt.volumes import IscsiNativeVolumes, PreparedVolume
 from drivers.libvirt.volumes_host import IscsiHostVolumes
-from virt.driver import Capability, ComputeDriver, power
+from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.driver.errors import EngineErrors, FaultKind
 from virt.driver.rollback import SpawnRollback
 from virt.errors import (
@@ -255,12 +255,12 @@ class LibvirtDriver(ComputeDriver):
         self,
         *,
         instance: Instance,
-        image: ImageRef,
         block_devices: Sequence[BlockDevice] = (),
         vifs: Sequence[Vif] = (),
         admin_password: str | None = None,
         power_on: bool = True,
     ) -> None:
+        image = spawn_image(instance)
         self._check_spawn(instance, block_devices)
         virt_type = self._domain_type()
         cache_mode = self._cache_mode()
@@ -272,7 +272,7 @@ class LibvirtDriver(ComputeDriver):
                 prepared = [self._prepare_volume(rollback, instance, bdm, cache_mode)
                             for bdm in block_devices]
                 domain_xml = design.domain_xml(
-                    instance=instance, image=image, virt_type=virt_type, disks=disks,
+                    instance=instance, virt_type=virt_type, disks=disks,
                     volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode)
                 secret_free = not any(p.secret_usage for p in prepared)
                 self._connection.call(

@@ -20,13 +20,12 @@ from tests.example_driver import images, spec, states
 from tests.example_driver.connection import Connection
 from tests.example_driver.engine import EngineClient
 from tests.example_driver.events import EventFeed
-from virt.driver import Capability, ComputeDriver, options, power
+from virt.driver import Capability, ComputeDriver, options, power, spawn_image
 from virt.driver.rollback import SpawnRollback
 from virt.errors import InstanceNotFound, InvalidRequest
 from virt.model import (
     BlockDevice,
     HostResources,
-    ImageRef,
     Instance,
     InstanceInfo,
     PowerOffResult,
@@ -163,12 +162,12 @@ class ExampleDriver(ComputeDriver):
         self,
         *,
         instance: Instance,
-        image: ImageRef,
         block_devices: Sequence[BlockDevice] = (),
         vifs: Sequence[Vif] = (),
         admin_password: str | None = None,
         power_on: bool = True,
     ) -> None:
+        image = spawn_image(instance)
         disk = self._disk(instance)
         design = spec.guest_spec(instance, host=self._host, disk=str(disk))
         with SpawnRollback(f"{instance.name} ({instance.uuid})") as rollback:

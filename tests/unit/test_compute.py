@@ -78,9 +78,9 @@ class RollbackDriver(FakeDriver):
         super().__init__(conf)
         self.destroys = 0
 
-    def spawn(self, *, instance, image, **kwargs):
+    def spawn(self, *, instance, **kwargs):
         with SpawnRollback(f"{instance.name} ({instance.uuid})") as rollback:
-            super().spawn(instance=instance, image=image, **kwargs)
+            super().spawn(instance=instance, **kwargs)
             rollback.push("its guest", lambda: self.destroy(instance=instance))
             raise RuntimeError("engine exploded after defining the guest")
 
@@ -103,8 +103,8 @@ def test_failed_spawn_is_cleaned_up_by_the_drivers_rollback_alone(conf):
 class LeakyDriver(FakeDriver):
     """Leaves its guest behind when spawn fails (what a buggy third-party driver does)."""
 
-    def spawn(self, *, instance, image, **kwargs):
-        super().spawn(instance=instance, image=image, **kwargs)
+    def spawn(self, *, instance, **kwargs):
+        super().spawn(instance=instance, **kwargs)
         raise RuntimeError("engine exploded after defining the guest")
 
 

@@ -20,6 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 DRIVERS_MODULE = '''
+import dataclasses
+
 from drivers.fake.driver import FakeDriver
 from virt.driver import Capability, ComputeDriver
 from virt.errors import (
@@ -63,14 +65,17 @@ class BrokenDriver(FakeDriver):
             raise InvalidState("already running")
         super().power_on(instance=instance, block_devices=block_devices)
 
-    def spawn(self, *, instance, image, block_devices=(), vifs=(), admin_password=None,
+    def spawn(self, *, instance, block_devices=(), vifs=(), admin_password=None,
               power_on=True):
+        if instance.image is None:  # boot something rather than refuse
+            instance = dataclasses.replace(instance, image=ImageRef("cirros"))
         try:
-            super().spawn(instance=instance, image=image, block_devices=block_devices,
+            super().spawn(instance=instance, block_devices=block_devices,
                           vifs=vifs, admin_password=admin_password, power_on=power_on)
         except ImageNotFound:
             # leave a half-created guest behind, as a careless driver would
-            super().spawn(instance=instance, image=ImageRef("leftover"), power_on=False)
+            super().spawn(instance=dataclasses.replace(instance, image=ImageRef("leftover")),
+                          power_on=False)
             raise
 
 
@@ -209,6 +214,7 @@ def test_broken_driver_fails_exactly_where_it_is_broken(broken_run):
         "test_no_public_methods_beyond_the_interface",
         "test_power_on_of_a_running_instance_is_a_noop",
         "test_failed_spawn_leaves_nothing_behind",
+        "test_spawn_of_an_instance_without_an_image_is_refused",
         "test_unreachable_engine_raises_hypervisor_unavailable",
     }
     failed = {name for name, outcome in outcomes.items() if outcome == "failed"}

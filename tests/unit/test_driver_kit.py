@@ -8,7 +8,7 @@ import time
 import pytest
 from oslo_config import cfg
 
-from virt.driver import power, rollback, transitions
+from virt.driver import power, rollback, spawn_image, transitions
 from virt.driver.errors import EngineErrors, EngineFault, FaultKind
 from virt.driver.options import call_timeout, reboot_timeout
 from virt.errors import (
@@ -21,7 +21,7 @@ from virt.errors import (
     VirtError,
 )
 from virt.events import LifecycleEvent, Transition
-from virt.model import PowerState
+from virt.model import Flavor, ImageRef, Instance, PowerState, new_uuid
 
 # -- power -----------------------------------------------------------------------------------
 
@@ -176,6 +176,22 @@ def test_a_successful_spawn_keeps_everything():
     with rollback.SpawnRollback("vm1") as stack:
         stack.push("disk", lambda: done.append("disk"))
     assert done == []
+
+
+# -- the spawn image -------------------------------------------------------------------------
+
+
+def test_spawn_image_is_the_instances_image():
+    image = ImageRef("cirros", disk_format="qcow2")
+    instance = Instance(uuid=new_uuid(), name="vm1", flavor=Flavor("t", 1, 64), image=image)
+    assert spawn_image(instance) is image
+
+
+def test_spawn_image_refuses_an_instance_without_one_naming_it():
+    instance = Instance(uuid=new_uuid(), name="vm1", flavor=Flavor("t", 1, 64))
+    with pytest.raises(InvalidRequest, match=f"instance {instance.uuid} has no image") as err:
+        spawn_image(instance)
+    assert err.value.hint and "image" in err.value.hint
 
 
 # -- transitions -----------------------------------------------------------------------------

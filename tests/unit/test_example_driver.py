@@ -123,63 +123,63 @@ def image(tmp_path) -> ImageRef:
     return ImageRef(ref=str(path))
 
 
-def instance(**metadata: str) -> Instance:
-    return Instance(uuid=new_uuid(), name="vm", flavor=FLAVOR, metadata=metadata)
+def instance(image: ImageRef | None = None, **metadata: str) -> Instance:
+    return Instance(uuid=new_uuid(), name="vm", flavor=FLAVOR, image=image, metadata=metadata)
 
 
 def test_spawn_reuses_an_existing_root_disk(driver, image):
-    guest = instance()
+    guest = instance(ImageRef(ref="/nonexistent/image"))
     disk = Path(driver.instance_disk_path(instance=guest))
     disk.parent.mkdir(parents=True)
     disk.write_bytes(b"KEPT FROM THE FAILED HOST\n")
-    driver.spawn(instance=guest, image=ImageRef(ref="/nonexistent/image"))
+    driver.spawn(instance=guest)
     assert driver.get_info(instance=guest).state is PowerState.RUNNING
     assert disk.read_bytes() == b"KEPT FROM THE FAILED HOST\n"
 
 
 def test_destroy_without_disks_keeps_them(driver, image):
-    guest = instance()
-    driver.spawn(instance=guest, image=image)
+    guest = instance(image)
+    driver.spawn(instance=guest)
     disk = Path(driver.instance_disk_path(instance=guest))
     assert disk.read_bytes() == b"BASE\n"
     driver.destroy(instance=guest, destroy_disks=False)
     assert not driver.instance_exists(instance=guest)
     assert disk.is_file()
-    driver.spawn(instance=guest, image=image)  # recovery's re-spawn on the kept disk
+    driver.spawn(instance=guest)  # recovery's re-spawn on the kept disk
     driver.destroy(instance=guest)
     assert not disk.exists()
 
 
 def test_failed_spawn_rolls_back_only_what_it_created(tmp_path, image):
     driver = make_driver(tmp_path, memory_mb=128)  # the 256 MiB guest cannot start
-    new, reused = instance(), instance()
+    new, reused = instance(image), instance(image)
     reused_disk = Path(driver.instance_disk_path(instance=reused))
     reused_disk.parent.mkdir(parents=True)
     reused_disk.write_bytes(b"OLD\n")
     for guest in (new, reused):
         with pytest.raises(VirtError, match="out-of-memory|MiB"):
-            driver.spawn(instance=guest, image=image)
+            driver.spawn(instance=guest)
         assert guest.uuid not in driver.list_instance_uuids()
     assert not Path(driver.instance_disk_path(instance=new)).exists()
     assert reused_disk.read_bytes() == b"OLD\n"
     with pytest.raises(ImageNotFound):
-        driver.spawn(instance=instance(), image=ImageRef(ref="/nonexistent/image"))
+        driver.spawn(instance=instance(ImageRef(ref="/nonexistent/image")))
     driver.cleanup_host(host="h1")
 
 
 def test_spawn_of_an_existing_instance_keeps_it(driver, image):
-    guest = instance()
-    driver.spawn(instance=guest, image=image)
+    guest = instance(image)
+    driver.spawn(instance=guest)
     with pytest.raises(InstanceExists):
-        driver.spawn(instance=guest, image=image)
+        driver.spawn(instance=guest)
     assert driver.get_info(instance=guest).state is PowerState.RUNNING
     assert Path(driver.instance_disk_path(instance=guest)).is_file()
 
 
 def test_power_off_asks_then_forces_a_guest_that_ignores_acpi(driver, image):
-    polite, stubborn = instance(), instance(acpi="off")
+    polite, stubborn = instance(image), instance(image, acpi="off")
     for guest in (polite, stubborn):
-        driver.spawn(instance=guest, image=image)
+        driver.spawn(instance=guest)
     clean = driver.power_off(instance=polite, timeout=5, retry_interval=1)
     assert clean.clean and not clean.forced
     began = time.monotonic()
@@ -190,8 +190,8 @@ def test_power_off_asks_then_forces_a_guest_that_ignores_acpi(driver, image):
 
 
 def test_state_guards(driver, image):
-    guest = instance()
-    driver.spawn(instance=guest, image=image, power_on=False)
+    guest = instance(image)
+    driver.spawn(instance=guest, power_on=False)
     with pytest.raises(InvalidState):
         driver.pause(instance=guest)
     driver.power_on(instance=guest)
@@ -232,10 +232,10 @@ def test_unreachable_engine_and_permission_problem_are_kept_apart(tmp_path):
 def test_events_are_debounced_and_resynced_after_a_reconnect(tmp_path, image):
     driver = make_driver(tmp_path, call_timeout=1)
     seen: list[Transition] = []
-    guest = instance()
+    guest = instance(image)
     driver.register_event_listener(
         lambda e: seen.append(e.transition) if e.instance_uuid == guest.uuid else None)
-    driver.spawn(instance=guest, image=image)
+    driver.spawn(instance=guest)
     driver.reboot(instance=guest, timeout=5)  # halted then running: no STOPPED
     wait(lambda: seen == [Transition.STARTED, Transition.STARTED])
     # Another client of the engine stops the guest: this driver does not hear of it ...

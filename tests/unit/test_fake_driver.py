@@ -45,8 +45,8 @@ IMAGE = ImageRef(ref="cirros")
 SECRET = "s3cr3t-Chap-Pass"
 
 
-def make_instance(name: str = "vm") -> Instance:
-    return Instance(uuid=new_uuid(), name=name, flavor=FLAVOR)
+def make_instance(name: str = "vm", image: ImageRef = IMAGE) -> Instance:
+    return Instance(uuid=new_uuid(), name=name, flavor=FLAVOR, image=image)
 
 
 def chap_volume(mountpoint: str = "/dev/vdb", volume_id: str = "vol-1") -> BlockDevice:
@@ -91,7 +91,7 @@ def test_declares_every_capability_but_a_disk_file():
 
 def test_state_survives_a_new_driver_object(conf, driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     driver.pause(instance=inst)
     again = load_driver("fake", conf)  # what the next CLI process does
     assert again.list_instance_uuids() == [inst.uuid]
@@ -108,7 +108,7 @@ def test_concurrent_processes_lose_no_update(conf, tmp_path):
         "drv = load_driver('fake', conf)\n"
         "for i in range(10):\n"
         "    drv.spawn(instance=Instance(uuid=new_uuid(), name=f'p{sys.argv[2]}-{i}',\n"
-        "              flavor=Flavor('t', 1, 64)), image=ImageRef('cirros'))\n"
+        "              flavor=Flavor('t', 1, 64), image=ImageRef('cirros')))\n"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", script, conf.state_path, str(n)])
@@ -124,7 +124,7 @@ def test_concurrent_threads_spawn_each_uuid_once(driver):
 
     def attempt() -> None:
         try:
-            driver.spawn(instance=inst, image=IMAGE)
+            driver.spawn(instance=inst)
             outcomes.append("ok")
         except InstanceExists:
             outcomes.append("exists")
@@ -139,7 +139,7 @@ def test_concurrent_threads_spawn_each_uuid_once(driver):
 
 def test_secrets_never_reach_the_state_file(conf, driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE, admin_password="Adm1n-Pw",
+    driver.spawn(instance=inst, admin_password="Adm1n-Pw",
                  block_devices=[chap_volume("/dev/vdc", "vol-0")])
     driver.attach_volume(instance=inst, block_device=chap_volume())
     driver.set_admin_password(instance=inst, password="N3w-Pw")
@@ -157,7 +157,7 @@ def test_secrets_never_reach_the_state_file(conf, driver):
 
 def test_state_file_is_private(conf, driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     for path in (state_dir(conf), state_path(conf, inst),
                  os.path.join(state_dir(conf), "_host.json")):
         assert os.stat(path).st_mode & 0o077 == 0, path
@@ -169,7 +169,7 @@ def test_fault_injection_fails_spawn_and_leaves_nothing(conf, driver):
     driver.register_event_listener(events.append)
     inst = make_instance("doomed-1")
     with pytest.raises(SpawnError, match="fail_spawn_on_name_prefix"):
-        driver.spawn(instance=inst, image=IMAGE, block_devices=[chap_volume()])
+        driver.spawn(instance=inst, block_devices=[chap_volume()])
     assert driver.list_instance_uuids() == []
     assert events == []
     assert driver.get_available_resource().vcpus_used == 0
@@ -177,9 +177,9 @@ def test_fault_injection_fails_spawn_and_leaves_nothing(conf, driver):
 
 def test_missing_image_path_and_unknown_snapshot(driver):
     with pytest.raises(ImageNotFound, match="/nonexistent/disk.qcow2"):
-        driver.spawn(instance=make_instance(), image=ImageRef("/nonexistent/disk.qcow2"))
+        driver.spawn(instance=make_instance(image=ImageRef("/nonexistent/disk.qcow2")))
     with pytest.raises(ImageNotFound, match="snapshot"):
-        driver.spawn(instance=make_instance(), image=ImageRef("fake-snapshot:nope"))
+        driver.spawn(instance=make_instance(image=ImageRef("fake-snapshot:nope")))
     assert driver.list_instances() == []
 
 
@@ -188,7 +188,7 @@ def test_latency_options_are_applied(conf, driver):
     conf.set_override("volume_latency_ms", 20, group="fake")
     inst = make_instance()
     began = time.monotonic()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     driver.attach_volume(instance=inst, block_device=chap_volume())
     driver.detach_volume(instance=inst, block_device=chap_volume())
     assert time.monotonic() - began >= 0.07
@@ -196,7 +196,7 @@ def test_latency_options_are_applied(conf, driver):
 
 def test_state_machine_errors(driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE, power_on=False)
+    driver.spawn(instance=inst, power_on=False)
     assert driver.get_info(instance=inst).state is PowerState.SHUTDOWN
     with pytest.raises(InvalidState, match="pause needs it running"):
         driver.pause(instance=inst)
@@ -216,7 +216,7 @@ def test_state_machine_errors(driver):
 
 def test_power_off_reports_how(driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     forced = driver.power_off(instance=inst, timeout=0)
     assert (forced.clean, forced.forced, forced.already_off) == (False, True, False)
     again = driver.power_off(instance=inst)
@@ -229,7 +229,7 @@ def test_events_for_a_whole_lifecycle(driver):
     events = []
     driver.register_event_listener(events.append)
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     driver.pause(instance=inst)
     driver.unpause(instance=inst)
     driver.suspend(instance=inst)
@@ -250,7 +250,7 @@ def test_events_for_a_whole_lifecycle(driver):
 
 def test_volumes(driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     driver.attach_volume(instance=inst, block_device=chap_volume())
     with pytest.raises(VolumeError, match="already has a volume at /dev/vdb"):
         driver.attach_volume(instance=inst, block_device=chap_volume(volume_id="vol-2"))
@@ -268,12 +268,12 @@ def test_volumes(driver):
 
 
 def test_snapshot_is_bootable_and_console_records_it(driver):
-    inst = make_instance()
-    driver.spawn(instance=inst, image=ImageRef("cirros", disk_format="qcow2"))
+    inst = make_instance(image=ImageRef("cirros", disk_format="qcow2"))
+    driver.spawn(instance=inst)
     image = driver.snapshot(instance=inst, name="backup")
     assert image.disk_format == "qcow2" and image.properties["name"] == "backup"
-    clone = make_instance("clone")
-    driver.spawn(instance=clone, image=image)
+    clone = make_instance("clone", image=image)
+    driver.spawn(instance=clone)
     console = driver.get_console_output(instance=inst)
     assert "snapshot 'backup'" in console
     assert len(driver.get_console_output(instance=inst, max_bytes=10).encode()) <= 10
@@ -282,7 +282,7 @@ def test_snapshot_is_bootable_and_console_records_it(driver):
 
 def test_inject_file_and_bad_input(driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     driver.inject_file(instance=inst, path="/etc/motd", contents=b"hello")
     assert "/etc/motd (5 bytes)" in driver.get_console_output(instance=inst)
     with pytest.raises(InvalidRequest, match="absolute"):
@@ -295,8 +295,9 @@ def test_inject_file_and_bad_input(driver):
 
 def test_resources_account_for_instances(driver):
     before = driver.get_available_resource()
-    big = Instance(uuid=new_uuid(), name="big", flavor=Flavor("m1.big", 4, 4096, 40, 10))
-    driver.spawn(instance=big, image=IMAGE, power_on=False)
+    big = Instance(uuid=new_uuid(), name="big", flavor=Flavor("m1.big", 4, 4096, 40, 10),
+                   image=IMAGE)
+    driver.spawn(instance=big, power_on=False)
     after = driver.get_available_resource()
     assert after.vcpus_used - before.vcpus_used == 4
     assert after.memory_mb_used - before.memory_mb_used == 4096
@@ -306,7 +307,7 @@ def test_resources_account_for_instances(driver):
 
 def test_corrupt_state_file_is_a_clear_error(conf, driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     with open(state_path(conf, inst), "w") as handle:
         handle.write("{not json")
     from virt.errors import HypervisorUnavailable
@@ -322,7 +323,7 @@ def test_two_drivers_on_one_host_see_each_others_changes(conf, driver):
     other.init_host(host="test-host")
     inst = make_instance()
     assert not other.instance_exists(instance=inst)
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     assert other.instance_exists(instance=inst)
     other.attach_volume(instance=inst, block_device=chap_volume())
     other.destroy(instance=inst)
@@ -332,7 +333,7 @@ def test_two_drivers_on_one_host_see_each_others_changes(conf, driver):
 
 def test_state_file_edited_by_hand_is_noticed(conf, driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     record = json.loads(open(state_path(conf, inst), encoding="utf-8").read())
     record["name"] = "renamed-by-hand"
     with open(state_path(conf, inst), "w", encoding="utf-8") as handle:
@@ -343,7 +344,7 @@ def test_state_file_edited_by_hand_is_noticed(conf, driver):
 def test_changes_by_others_between_operations_are_seen(conf, driver):
     # The driver remembers what it wrote last; another writer's bytes must win all the same.
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     driver.attach_volume(instance=inst, block_device=chap_volume())
     other = load_driver("fake", conf)
     other.init_host(host="test-host")
@@ -363,7 +364,7 @@ def test_changes_by_others_between_operations_are_seen(conf, driver):
 
 def test_unchanged_transaction_does_not_rewrite_the_file(conf, driver):
     inst = make_instance()
-    driver.spawn(instance=inst, image=IMAGE)
+    driver.spawn(instance=inst)
     before = os.stat(state_path(conf, inst)), os.stat(state_dir(conf))
     driver.destroy(instance=make_instance())  # unknown: a no-op
     driver.power_on(instance=inst)  # already running: a no-op
@@ -375,7 +376,7 @@ def test_unchanged_transaction_does_not_rewrite_the_file(conf, driver):
 def test_one_small_file_per_instance_and_others_untouched(conf, driver):
     insts = [make_instance(f"vm{i}") for i in range(3)]
     for inst in insts:
-        driver.spawn(instance=inst, image=IMAGE)
+        driver.spawn(instance=inst)
     others = [os.stat(state_path(conf, i)) for i in (insts[0], insts[2])]
     driver.pause(instance=insts[1])
     driver.destroy(instance=insts[1])
@@ -417,8 +418,8 @@ def test_old_single_file_state_is_migrated(conf):
     inst = Instance(uuid=uuid, name="old-vm", flavor=FLAVOR)
     assert drv.get_info(instance=inst).state is PowerState.PAUSED
     assert not os.path.exists(legacy) and not os.path.exists(legacy + ".lock")
-    again = make_instance("from-snap")
-    drv.spawn(instance=again, image=ImageRef(snap))  # the snapshot came along
+    again = make_instance("from-snap", image=ImageRef(snap))
+    drv.spawn(instance=again)  # the snapshot came along
     assert load_driver("fake", conf).list_instances() == ["from-snap", "old-vm"]
 
 

@@ -95,7 +95,7 @@ def test_stale_domain_is_replaced(conf, store):
     (uuid,) = record_instances(store, "host-a", 1)
     driver = fake_driver(conf, "host-b")
     instance = source_instance(store, uuid)
-    driver.spawn(instance=instance, image=instance.image, power_on=False)  # a stale leftover
+    driver.spawn(instance=instance, power_on=False)  # a stale leftover
     report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True)
     assert report.instances[0].outcome == Outcome.RECOVERED
     assert driver.list_instance_uuids() == [uuid]
@@ -166,7 +166,7 @@ def test_undo_of_a_half_done_spawn_keeps_the_disks(conf, store, destroys):
     (uuid,) = record_instances(store, "host-a", 1, volumes=1)
     driver = fake_driver(conf, "host-b")
     instance = source_instance(store, uuid)
-    driver.spawn(instance=instance, image=instance.image)  # then the recoverer was killed
+    driver.spawn(instance=instance)  # then the recoverer was killed
     journal = RecoveryJournal(store, host="host-b")
     claim = journal.claim(uuid, "host-a")
     for step in ("volumes", "rehome", "remove-stale"):
@@ -182,7 +182,7 @@ def test_undo_of_a_half_done_spawn_keeps_the_disks(conf, store, destroys):
 def test_stale_domain_is_removed_keeping_its_disks(conf, store, destroys):
     (uuid,) = record_instances(store, "host-a", 1)
     instance = source_instance(store, uuid)
-    fake_driver(conf, "host-b").spawn(instance=instance, image=instance.image, power_on=False)
+    fake_driver(conf, "host-b").spawn(instance=instance, power_on=False)
     assert recover(conf, store, "host-b", failed_host="host-a",
                    confirm_fenced=True).exit_code == 0
     assert destroys == [False]
@@ -195,7 +195,7 @@ def test_resume_local_powers_on_the_existing_domain_with_its_volumes(conf, store
     driver = fake_driver(conf, "host-b")
     instance = source_instance(store, uuid)
     vdb = store.list_block_devices(uuid)[0]
-    driver.spawn(instance=instance, image=instance.image, power_on=False,
+    driver.spawn(instance=instance, power_on=False,
                  block_devices=[vdb.to_block_device()])  # its definition lacks vdc
     report = recover(conf, store, "host-b", resume_local=True)
     (item,) = report.instances
@@ -212,7 +212,7 @@ def test_resume_local_leaves_a_paused_domain_alone(conf, store, destroys):
     (uuid,) = record_instances(store, "host-b", 1)
     driver = fake_driver(conf, "host-b")
     instance = source_instance(store, uuid)
-    driver.spawn(instance=instance, image=instance.image)
+    driver.spawn(instance=instance)
     driver.pause(instance=instance)
     (item,) = recover(conf, store, "host-b", resume_local=True).instances
     assert item.outcome == Outcome.RELEASED and "its domain here is paused" in item.error
@@ -225,7 +225,7 @@ def test_resume_local_crashed_after_spawn_finishes_the_attaches(conf, store):
     (uuid,) = record_instances(store, "host-b", 1, volumes=1)
     driver = fake_driver(conf, "host-b")
     instance = source_instance(store, uuid)
-    driver.spawn(instance=instance, image=instance.image)
+    driver.spawn(instance=instance)
     journal = RecoveryJournal(store, host="host-b")
     claim = journal.claim(uuid, "host-b")
     journal.note(claim, "volumes", "done")
@@ -425,7 +425,7 @@ def test_a_claim_left_by_a_killed_run_refuses_stop_until_resumed(conf, store):
 
     (uuid,) = record_instances(store, "host-b", 1)
     instance = source_instance(store, uuid)
-    fake_driver(conf, "host-b").spawn(instance=instance, image=instance.image)
+    fake_driver(conf, "host-b").spawn(instance=instance)
     journal = RecoveryJournal(store, host="host-b")
     claim = journal.claim(uuid, "host-b", effect=lambda conn: StoreSource(store).begin_recovery(
         uuid, host="host-b", conn=conn))  # what the engine's claim does; then it was killed
@@ -445,7 +445,7 @@ def test_a_released_or_failed_recovery_clears_the_mark(conf, store):
     paused, failing = record_instances(store, "host-b", 2)
     driver = fake_driver(conf, "host-b")
     instance = source_instance(store, paused)
-    driver.spawn(instance=instance, image=instance.image)
+    driver.spawn(instance=instance)
     driver.pause(instance=instance)  # resume-local leaves a paused domain alone: released
     conf.set_override("fail_spawn_on_name_prefix", "inst-0001", group="fake")
     report = recover(conf, store, "host-b", resume_local=True)

@@ -220,7 +220,6 @@ class ComputeService(RecordKeeping):
         try:
             self.driver.spawn(
                 instance=instance,
-                image=image,
                 block_devices=block_devices,
                 vifs=vifs,
                 admin_password=admin_password,

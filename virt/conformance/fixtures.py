@@ -34,7 +34,8 @@ class Guests:
         self.created: dict[str, Instance] = {}
 
     def new(self, tag: str) -> Instance:
-        """A new Instance (not spawned) that will be destroyed at the end of the run."""
+        """A new Instance (not spawned) with the suite's image, destroyed at the end of the
+        run; a test that needs another image replaces it (`dataclasses.replace`)."""
         uuid = new_uuid()
         name = f"{self.settings.opts.instance_prefix}{tag}-{uuid[:8]}"
         instance = Instance(uuid=uuid, name=name, flavor=self.settings.flavor(),
@@ -43,8 +44,8 @@ class Guests:
         return instance
 
     def spawn(self, tag: str, **kwargs: Any) -> Instance:
+        """Spawn a new instance (`new`) with the suite's image; `kwargs` go to spawn."""
         instance = self.new(tag)
-        kwargs.setdefault("image", self.settings.image())
         self.driver.spawn(instance=instance, **kwargs)
         return instance
 

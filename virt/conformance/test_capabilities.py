@@ -7,6 +7,7 @@ NotImplementedError FAILS.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from pathlib import Path
@@ -105,8 +106,8 @@ def test_snapshot_then_spawn_from_it(driver, suite, guests, workbench):
     name = f"{suite.opts.instance_prefix}snap-{secrets.token_hex(4)}"
     image = driver.snapshot(instance=workbench, name=name)
     assert isinstance(image, ImageRef), f"snapshot returned {type(image).__name__}"
-    clone = guests.new("clone")
-    driver.spawn(instance=clone, image=image)
+    clone = dataclasses.replace(guests.new("clone"), image=image)
+    driver.spawn(instance=clone)
     assert driver.get_info(instance=clone).state is PowerState.RUNNING
     driver.destroy(instance=clone)
 
@@ -258,7 +259,7 @@ def test_lifecycle_events_arrive_in_order(driver, suite, guests):
     try:
         # Each step waits for its event, so an engine that debounces STOPPED (a quick
         # restart is not a shutdown) is judged on what it reports, not on a race.
-        driver.spawn(instance=instance, image=suite.image())
+        driver.spawn(instance=instance)
         arrived(Transition.STARTED)
         driver.power_off(instance=instance, timeout=suite.opts.power_off_timeout)
         arrived(Transition.STARTED, Transition.STOPPED)

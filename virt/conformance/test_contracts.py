@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -9,7 +10,13 @@ import pytest
 
 from virt.conformance.fixtures import is_subsequence, wait_for
 from virt.driver import Capability, load_driver
-from virt.errors import HypervisorUnavailable, InstanceExists, InstanceNotFound, VirtError
+from virt.errors import (
+    HypervisorUnavailable,
+    InstanceExists,
+    InstanceNotFound,
+    InvalidRequest,
+    VirtError,
+)
 from virt.events import Transition
 from virt.model import HostResources, InstanceInfo, PowerOffResult, PowerState
 
@@ -106,19 +113,33 @@ def test_spawn_powered_off_start_and_destroy_twice(driver, guests):
 
 
 @ops("spawn")
-def test_spawn_of_an_existing_uuid_raises_instance_exists(driver, suite, shared_instance):
+def test_spawn_of_an_existing_uuid_raises_instance_exists(driver, shared_instance):
     with pytest.raises(InstanceExists):
-        driver.spawn(instance=shared_instance, image=suite.image())
+        driver.spawn(instance=shared_instance)
     assert driver.list_instance_uuids().count(shared_instance.uuid) == 1
     assert driver.get_info(instance=shared_instance).state is PowerState.RUNNING
 
 
 @ops("spawn")
 def test_failed_spawn_leaves_nothing_behind(driver, suite, guests):
-    instance = guests.new("doomed")
+    instance = dataclasses.replace(guests.new("doomed"), image=suite.missing_image())
     with pytest.raises(VirtError) as failure:
-        driver.spawn(instance=instance, image=suite.missing_image())
+        driver.spawn(instance=instance)
     assert not isinstance(failure.value, InstanceExists)
+    _assert_nothing_left(driver, instance)
+
+
+@ops("spawn")
+def test_spawn_of_an_instance_without_an_image_is_refused(driver, guests):
+    instance = dataclasses.replace(guests.new("imageless"), image=None)
+    with pytest.raises(InvalidRequest) as refusal:
+        driver.spawn(instance=instance)
+    assert instance.uuid in str(refusal.value), f"the refusal does not name it: {refusal.value}"
+    _assert_nothing_left(driver, instance)
+
+
+def _assert_nothing_left(driver, instance) -> None:
+    """The engine has no trace of `instance`, by every listing the interface has."""
     assert instance.uuid not in driver.list_instance_uuids()
     assert instance.name not in driver.list_instances()
     assert driver.instance_exists(instance=instance) is False
@@ -208,7 +229,7 @@ def test_events_that_arrive_are_in_a_valid_order(driver, suite, guests):
 
     driver.register_event_listener(listener)
     try:
-        driver.spawn(instance=instance, image=suite.image())
+        driver.spawn(instance=instance)
         driver.power_off(instance=instance, timeout=suite.opts.power_off_timeout)
         driver.power_on(instance=instance)
         driver.destroy(instance=instance)

@@ -16,7 +16,7 @@ from typing import ClassVar
 from oslo_config import cfg
 
 from virt.config import register_group_opts
-from virt.errors import UnsupportedOperation
+from virt.errors import InvalidRequest, UnsupportedOperation
 from virt.events import EventEmitter, LifecycleEvent, Listener
 from virt.model import (
     BlockDevice,
@@ -81,6 +81,15 @@ OPERATIONS: dict[str, Capability | None] = {
 }
 
 
+def spawn_image(instance: Instance) -> ImageRef:
+    """The image `spawn` boots `instance` from: `instance.image`, or InvalidRequest naming
+    the instance if it has none. A driver's spawn calls it before it creates anything."""
+    if instance.image is None:
+        raise InvalidRequest(f"instance {instance.uuid} has no image to spawn from",
+                             hint="give the instance an image (Instance.image)")
+    return instance.image
+
+
 class ComputeDriver(abc.ABC):
     """Base class of every compute driver.
 
@@ -96,9 +105,10 @@ class ComputeDriver(abc.ABC):
     keeps the root disk as a file declares `Capability.INSTANCE_DISK_FILE` and says where it
     is through `instance_disk_path` (without it recovery cannot check the disk is there).
 
-    The kit in this package gives the shared mechanics: `power` (timeout checks, graceful
-    power-off, state guards), `rollback.SpawnRollback` (the one owner of a failed spawn's
-    clean-up), `transitions` (events, debounce, resync), `errors.EngineErrors`.
+    The kit in this package gives the shared mechanics: `spawn_image` (the image spawn boots
+    from, refused when missing), `power` (timeout checks, graceful power-off, state guards),
+    `rollback.SpawnRollback` (the one owner of a failed spawn's clean-up), `transitions`
+    (events, debounce, resync), `errors.EngineErrors`.
     """
 
     #: Entry-point name of the driver.
@@ -174,13 +184,15 @@ class ComputeDriver(abc.ABC):
         self,
         *,
         instance: Instance,
-        image: ImageRef,
         block_devices: Sequence[BlockDevice] = (),
         vifs: Sequence[Vif] = (),
         admin_password: str | None = None,
         power_on: bool = True,
     ) -> None:
-        """Create the guest (and start it unless `power_on` is False).
+        """Create the guest from `instance.image` (and start it unless `power_on` is False).
+
+        An instance without an image is refused with InvalidRequest before anything is made
+        (`spawn_image` is the check).
 
         A valid root disk already at `instance_disk_path` is reused, not replaced (recovery
         re-spawns on shared storage). On failure everything this call created is removed

@@ -23,7 +23,6 @@ from virt.errors import (
     HypervisorUnavailable,
     InstanceMoved,
     InstanceNotFound,
-    InvalidRequest,
     VirtError,
     VolumeError,
     VolumeNotFound,
@@ -174,14 +173,12 @@ class Planner:
     def _spawn(self, candidate: Candidate, instance: Instance, devices: list[BlockDevice],
                at_spawn: list[VolumeRef], item: InstanceReport) -> None:
         """Spawn with the volumes that go in at boot. A failure is the driver's to clean up
-        (nothing is undone here); the report says if it left the domain behind."""
-        image = candidate.image
-        if image is None:
-            raise InvalidRequest(f"instance {candidate.uuid} has no image to spawn from")
+        (nothing is undone here); the report says if it left the domain behind. The image
+        is `instance.image` (the driver refuses an instance without one)."""
         boot = [d for d in devices if d.device_name in {v.device for v in at_spawn}]
         LOG.debug("spawning %s with %s", instance.uuid, sorted(d.device_name for d in devices))
         try:
-            self.driver.spawn(instance=instance, image=image, block_devices=boot,
+            self.driver.spawn(instance=instance, block_devices=boot,
                               power_on=candidate.should_run)
         except Exception:
             left = spawn_leftover(self.driver, instance)

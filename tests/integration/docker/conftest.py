@@ -60,7 +60,7 @@ def spawn(driver, docker_image) -> Iterator[Callable[..., Instance]]:
             image=image,
         )
         made.append(instance)
-        driver.spawn(instance=instance, image=image, **kwargs)
+        driver.spawn(instance=instance, **kwargs)
         return instance
 
     yield _spawn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -141,7 +142,7 @@ def test_foreign_containers_are_invisible_and_untouched(driver, docker_image):
             driver.get_info(instance=impostor)
         driver.destroy(instance=impostor)  # not ours: a no-op
         with pytest.raises(SpawnError, match="did not create"):
-            driver.spawn(instance=impostor, image=impostor.image)
+            driver.spawn(instance=impostor)
         assert container_inspect(name)["State"]["Running"] is True
     finally:
         docker_cli("rm", "-f", name, check=False)
@@ -151,10 +152,9 @@ def test_foreign_containers_are_invisible_and_untouched(driver, docker_image):
 
 
 def test_unknown_image_is_image_not_found(driver, docker_image):
-    instance = new_instance(docker_image)
-    image = ImageRef(f"virtkit-test/no-such-image-{uuid.uuid4().hex[:6]}:1")
+    instance = new_instance(f"virtkit-test/no-such-image-{uuid.uuid4().hex[:6]}:1")
     with pytest.raises(ImageNotFound, match="no-such-image"):
-        driver.spawn(instance=instance, image=image)
+        driver.spawn(instance=instance)
     assert nothing_left(instance)
 
 
@@ -162,23 +162,30 @@ def test_missing_image_id_is_image_not_found_without_a_pull(driver, docker_image
     instance = new_instance(docker_image)
     for ref in ("sha256:" + "0" * 64, "0" * 12):
         with pytest.raises(ImageNotFound, match="an image id cannot be pulled"):
-            driver.spawn(instance=instance, image=ImageRef(ref))
+            driver.spawn(instance=dataclasses.replace(instance, image=ImageRef(ref)))
         assert nothing_left(instance)
 
 
 def test_unreachable_registry_is_image_not_found_naming_it(driver, docker_image):
-    instance = new_instance(docker_image)
-    image = ImageRef(f"127.0.0.1:1/virtkit-test/absent-{uuid.uuid4().hex[:6]}:1")  # nobody there
+    # nobody there
+    instance = new_instance(f"127.0.0.1:1/virtkit-test/absent-{uuid.uuid4().hex[:6]}:1")
     with pytest.raises(ImageNotFound, match="registry could not be reached") as err:
-        driver.spawn(instance=instance, image=image)
+        driver.spawn(instance=instance)
     assert "127.0.0.1:1" in str(err.value)
+    assert nothing_left(instance)
+
+
+def test_instance_without_an_image_is_refused(driver, docker_image):
+    instance = dataclasses.replace(new_instance(docker_image), image=None)
+    with pytest.raises(InvalidRequest, match=f"instance {instance.uuid} has no image"):
+        driver.spawn(instance=instance)
     assert nothing_left(instance)
 
 
 def test_name_docker_refuses(driver, docker_image):
     instance = new_instance(docker_image, name="x")
     with pytest.raises(InvalidRequest, match="at least two characters"):
-        driver.spawn(instance=instance, image=instance.image)
+        driver.spawn(instance=instance)
     assert nothing_left(instance)
 
 
@@ -193,7 +200,7 @@ def test_name_docker_refuses(driver, docker_image):
 def test_flavor_docker_cannot_express(driver, docker_image, flavor, message):
     instance = new_instance(docker_image, flavor=flavor)
     with pytest.raises(InvalidRequest, match=message):
-        driver.spawn(instance=instance, image=instance.image)
+        driver.spawn(instance=instance)
     assert nothing_left(instance)
 
 
@@ -215,7 +222,7 @@ def test_container_that_exits_at_once_fails_spawn_with_its_output(patient_driver
     instance = new_instance(docker_image, command=command)
     started = time.monotonic()
     with pytest.raises(SpawnError, match=r"code 3.*boot-failed-marker"):
-        patient_driver.spawn(instance=instance, image=instance.image)
+        patient_driver.spawn(instance=instance)
     # docker's wait returned at the exit: the 20 s window is an upper bound, not a delay.
     assert time.monotonic() - started < 10
     assert nothing_left(instance)
@@ -227,12 +234,12 @@ def test_spawn_waits_for_the_container_to_stay_up(driver, docker_image, tmp_path
     instance = new_instance(docker_image, command=SLEEPER)
     try:
         started = time.monotonic()
-        quick.spawn(instance=instance, image=instance.image)
+        quick.spawn(instance=instance)
         assert time.monotonic() - started >= 1.5  # it watched the container for the window
         assert quick.get_info(instance=instance).state is PowerState.RUNNING
         # An exit after the window is no spawn failure: it reads CRASHED afterwards.
         late = new_instance(docker_image, command="sh -c 'sleep 3; exit 5'")
-        quick.spawn(instance=late, image=late.image)
+        quick.spawn(instance=late)
         assert wait_for(lambda: quick.get_info(instance=late).state is PowerState.CRASHED, 10)
         quick.destroy(instance=late)
     finally:
@@ -244,7 +251,7 @@ def test_spawn_twice_is_refused_and_keeps_the_first(driver, spawn):
     instance = spawn(command=SLEEPER)
     first = container_inspect(instance.name)["Id"]
     with pytest.raises(Exception, match="already exists"):
-        driver.spawn(instance=instance, image=instance.image)
+        driver.spawn(instance=instance)
     assert container_inspect(instance.name)["Id"] == first
 
 
@@ -522,7 +529,7 @@ def test_a_reboot_is_not_reported_as_a_shutdown(docker_image, docker_host, tmp_p
     instance = new_instance(docker_image, command=SLEEPER)
     try:
         assert driver.event_watcher.synced.wait(15)
-        driver.spawn(instance=instance, image=instance.image)
+        driver.spawn(instance=instance)
 
         def mine():
             return [e.transition for e in events if e.instance_uuid == instance.uuid]

@@ -87,9 +87,9 @@ def registry(docker_image):
     server.server_close()
 
 
-def _instance() -> Instance:
+def _instance(image: ImageRef) -> Instance:
     return Instance(uuid=str(uuid.uuid4()), name=f"vk-dk-pull-{uuid.uuid4().hex[:8]}",
-                    flavor=Flavor("dk.small", 1, 64, 0))
+                    flavor=Flavor("dk.small", 1, 64, 0), image=image)
 
 
 def _nothing_left(instance: Instance) -> bool:
@@ -98,18 +98,18 @@ def _nothing_left(instance: Instance) -> bool:
 
 
 def test_error_inside_the_pull_stream_is_image_error(driver, registry):
-    instance = _instance()
     image = ImageRef(f"{registry}/broken/app:1")
+    instance = _instance(image=image)
     with pytest.raises(ImageError, match="verification failed"):
-        driver.spawn(instance=instance, image=image)
+        driver.spawn(instance=instance)
     assert _nothing_left(instance)
     assert not docker_cli("images", "-q", image.ref)
 
 
 def test_unknown_tag_on_a_reachable_registry_is_image_not_found(driver, registry):
-    instance = _instance()
+    instance = _instance(image=ImageRef(f"{registry}/nothing/here:1"))
     with pytest.raises(ImageNotFound, match="nothing/here"):
-        driver.spawn(instance=instance, image=ImageRef(f"{registry}/nothing/here:1"))
+        driver.spawn(instance=instance)
     assert _nothing_left(instance)
 
 
@@ -186,11 +186,11 @@ def test_pull_timeout_cancels_the_pull(docker_image, tmp_path_factory, stall_at,
     host = f"dk-pull-{uuid.uuid4().hex[:8]}"
     driver = make_driver(tmp_path_factory, host, pull_timeout=2.0, call_timeout=5.0)
     ref = f"127.0.0.1:{server.server_address[1]}/stalled/app:1"
-    instance = _instance()
+    instance = _instance(image=ImageRef(ref))
     try:
         started = time.monotonic()
         with pytest.raises(ImageError, match="did not finish within 2s"):
-            driver.spawn(instance=instance, image=ImageRef(ref))
+            driver.spawn(instance=instance)
         assert time.monotonic() - started < 2.0 + 5.0
         assert handler.stalled.is_set()  # the registry really stalled the pull
         # The worker thread is gone and its connection to dockerd is closed...

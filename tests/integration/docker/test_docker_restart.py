@@ -50,7 +50,7 @@ def test_dockerd_restart(docker_image, tmp_path_factory):
 
     try:
         assert driver.event_watcher.synced.wait(15)
-        driver.spawn(instance=instance, image=image)
+        driver.spawn(instance=instance)
         assert wait_for(lambda: seen(Transition.STARTED), 10), events
         resyncs = driver.event_watcher.resyncs
         mark = len(events)

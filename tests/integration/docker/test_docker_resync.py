@@ -94,7 +94,7 @@ def test_resync_reads_oom_kills_and_foreign_sigkills_as_crashed(docker_image, tm
         image = ImageRef(docker_image, properties={"os_command_line": command})
         instance = Instance(uuid=str(uuid.uuid4()), name=f"vk-dk-rsy-{uuid.uuid4().hex[:8]}",
                             flavor=Flavor("dk", 1, memory_mb, 0), image=image)
-        driver.spawn(instance=instance, image=image)
+        driver.spawn(instance=instance)
         return instance
 
     made: list[Instance] = []

@@ -84,9 +84,10 @@ def driver(workdir):
         yield drv
 
 
-def _instance(name: str) -> Instance:
+def _instance(name: str, image: ImageRef | None = None) -> Instance:
     uid = str(uuid.uuid4())
-    return Instance(uuid=uid, name=f"{name}-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+    return Instance(uuid=uid, name=f"{name}-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1),
+                    image=image)
 
 
 class Recorder:
@@ -131,8 +132,8 @@ def initiator(driver) -> str:
 def guest(driver, image, luns, initiator):
     """The shared guest, spawned with a 64 MiB CHAP LUN at /dev/vdb (connector's IQN only)."""
     lun = luns.create(size_mb=64, chap=True, initiators=[initiator])
-    inst = _instance("vk-qemu")
-    driver.spawn(instance=inst, image=image, block_devices=[lun_device(lun, "/dev/vdb")])
+    inst = _instance("vk-qemu", image=image)
+    driver.spawn(instance=inst, block_devices=[lun_device(lun, "/dev/vdb")])
     yield inst, lun
     driver.destroy(instance=inst)
     assert leftovers(inst.uuid) == []
@@ -189,8 +190,8 @@ def test_a_lun_for_the_connector_refuses_qemus_default_initiator(driver, guest, 
 def test_detach_from_a_booting_guest_is_requested_again(driver, image, luns):
     # A guest still booting drops the first hot-unplug request; the driver repeats it.
     lun = luns.create(size_mb=16, chap=True)
-    inst = _instance("vk-early")
-    driver.spawn(instance=inst, image=image)
+    inst = _instance("vk-early", image=image)
+    driver.spawn(instance=inst)
     try:
         bdm = lun_device(lun, "/dev/vdb")
         driver.attach_volume(instance=inst, block_device=bdm)
@@ -286,8 +287,8 @@ def test_a_guest_ignoring_acpi_is_rebooted_hard_and_forced_off(driver, image, ca
     # Booted with acpi=off, the kernel ignores the power button: every ACPI request is lost.
     deaf = ImageRef(image.ref, kernel=image.kernel, ramdisk=image.ramdisk,
                     kernel_cmdline="console=ttyS0 acpi=off")
-    inst = _instance("vk-noacpi")
-    driver.spawn(instance=inst, image=deaf)
+    inst = _instance("vk-noacpi", image=deaf)
+    driver.spawn(instance=inst)
     try:
         wait_console(driver, inst, "VIRTKIT-DISKS-END")
         began = time.monotonic()

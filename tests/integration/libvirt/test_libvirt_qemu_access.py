@@ -26,7 +26,7 @@ from tests.libvirt_helpers import (
 from tests.testbed import require
 from virt.errors import AccessDenied, ConfigError, HypervisorUnavailable
 from virt.events import Transition
-from virt.model import Flavor, Instance
+from virt.model import Flavor, ImageRef, Instance
 
 pytestmark = [pytest.mark.libvirt_qemu, pytest.mark.slow]
 
@@ -39,9 +39,10 @@ def qemu_user():
     return user
 
 
-def _instance(name: str) -> Instance:
+def _instance(name: str, image: ImageRef | None = None) -> Instance:
     uid = str(uuid.uuid4())
-    return Instance(uuid=uid, name=f"{name}-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+    return Instance(uuid=uid, name=f"{name}-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1),
+                    image=image)
 
 
 def test_init_host_refuses_an_images_path_qemus_user_cannot_traverse(qemu_user):
@@ -58,14 +59,14 @@ def test_init_host_refuses_an_images_path_qemus_user_cannot_traverse(qemu_user):
 
 
 def test_an_unreadable_disk_is_access_denied_not_a_lost_connection(qemu_user, caplog):
-    inst = _instance("vk-access")
+    inst = _instance("vk-access", image=tiny_guest_image())
     with qemu_workdir("vk-access-") as work, libvirt_driver(work, "access") as driver:
         reconnects = driver.connection.reconnects
         (work / "state").chmod(0o700)  # after init_host: QEMU's user is locked out
         caplog.set_level("WARNING")
         try:
             with pytest.raises(AccessDenied) as caught:
-                driver.spawn(instance=inst, image=tiny_guest_image())
+                driver.spawn(instance=inst)
         finally:
             (work / "state").chmod(0o711)
         error = caught.value
@@ -84,10 +85,10 @@ def test_an_unreadable_disk_is_access_denied_not_a_lost_connection(qemu_user, ca
 
 
 def test_changes_while_the_connection_was_down_are_emitted_after_the_reconnect(qemu_user):
-    inst = _instance("vk-resync")
+    inst = _instance("vk-resync", image=tiny_guest_image())
     with qemu_workdir("vk-resync-") as work, \
             libvirt_driver(work, "resync", stopped_event_delay=0.5) as driver:
-        driver.spawn(instance=inst, image=tiny_guest_image())
+        driver.spawn(instance=inst)
         events: list = []
         driver.register_event_listener(
             lambda e: events.append(e.transition) if e.instance_uuid == inst.uuid else None)

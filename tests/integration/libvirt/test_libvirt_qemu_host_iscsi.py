@@ -81,9 +81,10 @@ def test_host_mode_attach_at_spawn_hot_attach_detach_and_destroy(driver, luns):
     lun = luns.create(size_mb=64, chap=True, initiators=[initiator])
     extra = luns.create(size_mb=32, chap=True, initiators=[initiator])
     uid = str(uuid.uuid4())
-    inst = Instance(uuid=uid, name=f"vk-hostiscsi-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+    inst = Instance(uuid=uid, name=f"vk-hostiscsi-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1),
+                    image=image)
     bdm, bdm_extra = lun_device(lun, "/dev/vdb"), lun_device(extra, "/dev/vdc")
-    driver.spawn(instance=inst, image=image, block_devices=[bdm])
+    driver.spawn(instance=inst, block_devices=[bdm])
     try:
         out = wait_console(driver, inst, r"VIRTKIT-DISKS-END")
         assert f"name=vdb sectors={lun.size_bytes // 512}" in out

@@ -87,14 +87,15 @@ class Recorder:
 def test_a_guest_over_qemu_ssh(driver, uri, workdir):
     image = tiny_guest_image()
     uid = str(uuid.uuid4())
-    inst = Instance(uuid=uid, name=f"vk-remote-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1))
+    inst = Instance(uuid=uid, name=f"vk-remote-{uid[:6]}", flavor=Flavor("tiny", 1, 128, 1),
+                    image=image)
     # The driver's connection is the ssh transport (an ssh child of this process).
     assert driver.connection.connection().getURI() == uri
     assert any("127.0.0.1" in argv for argv in ssh_children()), ssh_children()
     recorder = Recorder(uid)
     driver.register_event_listener(recorder)
     try:
-        driver.spawn(instance=inst, image=image)
+        driver.spawn(instance=inst)
         try:
             recorder.wait(Transition.STARTED)
             wait_console(driver, inst, "VIRTKIT-GUEST-UP")

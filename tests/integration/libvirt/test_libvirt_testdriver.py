@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import uuid
 
@@ -50,10 +51,11 @@ def driver(tmp_path):
     drv.cleanup_host(host="test-host")
 
 
-def _instance(name: str | None = None, uid: str | None = None, **meta: str) -> Instance:
+def _instance(name: str | None = None, uid: str | None = None, *,
+              image: ImageRef | None = None, **meta: str) -> Instance:
     uid = uid or str(uuid.uuid4())
     return Instance(uuid=uid, name=name or f"vkt-{uid[:8]}", flavor=Flavor("t", 1, 128, 1, 1, 8),
-                    metadata=meta)
+                    image=image, metadata=meta)
 
 
 def test_full_lifecycle(driver, base, tmp_path):
@@ -63,8 +65,8 @@ def test_full_lifecycle(driver, base, tmp_path):
         events.append((event.instance_uuid, event.transition))
 
     driver.register_event_listener(listener)
-    inst = _instance(note="<b>&'\"")
-    driver.spawn(instance=inst, image=base)
+    inst = _instance(note="<b>&'\"", image=base)
+    driver.spawn(instance=inst)
     assert driver.instance_exists(instance=inst)
     assert inst.name in driver.list_instances()
     assert inst.uuid in driver.list_instance_uuids()
@@ -95,8 +97,8 @@ def test_full_lifecycle(driver, base, tmp_path):
     with pytest.raises(InstanceNotFound):
         driver.get_info(instance=inst)
     # The snapshot boots a new instance.
-    again = _instance()
-    driver.spawn(instance=again, image=snap, power_on=False)
+    again = _instance(image=snap)
+    driver.spawn(instance=again, power_on=False)
     assert driver.get_info(instance=again).state is PowerState.SHUTDOWN
     # Events arrive on libvirt's event thread, possibly well after the calls returned.
     expected = {Transition.STARTED, Transition.PAUSED, Transition.RESUMED, Transition.SUSPENDED}
@@ -104,8 +106,8 @@ def test_full_lifecycle(driver, base, tmp_path):
 
 
 def test_definition_carries_metadata_and_validates(driver, base, tmp_path):
-    inst = _instance(role="web", hostile="</metadata><x/>")
-    driver.spawn(instance=inst, image=base, power_on=False)
+    inst = _instance(role="web", hostile="</metadata><x/>", image=base)
+    driver.spawn(instance=inst, power_on=False)
     text = driver.connection.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     assert "</metadata><x/>" not in text and "&lt;/metadata&gt;&lt;x/&gt;" in text
     validate_domain_xml(tmp_path, text)
@@ -115,8 +117,8 @@ def test_hostile_metadata_reaches_libvirt_as_data(driver, base, tmp_path):
     hostile = "]]><devices/>&amp; & '\"<![CDATA[x]]> </metadata>"
     with pytest.raises(InvalidRequest, match="instance name"):
         _instance(name="vkt-\"q\" <b>&]]>")  # names never get as far as the driver
-    inst = _instance(note=hostile, **{"k\"<&]]>": hostile})
-    driver.spawn(instance=inst, image=base, power_on=False)
+    inst = _instance(image=base, note=hostile, **{"k\"<&]]>": hostile})
+    driver.spawn(instance=inst, power_on=False)
     text = driver.connection.connection().lookupByUUIDString(inst.uuid).XMLDesc(0)
     defined = xml.Domain.from_xml(text)
     assert defined.metadata is not None
@@ -127,22 +129,25 @@ def test_hostile_metadata_reaches_libvirt_as_data(driver, base, tmp_path):
 
 def test_spawn_failures_leave_nothing(driver, base, tmp_path):
     before = set(driver.list_instance_uuids())
-    inst = _instance()
+    inst = _instance(image=ImageRef(str(tmp_path / "missing.qcow2")))
     with pytest.raises(ImageNotFound):
-        driver.spawn(instance=inst, image=ImageRef(str(tmp_path / "missing.qcow2")))
+        driver.spawn(instance=inst)
     bad_volume = BlockDevice(
         VolumeConnection("iscsi", {"target_portal": "127.0.0.1:3260", "target_lun": 1}),
         "/dev/vdb")
     with pytest.raises(InvalidRequest, match="target_iqn"):
-        driver.spawn(instance=inst, image=base, block_devices=[bad_volume])
+        driver.spawn(instance=dataclasses.replace(inst, image=base),
+                     block_devices=[bad_volume])
+    with pytest.raises(InvalidRequest, match=f"instance {inst.uuid} has no image"):
+        driver.spawn(instance=dataclasses.replace(inst, image=None))
     # A name clash is only found by libvirt: the overlay made before it is rolled back.
-    first = _instance()
-    driver.spawn(instance=first, image=base)
-    clash = Instance(uuid=str(uuid.uuid4()), name=first.name, flavor=first.flavor)
+    first = _instance(image=base)
+    driver.spawn(instance=first)
+    clash = Instance(uuid=str(uuid.uuid4()), name=first.name, flavor=first.flavor, image=base)
     with pytest.raises(SpawnError, match="already"):
-        driver.spawn(instance=clash, image=base)
+        driver.spawn(instance=clash)
     with pytest.raises(InstanceExists):
-        driver.spawn(instance=first, image=base)
+        driver.spawn(instance=first)
     assert set(driver.list_instance_uuids()) - before == {first.uuid}
     assert not (tmp_path / "state" / "instances" / inst.uuid).exists()
     assert not (tmp_path / "state" / "instances" / clash.uuid).exists()
@@ -155,13 +160,13 @@ def test_volumes_are_unsupported_before_any_probe(driver, base, tmp_path):
         "target_portal": "127.0.0.1:9", "target_iqn": "iqn.2024-01.org.virtkit.test:none",
         "target_lun": 1, "auth_method": "CHAP", "auth_username": "u",
         "auth_password": "never-used-pw"}), "/dev/vdb")
-    inst = _instance()
+    inst = _instance(image=base)
     with pytest.raises(UnsupportedOperation, match="attach_volume") as caught:
-        driver.spawn(instance=inst, image=base, block_devices=[volume])
+        driver.spawn(instance=inst, block_devices=[volume])
     assert "never-used-pw" not in str(caught.value)
     assert not driver.instance_exists(instance=inst)
     assert not (tmp_path / "state" / "instances" / inst.uuid).exists()
-    driver.spawn(instance=inst, image=base)
+    driver.spawn(instance=inst)
     with pytest.raises(UnsupportedOperation, match="attach_volume"):
         driver.attach_volume(instance=inst, block_device=volume)
     with pytest.raises(UnsupportedOperation, match="detach_volume"):
@@ -188,7 +193,7 @@ def test_list_instances_is_one_call(driver, base, monkeypatch):
             return getattr(conn, name)
 
     for _ in range(3):
-        driver.spawn(instance=_instance(), image=base, power_on=False)
+        driver.spawn(instance=_instance(image=base), power_on=False)
     monkeypatch.setattr(driver.connection, "_conn", Spy())
     names = driver.list_instances()
     assert len(names) >= 3 and calls == ["listAllDomains"]
@@ -204,8 +209,8 @@ def test_host_resources_and_connector(driver):
 
 
 def test_undefine_falls_back_and_remembers(driver, base):
-    inst = _instance()
-    driver.spawn(instance=inst, image=base)
+    inst = _instance(image=base)
+    driver.spawn(instance=inst)
     driver.destroy(instance=inst)
     # The test driver refuses NVRAM and CHECKPOINTS_METADATA; the driver learned that.
     assert not driver._undefiner.flags & libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
@@ -213,8 +218,8 @@ def test_undefine_falls_back_and_remembers(driver, base):
 
 
 def test_destroy_keeps_disks_when_asked(driver, base, tmp_path):
-    inst = _instance()
-    driver.spawn(instance=inst, image=base)
+    inst = _instance(image=base)
+    driver.spawn(instance=inst)
     driver.destroy(instance=inst, destroy_disks=False)
     assert (tmp_path / "state" / "instances" / inst.uuid / "disk").exists()
 
@@ -226,13 +231,13 @@ def _disk_identity(path):
 
 def test_spawn_reuses_existing_disks_on_shared_storage(driver, base, tmp_path, caplog):
     """A recovered instance's disks already exist under instances_path: spawn uses them."""
-    inst = _instance()
-    driver.spawn(instance=inst, image=base)
+    inst = _instance(image=base)
+    driver.spawn(instance=inst)
     driver.destroy(instance=inst, destroy_disks=False)
     disk = tmp_path / "state" / "instances" / inst.uuid / "disk"
     before = _disk_identity(disk)
     with caplog.at_level("INFO", logger="drivers.libvirt.images"):
-        driver.spawn(instance=inst, image=base)
+        driver.spawn(instance=inst)
     assert driver.get_info(instance=inst).state is PowerState.RUNNING
     assert _disk_identity(disk) == before, "the existing root disk was rewritten"
     assert any("reusing its existing root disk" in r.getMessage() for r in caplog.records)
@@ -241,22 +246,22 @@ def test_spawn_reuses_existing_disks_on_shared_storage(driver, base, tmp_path, c
 
 
 def test_failed_spawn_leaves_existing_disks_intact(driver, base, tmp_path):
-    inst = _instance()
-    driver.spawn(instance=inst, image=base)
+    inst = _instance(image=base)
+    driver.spawn(instance=inst)
     driver.destroy(instance=inst, destroy_disks=False)
     directory = tmp_path / "state" / "instances" / inst.uuid
     disk = directory / "disk"
     before = _disk_identity(disk)
     # Another domain now holds the name: libvirt refuses the define, spawn rolls back.
-    other = _instance(name=inst.name)
-    driver.spawn(instance=other, image=base)
+    other = _instance(name=inst.name, image=base)
+    driver.spawn(instance=other)
     with pytest.raises(SpawnError, match="already"):
-        driver.spawn(instance=inst, image=base)
+        driver.spawn(instance=inst)
     assert not driver.instance_exists(instance=inst)
     assert _disk_identity(disk) == before and directory.is_dir()
     # A disk whose backing file is gone is reported, not replaced.
     driver.destroy(instance=other)
-    broken = _instance()
+    broken = _instance(image=base)
     broken_dir = tmp_path / "state" / "instances" / broken.uuid
     broken_dir.mkdir()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b",
@@ -264,7 +269,7 @@ def test_failed_spawn_leaves_existing_disks_intact(driver, base, tmp_path):
                    check=True, timeout=60)
     broken_before = _disk_identity(broken_dir / "disk")
     with pytest.raises(ImageError, match="not reachable"):
-        driver.spawn(instance=broken, image=base)
+        driver.spawn(instance=broken)
     assert _disk_identity(broken_dir / "disk") == broken_before
     assert not driver.instance_exists(instance=broken)
 
@@ -293,8 +298,8 @@ def test_unreachable_libvirtd_state_is_unknown(tmp_path):
 
 def test_kept_domain_handles_follow_changes_made_elsewhere(driver, base):
     """get_info keeps domain handles; changes by another client still read correctly."""
-    inst = _instance()
-    driver.spawn(instance=inst, image=base)
+    inst = _instance(image=base)
+    driver.spawn(instance=inst)
     assert driver.get_info(instance=inst).state is PowerState.RUNNING
     other = libvirt.open("test:///default")
     try:
@@ -317,15 +322,15 @@ def test_kept_domain_handles_follow_changes_made_elsewhere(driver, base):
 
 def test_lifecycle_events_are_subscribed_once_listened_to(driver, base):
     # Without a listener the driver does not pay libvirt-python's per-event delivery.
-    quiet = _instance()
-    driver.spawn(instance=quiet, image=base)
+    quiet = _instance(image=base)
+    driver.spawn(instance=quiet)
     driver.destroy(instance=quiet)
     assert driver.connection._event_ids == {}
     events: list = []
     driver.register_event_listener(events.append)
     driver.register_event_listener(events.append)  # once only, on the connection too
     assert len(driver.connection._event_ids) == 1
-    heard = _instance()
-    driver.spawn(instance=heard, image=base)
+    heard = _instance(image=base)
+    driver.spawn(instance=heard)
     assert wait_for(lambda: any(e.instance_uuid == heard.uuid for e in events)), events
     assert all(e.instance_uuid != quiet.uuid for e in events)

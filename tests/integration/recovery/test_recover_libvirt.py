@@ -90,7 +90,7 @@ def test_failed_host_instance_comes_back_with_both_luns(bed):
                 for lun, dev in ((plain, "/dev/vdb"), (chap, "/dev/vdc"))]
         # Host A runs the guest, and the store says so.
         driver_a = driver_for(config_a, "host-a")
-        driver_a.spawn(instance=instance, image=image, block_devices=bdms)
+        driver_a.spawn(instance=instance, block_devices=bdms)
         wait_console(driver_a, instance, r"name=vdc sectors=")
         with Store(build_conf(str(config_a)).state_connection) as store:
             store.create_instance(instance, vm_state=VmState.ACTIVE)
@@ -156,7 +156,7 @@ def test_resume_local_starts_the_shut_off_domain_keeping_its_disk(bed):
     bdm = guest.lun_device(lun, "/dev/vdb")
     driver = driver_for(config, "host-b")
     try:
-        driver.spawn(instance=instance, image=bed.image, block_devices=[bdm])
+        driver.spawn(instance=instance, block_devices=[bdm])
         wait_console(driver, instance, r"name=vdb sectors=")
         with Store(build_conf(str(config)).state_connection) as store:
             store.create_instance(instance, vm_state=VmState.ACTIVE)

@@ -49,7 +49,7 @@ def test_missing_root_disk_is_named_and_left_unclaimed(libvirt_conf, store, imag
     host_a = driver_on(conf, "host-a")
     for uuid in (kept, lost):  # host A ran both; then it failed
         instance = StoreSource(store).get(uuid).instance("host-a")
-        host_a.spawn(instance=instance, image=image)
+        host_a.spawn(instance=instance)
         host_a.destroy(instance=instance, destroy_disks=False)
     disk = host_a.instance_disk_path(instance=StoreSource(store).get(kept).instance("host-a"))
     inode = os.stat(disk).st_ino

@@ -123,9 +123,10 @@ def _bdm(portal: str, dev: str = "vdb", chap: bool = True, **data: Any) -> Block
     return BlockDevice(VolumeConnection("iscsi", info, serial="vol-1"), f"/dev/{dev}")
 
 
-def _instance() -> Instance:
+def _instance(image: ImageRef | None = None) -> Instance:
     uid = str(uuid.uuid4())
-    return Instance(uuid=uid, name=f"hostiscsi-{uid[:6]}", flavor=Flavor("tiny", 1, 64, 1))
+    return Instance(uuid=uid, name=f"hostiscsi-{uid[:6]}", flavor=Flavor("tiny", 1, 64, 1),
+                    image=image)
 
 
 @pytest.fixture
@@ -162,9 +163,9 @@ def test_prepare_connects_with_the_connection_data_and_maps_a_raw_block_disk(
     # The whole domain with the volume is one libvirt accepts.
     base = tmp_path / "disk"
     base.write_bytes(b"")
-    domain = design.domain_xml(instance=_instance(), image=ImageRef(str(base)),
-                                 virt_type="qemu", disks=InstanceDisks(directory=str(tmp_path), root=str(base)),
-                                 volume_disks=[disk], vifs=(), cache_mode="none")
+    domain = design.domain_xml(instance=_instance(ImageRef(str(base))), virt_type="qemu",
+                               disks=InstanceDisks(directory=str(tmp_path), root=str(base)),
+                               volume_disks=[disk], vifs=(), cache_mode="none")
     validate_domain_xml(tmp_path, domain)
     assert f"dev=\"{path}\"" in domain or f"dev='{path}'" in domain
     for text in (domain, caplog.text):
@@ -439,10 +440,10 @@ def test_spawn_attach_detach_destroy_connect_and_disconnect(qemu_driver, lun_fac
     drv, made = qemu_driver
     lun_b, lun_c = lun_factory.create(size_mb=8, chap=True), lun_factory.create(size_mb=8, chap=True)
     bdm_b, bdm_c = _lun_bdm(lun_b, "vdb"), _lun_bdm(lun_c, "vdc")
-    instance = _instance()
+    instance = _instance(_image(tmp_path))
     made.append(instance)
 
-    drv.spawn(instance=instance, image=_image(tmp_path), block_devices=[bdm_b], power_on=False)
+    drv.spawn(instance=instance, block_devices=[bdm_b], power_on=False)
     assert brick.of("connect") == [dict(bdm_b.connection.data)]
     path_b = "/dev/sdb"
     defined = _dumpxml(instance.uuid)
@@ -479,10 +480,9 @@ def test_spawn_rollback_disconnects_what_it_connected(qemu_driver, lun_factory, 
     lun_b, lun_c = lun_factory.create(size_mb=8, chap=True), lun_factory.create(size_mb=8, chap=True)
     bdm_b, bdm_c = _lun_bdm(lun_b, "vdb"), _lun_bdm(lun_c, "vdc")
     brick.connect_error, brick.fail_after = RuntimeError("login failed"), 1
-    instance = _instance()
+    instance = _instance(_image(tmp_path))
     with pytest.raises(VolumeError, match="login failed"):
-        drv.spawn(instance=instance, image=_image(tmp_path), block_devices=[bdm_b, bdm_c],
-                  power_on=False)
+        drv.spawn(instance=instance, block_devices=[bdm_b, bdm_c], power_on=False)
     assert brick.of("connect") == [dict(bdm_b.connection.data),
                                                  dict(bdm_c.connection.data)]
     (props, info, _force), = brick.of("disconnect")
@@ -494,9 +494,9 @@ def test_spawn_rollback_disconnects_what_it_connected(qemu_driver, lun_factory, 
 
 def test_a_failed_attach_disconnects(qemu_driver, lun_factory, brick, tmp_path):
     drv, made = qemu_driver
-    instance = _instance()
+    instance = _instance(_image(tmp_path))
     made.append(instance)
-    drv.spawn(instance=instance, image=_image(tmp_path), power_on=False)
+    drv.spawn(instance=instance, power_on=False)
     lun = lun_factory.create(size_mb=8)
     # libvirt refuses the bus: the attach fails after os-brick connected.
     bdm = BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), "/dev/vdb",

@@ -30,16 +30,16 @@ def _iscsi_disk(dev: str, chap: bool) -> xml.Disk:
 
 def _domain(flavor: Flavor, *, kernel: bool, volumes: int, chap: bool, nics: list[Vif],
             virt_type: str = "qemu", metadata: dict[str, str] | None = None) -> xml.Domain:
-    instance = Instance(uuid=UUID, name="vm-1", flavor=flavor, metadata=metadata or {})
+    instance = Instance(uuid=UUID, name="vm-1", flavor=flavor, image=ImageRef("/img/base.qcow2"),
+                        metadata=metadata or {})
     disks = InstanceDisks(
         directory="/var/lib/virtkit/instances/x", root="/var/lib/virtkit/instances/x/disk",
         ephemeral="/x/disk.eph0" if flavor.ephemeral_gb else None,
         swap="/x/disk.swap" if flavor.swap_mb else None,
         kernel="/x/kernel" if kernel else None, ramdisk="/x/ramdisk" if kernel else None)
     vols = [_iscsi_disk(f"vd{c}", chap) for c in "bcdefg"[:volumes]]
-    return design.domain_for(instance=instance, image=ImageRef("/img/base.qcow2"),
-                               virt_type=virt_type, disks=disks, volume_disks=vols, vifs=nics,
-                               cache_mode="none")
+    return design.domain_for(instance=instance, virt_type=virt_type, disks=disks,
+                             volume_disks=vols, vifs=nics, cache_mode="none")
 
 
 NICS = [
@@ -121,8 +121,8 @@ def test_secret_xml_never_holds_a_value():
 def test_volume_at_vda_is_refused():
     with pytest.raises(InvalidRequest, match="root disk"):
         design.domain_for(
-            instance=Instance(uuid=UUID, name="x", flavor=FLAVORS[0]),
-            image=ImageRef("/i"), virt_type="qemu",
+            instance=Instance(uuid=UUID, name="x", flavor=FLAVORS[0], image=ImageRef("/i")),
+            virt_type="qemu",
             disks=InstanceDisks(directory="/d", root="/d/disk"),
             volume_disks=[_iscsi_disk("vda", False)], vifs=[], cache_mode=None)
 
@@ -136,15 +136,16 @@ def _template_case(flavor: Flavor, *, kernel: bool, nics: list[Vif], metadata: d
                    uuid: str = UUID, name: str = "vm-1", virt_type: str = "qemu",
                    image: ImageRef | None = None) -> tuple[str, str]:
     """(templated XML, fully built XML) of the same instance."""
-    instance = Instance(uuid=uuid, name=name, flavor=flavor, metadata=metadata)
+    instance = Instance(uuid=uuid, name=name, flavor=flavor,
+                        image=image or ImageRef("/img/base.qcow2"), metadata=metadata)
     d = f"/var/lib/virtkit/instances/{uuid}"
     disks = InstanceDisks(
         directory=d, root=f"{d}/disk",
         ephemeral=f"{d}/disk.eph0" if flavor.ephemeral_gb else None,
         swap=f"{d}/disk.swap" if flavor.swap_mb else None,
         kernel=f"{d}/kernel" if kernel else None, ramdisk=f"{d}/ramdisk" if kernel else None)
-    args = dict(instance=instance, image=image or ImageRef("/img/base.qcow2"),
-                virt_type=virt_type, disks=disks, volume_disks=[], vifs=nics, cache_mode="none")
+    args = dict(instance=instance, virt_type=virt_type, disks=disks, volume_disks=[],
+                vifs=nics, cache_mode="none")
     return design.domain_xml(**args), design.domain_for(**args).to_xml()  # type: ignore[arg-type]
 
 
