@@ -252,8 +252,7 @@ def test_bad_input_leaves_nothing(driver, image, luns, workdir, tmp_path):
         (VolumeNotFound, dict(block_devices=[lun_device(other, "/dev/vdb")])),
     ]
     for error, kwargs in cases:
-        inst = _instance("vk-bad")
-        kwargs.setdefault("image", image)
+        inst = _instance("vk-bad", image=kwargs.pop("image", image))
         with pytest.raises(error) as caught:
             driver.spawn(instance=inst, **kwargs)
         assert "wrong-pw" not in str(caught.value) and lun.password not in str(caught.value)
