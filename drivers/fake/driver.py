@@ -1,7 +1,6 @@
 """The fake driver: an in-process hypervisor with the reference semantics of the interface.
 
-It declares every capability but `instance_disk_file` (its disks are records, not
-files). Its "hypervisor" is a directory of small JSON files under
+It declares every capability. Its "hypervisor" is a directory of small JSON files under
 `instances_path` (see `drivers.fake.state`), so successive CLI processes (and several
 processes on one host) see the same instances. The
 `[fake]` latency options stand for the engine's and the SAN's waits in benchmarks.
@@ -80,12 +79,10 @@ def _check_instance(instance: Any) -> Instance:
 
 
 class FakeDriver(ComputeDriver):
-    """Reference driver: every capability (but a disk file), real state machine, state in JSON
-    files."""
+    """Reference driver: every capability, real state machine, state in JSON files."""
 
     name: ClassVar[str] = "fake"
-    capabilities: ClassVar[frozenset[Capability]] = (
-        frozenset(Capability) - {Capability.INSTANCE_DISK_FILE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     config_group: ClassVar[str | None] = "fake"
     config_opts: ClassVar[Sequence[cfg.Opt]] = FAKE_OPTS
 
@@ -195,6 +192,9 @@ class FakeDriver(ComputeDriver):
             initiator=f"iqn.2010-10.org.virtkit:{self._host}",
         )
 
+    def instance_disk_path(self, *, instance: Instance) -> str:
+        return self._hypervisor.disk_path(_check_instance(instance).uuid)
+
     # -- state -----------------------------------------------------------------------------
 
     def list_instances(self) -> list[str]:
@@ -256,6 +256,10 @@ class FakeDriver(ComputeDriver):
                     f"[fake] fail_spawn_on_name_prefix={prefix!r}"
                 )
             record = records.new_instance(instance, image, PowerState.SHUTDOWN)
+            if txn.disk is None:  # a disk kept by destroy(destroy_disks=False) is reused
+                files = txn.images.get(image.ref, {}).get("files", {}) \
+                    if image.ref.startswith(SNAPSHOT_SCHEME) else {}
+                txn.disk = {"image": image.ref, "files": dict(files)}
             now = time.time()
             for entry in attached.values():
                 entry["attached_at"] = now
@@ -263,7 +267,7 @@ class FakeDriver(ComputeDriver):
             record["vifs"] = [{"id": v.id, "address": v.address, "network": v.network}
                               for v in vifs]
             if admin_password:
-                record["admin_password_changed_at"] = time.time()
+                records.set_password(record, admin_password)
             records.console(record, f"virtkit-fake: defined {instance.name} ({instance.uuid})")
             if power_on:
                 records.start(record)
@@ -283,8 +287,10 @@ class FakeDriver(ComputeDriver):
         self._sleep("operation_latency_ms")
         with self._hypervisor.transaction(instance.uuid) as txn:
             record, txn.record = txn.record, None
+            if destroy_disks:
+                txn.disk = None
             if record is None:
-                LOG.debug("fake: destroy of unknown instance %s is a no-op", instance.uuid)
+                LOG.debug("fake: instance %s has no guest to remove", instance.uuid)
                 return
         if record["state"] in records.ALIVE or record["state"] == PowerState.SUSPENDED.value:
             self._emit(instance.uuid, [Transition.STOPPED])
@@ -339,12 +345,17 @@ class FakeDriver(ComputeDriver):
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not power.should_power_on(records.state_of(record), instance.uuid):
                 return []
-            for bdm in block_devices:
-                record["block_devices"].setdefault(bdm.mountpoint, self._bdm_record(bdm))
+            self._reconnect(record, block_devices)
             records.start(record)
             return [Transition.STARTED]
 
         self._mutate(instance, change)
+
+    def _reconnect(self, record: dict[str, Any], block_devices: Sequence[BlockDevice]) -> None:
+        """The volumes a power-on or resume is given are attached (again) at their
+        mountpoints."""
+        for bdm in block_devices:
+            record["block_devices"].setdefault(bdm.mountpoint, self._bdm_record(bdm))
 
     def pause(self, *, instance: Instance) -> None:
         self._set_state(instance, power.should_pause, PowerState.PAUSED, Transition.PAUSED)
@@ -358,17 +369,23 @@ class FakeDriver(ComputeDriver):
 
     def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
         self._set_state(instance, power.should_resume, PowerState.RUNNING, Transition.RESUMED,
-                        console="PM: suspend exit")
+                        console="PM: suspend exit", block_devices=block_devices)
 
     def _set_state(self, instance: Instance, guard: Callable[[PowerState, str], bool],
-                   state: PowerState, event: Transition, console: str | None = None) -> None:
-        """Move the guest to `state` if the kit's `guard` says so (False: already there)."""
+                   state: PowerState, event: Transition, console: str | None = None,
+                   block_devices: Sequence[BlockDevice] = ()) -> None:
+        """Move the guest to `state` if the kit's `guard` says so (False: already there):
+        paused or suspended, its clock stands still; running, it goes on in the same boot."""
         self._sleep("operation_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not guard(records.state_of(record), instance.uuid):
                 return []
-            record["state"] = state.value
+            if state is PowerState.RUNNING:
+                self._reconnect(record, block_devices)
+                records.thaw(record)
+            else:
+                records.freeze(record, state)
             if console:
                 records.console(record, console)
             return [event]
@@ -392,8 +409,10 @@ class FakeDriver(ComputeDriver):
                 kernel_cmdline=source["kernel_cmdline"],
                 properties={"name": name, "source_instance": instance.uuid},
             )
+            disk = txn.disk or {"files": {}}
             txn.images[ref] = {**records.image_record(image), "name": name,
-                                    "source_instance": instance.uuid, "created_at": time.time()}
+                               "source_instance": instance.uuid, "created_at": time.time(),
+                               "files": dict(disk["files"])}
             records.console(record, f"virtkit-fake: snapshot {name!r} taken as {ref}")
             taken.append(image)
 
@@ -415,8 +434,7 @@ class FakeDriver(ComputeDriver):
                                    f"{record['state']}, rescue needs it running or shutdown")
             self._check_image(image, txn)
             events = [Transition.STOPPED] if record["state"] in records.ALIVE else []
-            record["rescued"] = True
-            record["rescue_image"] = image.ref
+            record.update(rescued=True, rescue_image=image.ref, disks=["rescue", "root"])
             records.console(record, f"virtkit-fake: rescue boot from {image.ref}")
             records.start(record)
             return [*events, Transition.STARTED]
@@ -429,7 +447,7 @@ class FakeDriver(ComputeDriver):
         def change(record: dict[str, Any], _txn: Change) -> list[Transition]:
             if not record["rescued"]:
                 return []
-            record["rescued"] = False
+            record.update(rescued=False, disks=["root"])
             record.pop("rescue_image", None)
             records.stop(record, "Power down (leaving rescue)")
             records.start(record)
@@ -543,8 +561,8 @@ class FakeDriver(ComputeDriver):
         def change(record: dict[str, Any], _txn: Change) -> None:
             if record["state"] != PowerState.RUNNING.value:
                 raise InstanceNotRunning(instance.uuid, "set_admin_password")
-            # Only the fact and the time are kept: the password itself never touches the file.
-            record["admin_password_changed_at"] = time.time()
+            # Only a salted hash and the time are kept: the password never touches the file.
+            records.set_password(record, password)
             records.console(record, "virtkit-agent: admin password changed")
 
         self._mutate(instance, change)
@@ -556,9 +574,11 @@ class FakeDriver(ComputeDriver):
             raise InvalidRequest("inject_file contents must be bytes")
         self._sleep("operation_latency_ms")
 
-        def change(record: dict[str, Any], _txn: Change) -> None:
-            record["files"][path] = {"size": len(contents),
-                                     "sha256": hashlib.sha256(contents).hexdigest()}
+        def change(record: dict[str, Any], txn: Change) -> None:
+            disk = txn.disk or {"image": record["image"]["ref"], "files": {}}
+            disk["files"][path] = {"size": len(contents),
+                                   "sha256": hashlib.sha256(contents).hexdigest()}
+            txn.disk = disk
             records.console(record, f"virtkit-fake: injected {path} ({len(contents)} bytes)")
 
         self._mutate(instance, change)

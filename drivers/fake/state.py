@@ -3,6 +3,8 @@
 Layout, under `<instances_path>/fake-hypervisor-<host>/`:
 
     <uuid>.json     one instance's record (uuids are canonical, so safe file names)
+    disks/<uuid>    its root disk: {"image": REF, "files": {PATH: {"size", "sha256"}}}; kept
+                    by a destroy that keeps disks, reused by the next spawn of that uuid
     _host.json      {"version": 2, "host": ..., "images": {...}}: the snapshots this host took
     .lock           fcntl lock: exclusive for a change, shared for a read of several files
 
@@ -52,17 +54,45 @@ def _unusable(path: str | Path, exc: OSError) -> HypervisorUnavailable:
 
 
 class Change:
-    """What a transaction works on: one instance's record (None: absent) and the images.
+    """What a transaction works on: one instance's record (None: absent), its root disk and
+    the images.
 
-    Set `record` to create, replace or (None) remove the instance. `images` is read on
-    first use only (most operations never look at it).
+    Set `record` to create, replace or (None) remove the instance, `disk` likewise for its
+    root disk. `images` and `disk` are read on first use only (most operations never look
+    at them).
     """
 
-    def __init__(self, state: HostState, record: dict[str, Any] | None) -> None:
+    def __init__(self, state: HostState, uuid: str, record: dict[str, Any] | None) -> None:
         self.record = record
         self._state = state
+        self._uuid = uuid
         self._images: dict[str, Any] | None = None
         self._images_text: bytes | None = None
+        self._disk: dict[str, Any] | None = None
+        self._disk_text: bytes | None = None
+        self._disk_read = False
+
+    @property
+    def disk(self) -> dict[str, Any] | None:
+        if not self._disk_read:
+            self._disk_text = self._state._read(self._state.disk_path(self._uuid))
+            try:
+                self._disk = json.loads(self._disk_text) if self._disk_text else None
+            except ValueError:
+                self._disk = None  # not a disk this engine can use: a spawn makes a new one
+            self._disk_read = True
+        return self._disk
+
+    @disk.setter
+    def disk(self, value: dict[str, Any] | None) -> None:
+        _ = self.disk  # read first: the commit compares with what was there
+        self._disk = value
+
+    def disk_changed(self) -> bool:
+        if not self._disk_read:
+            return False
+        now = None if self._disk is None else _encode(self._disk)
+        return now != self._disk_text
 
     @property
     def images(self) -> dict[str, Any]:
@@ -187,6 +217,16 @@ class HostState:
             legacy.with_name(legacy.name + ".lock").unlink()
 
     # -- files ------------------------------------------------------------------------------
+
+    def disk_path(self, uuid: str) -> str:
+        """Where instance `uuid`'s root disk file is (or would be)."""
+        return f"{self._dir_str}/disks/{uuid}"
+
+    def _make_disks_dir(self) -> None:
+        try:
+            os.makedirs(f"{self._dir_str}/disks", mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from None
 
     def _instance_path(self, uuid: str) -> str:
         return f"{self._dir_str}/{uuid}{_SUFFIX}"  # a string: cheaper than a Path
@@ -338,7 +378,7 @@ class HostState:
         """Under the exclusive lock: the record to change and the bytes it was read from."""
         # Taken out of the memo: the record is the block's to change, back once written.
         record, data = self._read_record(uuid, self._written.pop(uuid, None))
-        return Change(self, record), data
+        return Change(self, uuid, record), data
 
     def _commit(self, uuid: str, change: Change, before: bytes | None) -> None:
         """Under the exclusive lock: write what `change` changed."""
@@ -352,6 +392,13 @@ class HostState:
             if data != before:
                 self._write(self._instance_path(uuid), data)
             self._remember(uuid, data, change.record)
+        if change.disk_changed():
+            disk = change.disk
+            if disk is None:
+                self._remove(self.disk_path(uuid))
+            else:
+                self._make_disks_dir()
+                self._write(self.disk_path(uuid), disk)
         if change.images_changed():
             self._write(self._host_path, self._host_record(change.images))
 

@@ -95,6 +95,8 @@ class EngineClient:
                 raise EngineError("out-of-memory", f"{guest['memory_mb']} MiB asked, "
                                   f"{self.memory_mb - busy} MiB free")
             guest["state"] = RUNNING
+            guest["boots"] = guest.get("boots", 0) + 1
+            guest["ran_s"], guest["running_since"] = 0.0, time.time()
 
         self._change(uuid, change)
 
@@ -103,7 +105,7 @@ class EngineClient:
         other guest does not react."""
         def change(guest: dict[str, Any]) -> None:
             if guest["state"] == RUNNING and guest["acpi"]:
-                guest["state"] = HALTED
+                guest["state"], guest["running_since"] = HALTED, None
 
         self._change(uuid, change)
 
@@ -113,7 +115,7 @@ class EngineClient:
 
         def change(guest: dict[str, Any]) -> None:
             was.append(guest["state"])
-            guest["state"] = HALTED
+            guest["state"], guest["running_since"] = HALTED, None
 
         self._change(uuid, change)
         return was[0] != HALTED
@@ -123,6 +125,12 @@ class EngineClient:
 
     def thaw(self, uuid: str) -> None:
         self._change(uuid, self._move(FROZEN, RUNNING, "thaw"))
+
+    def uptime(self, uuid: str) -> float:
+        """Seconds the guest has run in this boot (a frozen guest's time stands still)."""
+        guest = self.guest(uuid)
+        since = guest.get("running_since")
+        return guest.get("ran_s", 0.0) + (time.time() - since if since else 0.0)
 
     # -- inside the engine ------------------------------------------------------------------
 
@@ -160,6 +168,11 @@ class EngineClient:
         def change(guest: dict[str, Any]) -> None:
             self._need(guest, old, what)
             guest["state"] = new
+            if new == RUNNING:
+                guest["running_since"] = time.time()
+            elif guest.get("running_since"):
+                guest["ran_s"] = guest.get("ran_s", 0.0) + time.time() - guest["running_since"]
+                guest["running_since"] = None
 
         return change
 

@@ -18,16 +18,25 @@ from virt.conformance.matrix import (
 from virt.errors import ConfigError
 
 
-def rec(outcome: str, kind: str = EXERCISE, ops=("pause",)) -> TestRecord:
-    return TestRecord("suite.py::t", tuple(ops), kind, outcome)
+def rec(outcome: str, kind: str = EXERCISE, ops=("pause",), *, declared: bool = True,
+        unobserved=()) -> TestRecord:
+    return TestRecord("suite.py::t", tuple(ops), kind, outcome, declared=declared,
+                      unobserved=list(unobserved))
 
 
 @pytest.mark.parametrize(
     "records, status",
     [
         ([], "untested"),
-        ([rec("skipped")], "untested"),
+        ([rec("skipped", declared=False)], "untested"),
+        # no "supported" that a skipped test of a declared capability stands behind
+        ([rec("skipped")], "not exercised"),
+        ([rec("passed"), rec("skipped")], "not exercised"),
         ([rec("passed")], "supported"),
+        # passed, but the observer could not see the effect on this operation
+        ([rec("passed", unobserved=[(("pause",), "the clock")])], "not observed"),
+        ([rec("passed", unobserved=[(("unpause",), "the clock")])], "supported"),
+        ([rec("passed", unobserved=[(("pause",), "the clock")]), rec("failed")], "failed"),
         ([rec("passed", REFUSAL)], "unsupported"),
         ([rec("passed"), rec("failed")], "failed"),
         ([rec("passed", "check")], "untested"),
@@ -35,7 +44,7 @@ def rec(outcome: str, kind: str = EXERCISE, ops=("pause",)) -> TestRecord:
     ],
 )
 def test_operation_status(records, status):
-    assert operation_status(records) == status
+    assert operation_status(records, "pause") == status
 
 
 @pytest.mark.parametrize("given", ["out/m", "out/m.json", "out/m.md"])

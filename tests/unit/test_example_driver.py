@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "tests" / "example_driver"
 GUIDE = REPO / "docs" / "writing-a-driver.md"
 ENTRY_POINT = "example = tests.example_driver.driver:ExampleDriver"
+OBSERVER = "example = tests.example_driver.observer:ExampleObserver"
 FLAVOR = Flavor(name="small", vcpus=1, memory_mb=256, root_gb=1)
 
 
@@ -56,7 +57,8 @@ def conformance_run(tmp_path_factory):
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: virtkit-example-driver\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[virtkit.compute_drivers]\n{ENTRY_POINT}\n")
+    (dist / "entry_points.txt").write_text(f"[virtkit.compute_drivers]\n{ENTRY_POINT}\n\n"
+                                           f"[virtkit.conformance_observers]\n{OBSERVER}\n")
     image = root / "example.img"
     image.write_bytes(b"EXAMPLE-IMAGE\n" * 64)
     template = (PACKAGE / "conformance.conf.in").read_text()

@@ -55,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--virtkit-config {config_file}: {run.load_error}")
     config.pluginmanager.register(run, "virtkit-conformance-run")
     config.pluginmanager.import_plugin("virt.conformance.fixtures")
+    config.pluginmanager.import_plugin("virt.conformance.effects")
     if config.args_source is not pytest.Config.ArgsSource.ARGS:
         # `pytest --virtkit-config FILE` alone means the suite, not the current directory
         # or the project's testpaths (`--pyargs virt.conformance` names it explicitly).
@@ -163,19 +164,28 @@ class ConformanceRun:
         report.sections.append(("virtkit conformance", why))
 
     def _record(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        from virt.conformance.effects import unobserved
         from virt.conformance.matrix import TestRecord
 
         marker = item.get_closest_marker("virtkit_operations")
         record = self.records.get(item.nodeid)
         if record is None:
             ops = tuple(marker.args) if marker else ()
-            record = self.records[item.nodeid] = TestRecord(item.nodeid, ops, _kind(item))
+            record = self.records[item.nodeid] = TestRecord(
+                item.nodeid, ops, _kind(item), declared=self._declared(item))
+        record.unobserved = unobserved(item)
         if report.failed:
             record.outcome = "failed"
             record.reason = _reason(report)
         elif report.skipped and record.outcome != "failed":
             record.outcome = "skipped"
             record.reason = _reason(report)
+
+    def _declared(self, item: pytest.Item) -> bool:
+        """Whether the driver declares the capability the test needs (True if it needs none)."""
+        marker = item.get_closest_marker("virtkit_capability")
+        cls = self.driver_class()
+        return marker is None or (cls is not None and marker.args[0] in cls.capabilities)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         path = self.config.getoption("--virtkit-matrix", default=None)

@@ -6,6 +6,7 @@ needs nothing from virtkit but its entry point and a config file.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("image_kernel", help="Kernel for direct kernel boot, if the image needs one."),
     cfg.StrOpt("image_ramdisk", help="Initramfs for direct kernel boot."),
     cfg.StrOpt("image_cmdline", help="Kernel command line for direct kernel boot."),
+    cfg.StrOpt("rescue_image_ref",
+               help="The image a rescue boots (same format as image_ref; default: image_ref). "
+               "A different one lets the observer tell the rescue boot from the original."),
     cfg.StrOpt("missing_image_ref", default="/nonexistent/virtkit-conformance-missing.qcow2",
                help="An image reference that does not exist on the engine: spawning it must "
                "fail and leave nothing behind."),
@@ -63,6 +67,12 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
                 "cannot be reached (e.g. libvirt.connection_uri=qemu+tcp://192.0.2.1/system); "
                 "the suite then checks that it raises HypervisorUnavailable rather than "
                 "reporting no instances. Unset: that contract is untested."),
+    cfg.StrOpt("observer",
+               help="The observer that checks the driver's effects on the engine without "
+               "going through the driver: an entry-point name in the group "
+               "virtkit.conformance_observers, or module:Class. Default: the one registered "
+               "under the driver's entry-point name; without one, effects are reported as "
+               "not observed."),
     cfg.StrOpt("instance_prefix", default="vkconf-",
                help="Prefix of the names of every instance the suite creates."),
     cfg.ListOpt("exclude_capabilities", default=[],
@@ -87,6 +97,10 @@ class SuiteSettings:
         o = self.opts
         return ImageRef(ref=o.image_ref, disk_format=o.image_disk_format, kernel=o.image_kernel,
                         ramdisk=o.image_ramdisk, kernel_cmdline=o.image_cmdline)
+
+    def rescue_image(self) -> ImageRef:
+        return dataclasses.replace(self.image(), ref=self.opts.rescue_image_ref or
+                                   self.opts.image_ref)
 
     def missing_image(self) -> ImageRef:
         base = self.image()

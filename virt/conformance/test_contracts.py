@@ -22,21 +22,37 @@ from virt.model import HostResources, InstanceInfo, PowerOffResult, PowerState
 
 ops = pytest.mark.virtkit_operations
 
+#: How long the suite waits for a restart that should not happen (a guest that restarts
+#: shows its new boot only after a while).
+SETTLE_S = 1.0
+
 
 @ops("init_host")
-def test_init_host_is_repeatable(driver, suite):
+def test_init_host_is_repeatable(driver, suite, shared_instance, effects):
+    boot = effects.see("the guest's boot", lambda o: o.boot_id(shared_instance))
     driver.init_host(host=suite.conf.host)
-    driver.list_instance_uuids()
+    assert shared_instance.uuid in driver.list_instance_uuids()
+    assert driver.get_info(instance=shared_instance).state is PowerState.RUNNING
+    effects.expect("a second init_host leaves the guests running as they were",
+                   lambda o: o.power_state(shared_instance) is PowerState.RUNNING
+                   and o.boot_id(shared_instance) == boot)
 
 
 @ops("init_host", "cleanup_host")
-def test_cleanup_host_on_a_second_driver(suite):
+def test_cleanup_host_on_a_second_driver(driver, suite, shared_instance, effects):
     from virt.conformance.bounded import BoundedDriver
 
+    boot = effects.see("the guest's boot", lambda o: o.boot_id(shared_instance))
     other = BoundedDriver(load_driver(suite.conf.compute_driver, suite.conf),
                           suite.opts.operation_timeout)
     other.init_host(host=suite.conf.host)
+    assert shared_instance.uuid in other.list_instance_uuids()
     other.cleanup_host(host=suite.conf.host)
+    # cleanup_host lets go of the driver's resources, never of the host's guests
+    assert driver.get_info(instance=shared_instance).state is PowerState.RUNNING
+    effects.expect("cleanup_host leaves the guests running",
+                   lambda o: o.power_state(shared_instance) is PowerState.RUNNING
+                   and o.boot_id(shared_instance) == boot)
 
 
 @ops("get_available_resource")
@@ -94,17 +110,34 @@ def test_power_operations_on_unknown_instance_raise_not_found(driver, guests):
 
 
 @ops("destroy")
-def test_destroy_of_unknown_instance_is_a_noop(driver, guests):
-    driver.destroy(instance=guests.new("ghost"))
+def test_destroy_of_unknown_instance_is_a_noop(driver, guests, shared_instance, effects):
+    before = sorted(driver.list_instance_uuids())
+    ghost = guests.new("ghost")
+    driver.destroy(instance=ghost)
+    driver.destroy(instance=ghost, destroy_disks=False)
+    assert sorted(driver.list_instance_uuids()) == before
+    assert driver.instance_exists(instance=ghost) is False
+    effects.expect("destroy of an unknown instance makes nothing",
+                   lambda o: not o.exists(ghost) and not o.leftovers(ghost))
+    effects.expect("destroy of an unknown instance touches no other guest",
+                   lambda o: o.power_state(shared_instance) is PowerState.RUNNING)
 
 
 @ops("spawn", "power_on", "destroy", "list_instance_uuids")
-def test_spawn_powered_off_start_and_destroy_twice(driver, guests):
+def test_spawn_powered_off_start_and_destroy_twice(driver, guests, effects):
     instance = guests.spawn("off", power_on=False)
     assert driver.get_info(instance=instance).state is PowerState.SHUTDOWN
+    effects.expect("spawn(power_on=False) defines the guest, stopped",
+                   lambda o: o.exists(instance) and o.power_state(instance) is PowerState.SHUTDOWN,
+                   ops=("spawn",))
     driver.power_on(instance=instance)
     assert driver.get_info(instance=instance).state is PowerState.RUNNING
+    effects.expect("power_on starts the guest",
+                   lambda o: o.power_state(instance) is PowerState.RUNNING, ops=("power_on",))
     driver.destroy(instance=instance)
+    effects.expect("destroy removes everything of the instance from the engine",
+                   lambda o: not o.exists(instance) and not o.leftovers(instance),
+                   ops=("destroy",))
     driver.destroy(instance=instance)
     assert instance.uuid not in driver.list_instance_uuids()
     assert instance.name not in driver.list_instances()
@@ -121,25 +154,28 @@ def test_spawn_of_an_existing_uuid_raises_instance_exists(driver, shared_instanc
 
 
 @ops("spawn")
-def test_failed_spawn_leaves_nothing_behind(driver, suite, guests):
+def test_failed_spawn_leaves_nothing_behind(driver, suite, guests, effects):
     instance = dataclasses.replace(guests.new("doomed"), image=suite.missing_image())
     with pytest.raises(VirtError) as failure:
         driver.spawn(instance=instance)
     assert not isinstance(failure.value, InstanceExists)
-    _assert_nothing_left(driver, instance)
+    _assert_nothing_left(driver, instance, effects)
 
 
 @ops("spawn")
-def test_spawn_of_an_instance_without_an_image_is_refused(driver, guests):
+def test_spawn_of_an_instance_without_an_image_is_refused(driver, guests, effects):
     instance = dataclasses.replace(guests.new("imageless"), image=None)
     with pytest.raises(InvalidRequest) as refusal:
         driver.spawn(instance=instance)
     assert instance.uuid in str(refusal.value), f"the refusal does not name it: {refusal.value}"
-    _assert_nothing_left(driver, instance)
+    _assert_nothing_left(driver, instance, effects)
 
 
-def _assert_nothing_left(driver, instance) -> None:
-    """The engine has no trace of `instance`, by every listing the interface has."""
+def _assert_nothing_left(driver, instance, effects) -> None:
+    """The engine has no trace of `instance`: by every listing the interface has, and by
+    what the observer sees (engine objects, files, secrets, sessions)."""
+    effects.expect("a failed spawn leaves nothing on the engine",
+                   lambda o: not o.exists(instance) and not o.leftovers(instance))
     assert instance.uuid not in driver.list_instance_uuids()
     assert instance.name not in driver.list_instances()
     assert driver.instance_exists(instance=instance) is False
@@ -148,18 +184,23 @@ def _assert_nothing_left(driver, instance) -> None:
 
 
 @ops("power_on")
-def test_power_on_of_a_running_instance_is_a_noop(driver, workbench):
+def test_power_on_of_a_running_instance_is_a_noop(driver, workbench, effects):
+    boot = effects.see("the guest's boot", lambda o: o.boot_id(workbench))
     driver.power_on(instance=workbench)
     assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+    effects.stays("power_on of a running guest does not restart it",
+                  lambda o: o.boot_id(workbench) == boot, seconds=SETTLE_S)
 
 
 @ops("power_off", "power_on")
-def test_power_off_returns_result_and_shuts_down(driver, suite, workbench):
+def test_power_off_returns_result_and_shuts_down(driver, suite, workbench, effects):
     result = driver.power_off(instance=workbench, timeout=suite.opts.power_off_timeout)
     assert isinstance(result, PowerOffResult), f"got {type(result).__name__}"
     assert result.clean or result.forced
     assert result.duration_s >= 0
     assert driver.get_info(instance=workbench).state is PowerState.SHUTDOWN
+    effects.expect("power_off stops the guest",
+                   lambda o: o.power_state(workbench) is PowerState.SHUTDOWN, ops=("power_off",))
     again = driver.power_off(instance=workbench, timeout=suite.opts.power_off_timeout)
     assert isinstance(again, PowerOffResult), "power_off of a stopped instance must succeed"
     assert driver.get_info(instance=workbench).state is PowerState.SHUTDOWN
@@ -168,11 +209,14 @@ def test_power_off_returns_result_and_shuts_down(driver, suite, workbench):
 
 
 @ops("reboot")
-def test_soft_and_hard_reboot(driver, suite, workbench):
-    driver.reboot(instance=workbench, hard=False, timeout=suite.opts.reboot_timeout)
-    assert driver.get_info(instance=workbench).state is PowerState.RUNNING
-    driver.reboot(instance=workbench, hard=True)
-    assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+def test_soft_and_hard_reboot(driver, suite, workbench, effects):
+    for hard in (False, True):
+        boot = effects.see("the guest's boot", lambda o: o.boot_id(workbench))
+        driver.reboot(instance=workbench, hard=hard, timeout=suite.opts.reboot_timeout)
+        assert driver.get_info(instance=workbench).state is PowerState.RUNNING
+        effects.expect(f"a {'hard' if hard else 'soft'} reboot restarts the guest",
+                       lambda o, before=boot: o.boot_id(workbench) != before,
+                       timeout=suite.opts.boot_timeout)
 
 
 @ops("register_event_listener", "unregister_event_listener")
