@@ -8,14 +8,21 @@
   fails leaves nothing on the engine (the driver kit's rollback stack, `virt.driver.rollback`,
   undoes what it created). The callers only keep the record: `spawn_leftover` says whether a
   driver broke that contract, so the fault can name it; they never destroy the guest again.
+- An unreachable engine: every driver call raises HypervisorUnavailable, `get_info`
+  included (PowerState.UNKNOWN is only a guest whose state the engine itself cannot tell).
+  What that means for a record is `engine_power_state`: None, the stored power state stays
+  as it was. The compute service reads the stored records without the engine and refuses
+  what needs it before claiming anything (`ComputeService.require_engine`); recovery lets
+  the step fail, journaled, so a later run resumes it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from virt.driver import ComputeDriver
-from virt.errors import VirtError
+from virt.errors import HypervisorUnavailable, InstanceNotFound, VirtError
 from virt.model import Instance, PowerState, VmState
 
 LOG = logging.getLogger(__name__)
@@ -69,3 +76,24 @@ def spawn_leftover(driver: ComputeDriver, instance: Instance) -> str | None:
     except Exception as exc:  # the spawn's error matters more
         return f"cannot tell whether the guest was left behind: {failure_reason(exc)}"
     return None
+
+
+def engine_power_state(
+    driver: ComputeDriver,
+    instance: Instance,
+    *,
+    unreachable: Callable[[HypervisorUnavailable], None] | None = None,
+) -> PowerState | None:
+    """The guest's power state as its engine reports it now: NOSTATE if the engine has no
+    such guest, None if the engine cannot be reached (record nothing then). `unreachable`
+    gets the error; without it, it is logged as a warning."""
+    try:
+        return driver.get_info(instance=instance).state
+    except InstanceNotFound:
+        return PowerState.NOSTATE
+    except HypervisorUnavailable as exc:
+        if unreachable is None:
+            LOG.warning("cannot read the power state of %s: %s", instance.uuid, exc)
+        else:
+            unreachable(exc)
+        return None

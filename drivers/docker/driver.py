@@ -24,7 +24,6 @@ from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.driver.rollback import SpawnRollback
 from virt.driver.transitions import ON_STATES, LifecycleDispatcher
 from virt.errors import (
-    HypervisorUnavailable,
     ImageNotFound,
     InstanceExists,
     InstanceNotFound,
@@ -154,11 +153,7 @@ class DockerDriver(ComputeDriver):
         return sorted((entry.get("Labels") or {})[spec.LABEL_UUID] for entry in self._containers.list())
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
-        try:
-            data = self._containers.find(instance)
-        except HypervisorUnavailable as exc:
-            LOG.warning("docker: state of %s unknown: %s", _ident(instance), exc)
-            return InstanceInfo(state=PowerState.UNKNOWN)
+        data = self._containers.find(instance)  # HypervisorUnavailable if dockerd is not there
         if data is None:
             raise InstanceNotFound(_ident(instance))
         host_config = data.get("HostConfig") or {}

@@ -23,7 +23,6 @@ from virt.driver.errors import EngineErrors, FaultKind
 from virt.driver.rollback import SpawnRollback
 from virt.errors import (
     AccessDenied,
-    HypervisorUnavailable,
     InstanceExists,
     InstanceNotFound,
     InvalidRequest,
@@ -215,12 +214,9 @@ class LibvirtDriver(ComputeDriver):
         return self._call(lambda c: [d.UUIDString() for d in c.listAllDomains(0)], "list domains")
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
-        """The instance's state; UNKNOWN (not an error) while libvirtd is unreachable."""
-        try:
-            return self._on_domain(instance, self._info, "read its state")
-        except HypervisorUnavailable as exc:
-            LOG.debug("state of %s unknown: %s", instance.uuid, exc.message)
-            return InstanceInfo(state=PowerState.UNKNOWN)
+        """The instance's state; HypervisorUnavailable while libvirtd is unreachable (UNKNOWN
+        only for a domain libvirt reports in no state)."""
+        return self._on_domain(instance, self._info, "read its state")
 
     def _info(self, dom: libvirt.virDomain) -> InstanceInfo:
         state, max_kb, mem_kb, ncpu, cpu_ns = dom.info()

@@ -18,10 +18,14 @@ from virt.store import InstanceRecord
 LIST_COLUMNS = ("name", "uuid", "vm_state", "task_state", "power_state", "flavor", "host")
 
 
-def _row(record: InstanceRecord) -> dict[str, Any]:
-    data = record.as_dict()
-    data["flavor"] = record.flavor.name
-    return data
+def _warn_unreachable(ctx: Context) -> bool:
+    """Whether the engine cannot be reached; if so, a warning on stderr says why."""
+    down = ctx.service.engine_unavailable
+    if down is None:
+        return False
+    ctx.out.warning(f"the hypervisor cannot be reached ({down.message}): showing the stored "
+                    "records; this host's power states are unknown")
+    return True
 
 
 def _summary(record: InstanceRecord) -> str:
@@ -88,9 +92,13 @@ def cmd_boot(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     service = ctx.service
     records = service.list_instances(all_hosts=args.all_hosts)
-    ctx.out.table(
-        [_row(r) for r in records], LIST_COLUMNS, json_value=[r.as_dict() for r in records]
-    )
+    rows = [r.as_dict() for r in records]
+    if _warn_unreachable(ctx):  # what is stored may be stale: this host's read unknown
+        for row, record in zip(rows, records, strict=True):
+            if service.is_here(record):
+                row["power_state"] = PowerState.UNKNOWN.value
+    table = [dict(row, flavor=r.flavor.name) for row, r in zip(rows, records, strict=True)]
+    ctx.out.table(table, LIST_COLUMNS, json_value=rows)
     if not args.all_hosts and not ctx.out.json:
         elsewhere = len(service.list_instances(all_hosts=True)) - len(records)
         if elsewhere:
@@ -103,6 +111,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
         raise InvalidRequest("--events must not be negative")
     service = ctx.service
     record, live = service.refresh(args.instance)
+    unreachable = service.is_here(record) and _warn_unreachable(ctx)
     volumes = [b.as_dict(masked=True) for b in service.store.list_block_devices(record.uuid)]
     vifs = [v.as_dict() for v in service.store.list_vifs(record.uuid)]
     history = service.store.list_events(record.uuid)
@@ -123,8 +132,10 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
         pairs["host"] = f"{record.host} (not this host, {service.host}: only {record.host} " \
             "can operate it)"
         pairs["live_power_state"] = f"unknown (read on {record.host})"
-    elif live is PowerState.UNKNOWN:
+    elif unreachable:
         pairs["live_power_state"] = "unknown (the hypervisor cannot be reached)"
+    elif live is PowerState.UNKNOWN:
+        pairs["live_power_state"] = "unknown (the hypervisor cannot tell)"
     del pairs["on_this_host"]
     pairs["block_devices"] = [
         f"{v['mountpoint']}: {v['volume_id'] or '-'} {json.dumps(v['connection_info'])}"

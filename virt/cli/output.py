@@ -74,6 +74,10 @@ class Output:
             return
         self.console.print(text, markup=False)
 
+    def warning(self, text: str) -> None:
+        """One `virtkit: warning:` line on stderr, in either format (stdout stays data)."""
+        print(f"virtkit: warning: {text}", file=sys.stderr)
+
     def text(self, text: str) -> None:
         """Raw text (console logs, config samples), unstyled."""
         sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")

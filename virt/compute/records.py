@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from virt.errors import (
 from virt.events import LifecycleEvent
 from virt.lifecycle import (
     SETTLED,
+    engine_power_state,
     failure_reason,
     fault_text,
     spawn_leftover,
@@ -43,9 +45,53 @@ T = TypeVar("T")
 class RecordKeeping:
     """Finding, admitting and recording instances for the operations of ComputeService."""
 
+    #: How long an unreachable engine stands before an operation asks it again.
+    ENGINE_RETRY_S = 10.0
+
     host: str
     store: Store
     driver: ComputeDriver
+    _engine_down: HypervisorUnavailable | None = None
+    _engine_down_at = 0.0
+
+    # -- the engine --------------------------------------------------------------------------
+
+    def _start_engine(self) -> None:
+        """init_host. An unreachable engine is remembered, not raised: the stored records
+        stay readable, and what needs the engine is refused (`require_engine`)."""
+        try:
+            self.driver.init_host(host=self.host)
+        except HypervisorUnavailable as exc:
+            self._engine_lost(exc)
+            return
+        self._engine_down = None
+        self.store.heartbeat(self.host, driver=self.driver.name)
+
+    def _engine_lost(self, exc: HypervisorUnavailable) -> None:
+        """Remember that the engine cannot be reached (and since when)."""
+        self._engine_down, self._engine_down_at = exc, time.monotonic()
+        LOG.info("the %s engine cannot be reached: %s", self.driver.name, exc)
+
+    @property
+    def engine_unavailable(self) -> HypervisorUnavailable | None:
+        """Why the engine could not be reached when last asked; None if it could."""
+        return self._engine_down
+
+    def require_engine(self, operation: str) -> None:
+        """HypervisorUnavailable, before anything is claimed or recorded, if the engine
+        cannot be reached (asked again once ENGINE_RETRY_S have passed)."""
+        if self._engine_down is None:
+            return
+        if time.monotonic() - self._engine_down_at >= self.ENGINE_RETRY_S:
+            self._start_engine()
+        down = self._engine_down
+        if down is not None:
+            raise HypervisorUnavailable(
+                f"cannot {operation}: {down.message}",
+                hint=down.hint or "start the hypervisor (or fix [DEFAULT] compute_driver's "
+                "connection settings) and retry; `virtkit list` and `show` still read the "
+                "stored records",
+            )
 
     # -- finding -----------------------------------------------------------------------------
 
@@ -116,7 +162,7 @@ class RecordKeeping:
             raise
         power = self._power_state(instance)
         values: dict[str, Any] = {"task_state": None, "fault": None}
-        if power is not PowerState.UNKNOWN:
+        if power is not None:
             values["power_state"] = power
             values["vm_state"] = vm_state_for(power, record.vm_state)
         text = detail(result) if detail is not None else None
@@ -134,11 +180,12 @@ class RecordKeeping:
         *,
         capability: Capability | None = None,
     ) -> InstanceRecord:
-        """The instance `ref`, if the driver can do `operation`, no recovery holds it and
-        its vm_state allows it."""
+        """The instance `ref`, if the driver can do `operation`, no recovery holds it, its
+        vm_state allows it and the engine can be reached."""
         if capability is not None and not self.driver.supports(capability):
             raise UnsupportedOperation(self.driver.name, operation)
         record = self.get_owned(ref, operation)
+        self.require_engine(operation)
         self._refuse_recovering(record, operation)
         if record.vm_state not in allowed:
             raise InvalidState(
@@ -176,7 +223,7 @@ class RecordKeeping:
         LOG.info("%s of %s (%s) failed: %s", operation, record.name, record.uuid, reason)
         values: dict[str, Any] = {"task_state": None, "fault": fault_text(operation, reason)}
         power = self._power_state(record.to_instance())
-        if power is not PowerState.UNKNOWN:
+        if power is not None:
             values["power_state"] = power
             if vm_state is None:
                 vm_state = vm_state_for(power, record.vm_state)
@@ -215,15 +262,12 @@ class RecordKeeping:
         except VirtError as store_exc:  # the spawn error matters more
             LOG.error("could not record the failed spawn of %s: %s", record.uuid, store_exc)
 
-    def _power_state(self, instance: Instance) -> PowerState:
-        """What the engine says now; NOSTATE if it has no such guest, UNKNOWN if unreachable."""
-        try:
-            return self.driver.get_info(instance=instance).state
-        except InstanceNotFound:
-            return PowerState.NOSTATE
-        except HypervisorUnavailable as exc:
-            LOG.warning("cannot read the power state of %s: %s", instance.uuid, exc)
-            return PowerState.UNKNOWN
+    def _power_state(self, instance: Instance) -> PowerState | None:
+        """What the engine says now (`virt.lifecycle.engine_power_state`): None when it
+        cannot be reached, without asking it again while it is known to be down."""
+        if self._engine_down is not None:
+            return None
+        return engine_power_state(self.driver, instance, unreachable=self._engine_lost)
 
     def _on_event(self, event: LifecycleEvent) -> None:
         """Driver lifecycle event → power state (and vm_state of an idle instance) + history."""

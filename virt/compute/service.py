@@ -49,7 +49,13 @@ _PASSWORD_STATES = (VmState.ACTIVE,)
 
 
 class ComputeService(RecordKeeping):
-    """The operations the CLI and embedders call, on the configured driver and store."""
+    """The operations the CLI and embedders call, on the configured driver and store.
+
+    An engine that cannot be reached does not stop the service from starting: the stored
+    records can still be listed and shown (power state unknown, `engine_unavailable` says
+    why), and every operation that needs the engine raises HypervisorUnavailable before it
+    claims or records anything.
+    """
 
     def __init__(
         self,
@@ -65,8 +71,7 @@ class ComputeService(RecordKeeping):
         self.store = store or Store.from_conf(conf)
         try:
             self.driver = driver or load_driver(conf.compute_driver, conf)
-            self.driver.init_host(host=self.host)
-            self.store.heartbeat(self.host, driver=self.driver.name)
+            self._start_engine()  # an unreachable engine leaves the records readable
         except BaseException:
             if store is None:
                 self.store.close()
@@ -144,7 +149,9 @@ class ComputeService(RecordKeeping):
         if not self.is_here(record):  # only its own host's driver can read its guest
             return record, PowerState.UNKNOWN
         power = self._power_state(record.to_instance())
-        if power is not PowerState.UNKNOWN and power is not record.power_state:
+        if power is None:
+            return record, PowerState.UNKNOWN
+        if power is not record.power_state:
             values: dict[str, Any] = {"power_state": power}
             if record.task_state is None and record.vm_state in SETTLED:
                 values["vm_state"] = vm_state_for(power, record.vm_state)
@@ -158,6 +165,7 @@ class ComputeService(RecordKeeping):
 
         The vm_state follows the engine's power state unless `vm_state` forces one (Nova's
         `reset-state --active`). Recorded as an event with what was cleared.
+        Without the engine only a forced vm_state can be set (the power state stays).
         """
         record = self.get_owned(ref, "reset-state")
         if vm_state is not None and vm_state not in {str(s) for s in VmState}:
@@ -165,11 +173,13 @@ class ComputeService(RecordKeeping):
                 f"unknown vm_state {vm_state!r}",
                 hint=f"use one of {', '.join(str(s) for s in VmState)}",
             )
+        if vm_state is None:
+            self.require_engine("reset-state (without --state)")
         power = self._power_state(record.to_instance())
         values: dict[str, Any] = {"task_state": None}
-        if power is not PowerState.UNKNOWN:
+        if power is not None:
             values["power_state"] = power
-        values["vm_state"] = vm_state or vm_state_for(power, VmState.ERROR)
+        values["vm_state"] = vm_state or vm_state_for(power or PowerState.UNKNOWN, VmState.ERROR)
         detail = f"task {record.task_state or '-'} cleared, was {record.vm_state}"
         with self.store.transaction() as conn:
             updated = self.store.update_instance(record.uuid, conn=conn, **values)
@@ -179,6 +189,7 @@ class ComputeService(RecordKeeping):
 
     def host_status(self) -> dict[str, Any]:
         """This host: the driver's resources plus what the store knows."""
+        self.require_engine("read the host's resources")
         resources = self.driver.get_available_resource().as_dict()
         host = self.store.heartbeat(self.host, driver=self.driver.name)
         instances = self.store.list_instances(host=self.host)
@@ -215,6 +226,7 @@ class ComputeService(RecordKeeping):
             metadata=metadata or {},
         )
         self._check_boot_volumes(block_devices)
+        self.require_engine("boot")  # no ERROR record for a spawn that cannot be tried
         record = self._record_new(instance, block_devices, vifs)
         LOG.info("spawning %s (%s) on %s", name, instance.uuid, self.host)
         try:
@@ -228,7 +240,7 @@ class ComputeService(RecordKeeping):
         except BaseException as exc:  # also Ctrl-C: never leave the record in spawning
             self._fail_spawn(record, instance, exc)
             raise
-        power = self._power_state(instance)
+        power = self._power_state(instance) or PowerState.UNKNOWN  # lost right after spawn
         fallback = VmState.ACTIVE if power_on else VmState.STOPPED
         with self.store.transaction() as conn:
             spawned = self.store.update_instance(
@@ -282,6 +294,7 @@ class ComputeService(RecordKeeping):
         make an instance undeletable).
         """
         record = self.get_owned(ref, "delete")
+        self.require_engine("delete")  # the record stays as it was
         self.store.update_instance(record.uuid, task_state=TaskState.DELETING)
         instance = record.to_instance()
         bdms = [b.to_block_device() for b in self.store.list_block_devices(record.uuid)]
@@ -371,6 +384,7 @@ class ComputeService(RecordKeeping):
         if not self.driver.supports(Capability.CONSOLE_OUTPUT):
             raise UnsupportedOperation(self.driver.name, "console output")
         record = self.get_owned(ref, "read the console of")
+        self.require_engine("read the console")
         return self.driver.get_console_output(instance=record.to_instance(), max_bytes=max_bytes)
 
     def check_set_password(self, ref: str) -> InstanceRecord:
@@ -378,7 +392,7 @@ class ComputeService(RecordKeeping):
         vain): the driver's capability, an instance of this host, active and running."""
         record = self._admit(ref, "set-password", _PASSWORD_STATES,
                              capability=Capability.SET_ADMIN_PASSWORD)
-        if self._power_state(record.to_instance()) not in (PowerState.RUNNING,
+        if self._power_state(record.to_instance()) not in (None, PowerState.RUNNING,
                                                            PowerState.UNKNOWN):
             raise InstanceNotRunning(record.name, "set-password")
         return record

@@ -288,27 +288,51 @@ def test_events_that_arrive_are_in_a_valid_order(driver, suite, guests):
     assert problem is None, problem
 
 
-@ops("list_instances", "list_instance_uuids", "get_info")
-def test_unreachable_engine_raises_hypervisor_unavailable(suite, shared_instance):
+@ops("list_instances", "list_instance_uuids", "get_info", "spawn", "destroy", "power_off",
+     "power_on", "reboot")
+def test_unreachable_engine_raises_hypervisor_unavailable(driver, suite, guests, shared_instance):
     from virt.conformance.bounded import BoundedDriver
     from virt.conformance.settings import unreachable_conf
 
     conf = unreachable_conf(suite)
     if conf is None:
         pytest.skip("no [conformance] unreachable_overrides configured")
-    driver = BoundedDriver(load_driver(conf.compute_driver, conf), suite.opts.operation_timeout)
+    cut_off = BoundedDriver(load_driver(conf.compute_driver, conf), suite.opts.operation_timeout)
     try:
-        driver.init_host(host=conf.host)
+        cut_off.init_host(host=conf.host)
     except HypervisorUnavailable:
-        pass  # refusing to start is honest; the calls below must still say why
-    for call in (driver.list_instances, driver.list_instance_uuids):
-        with pytest.raises(HypervisorUnavailable):
-            call()  # never "no instances"
+        pass  # refusing to start is honest; every call below must still say why
+    fresh = guests.new("unreachable")  # destroyed at the end if a spawn got through anyway
+    calls = {
+        # never "no instances"
+        "list_instances": cut_off.list_instances,
+        "list_instance_uuids": cut_off.list_instance_uuids,
+        # never "not found" or a state: UNKNOWN is a guest the engine cannot tell, not this
+        "get_info": lambda: cut_off.get_info(instance=shared_instance),
+        "spawn": lambda: cut_off.spawn(instance=fresh),
+        # never "already gone" (a no-op) or "already off"
+        "destroy": lambda: cut_off.destroy(instance=shared_instance),
+        "power_off": lambda: cut_off.power_off(instance=shared_instance,
+                                               timeout=suite.opts.power_off_timeout),
+        "power_on": lambda: cut_off.power_on(instance=shared_instance),
+        "reboot": lambda: cut_off.reboot(instance=shared_instance, hard=True),
+    }
+    wrong: list[str] = []
+    for name, call in calls.items():
+        try:
+            outcome = call()
+        except HypervisorUnavailable:
+            continue
+        except Exception as exc:  # reported below, with the others
+            wrong.append(f"{name} raised {type(exc).__name__}: {exc}")
+        else:
+            shown = getattr(outcome, "state", outcome)
+            wrong.append(f"{name} returned {shown!r}")
     try:
-        info = driver.get_info(instance=shared_instance)
+        cut_off.cleanup_host(host=conf.host)
     except HypervisorUnavailable:
-        return
-    # never "not found" or "shut down": the only honest state is UNKNOWN
-    assert info.state is PowerState.UNKNOWN, (
-        f"get_info on an unreachable engine reported {info.state.value}; raise "
-        "HypervisorUnavailable or report PowerState.UNKNOWN")
+        pass
+    assert not wrong, ("on an unreachable engine every call must raise HypervisorUnavailable: "
+                       + "; ".join(wrong))
+    # the reachable engine's guest is untouched by what the cut-off driver was asked
+    assert driver.get_info(instance=shared_instance).state is PowerState.RUNNING

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 
 from virt.driver import Capability, ComputeDriver
 from virt.errors import (
-    HypervisorUnavailable,
     InstanceMoved,
     InstanceNotFound,
     VirtError,
@@ -301,19 +300,15 @@ class Planner:
             self.driver.destroy(instance=instance, destroy_disks=False)
 
     def _local_state(self, instance: Instance) -> PowerState | None:
-        """The power state of its domain here, None if there is none."""
+        """The power state of its domain here, None if there is none (an unreachable engine
+        raises HypervisorUnavailable, like every driver call: `virt.lifecycle`)."""
         if not self.driver.instance_exists(instance=instance):
             return None
-        state = self.driver.get_info(instance=instance).state
-        if state is PowerState.UNKNOWN:
-            raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown")
-        return state
+        return self.driver.get_info(instance=instance).state
 
     def _record_power(self, candidate: Candidate, instance: Instance,
                       item: InstanceReport) -> Effect | None:
-        state = self.driver.get_info(instance=instance).state
-        if state is PowerState.UNKNOWN:
-            raise HypervisorUnavailable(f"the state of {instance.uuid} is unknown after spawn")
+        state = self.driver.get_info(instance=instance).state  # raises if unreachable
         item.power_state = state.value
         for vreport in item.volumes:
             if vreport.status == "reachable":

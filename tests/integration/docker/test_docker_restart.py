@@ -57,8 +57,9 @@ def test_dockerd_restart(docker_image, tmp_path_factory):
         try:
             run_testbed("down")
             assert not dockerd_up()
-            # Unreachable reads as UNKNOWN or an error, never as "gone" or "shut down".
-            assert driver.get_info(instance=instance).state is PowerState.UNKNOWN
+            # Unreachable is an error, never "gone", "shut down" or UNKNOWN.
+            with pytest.raises(HypervisorUnavailable):
+                driver.get_info(instance=instance)
             with pytest.raises(HypervisorUnavailable):
                 driver.list_instances()
             with pytest.raises(HypervisorUnavailable):

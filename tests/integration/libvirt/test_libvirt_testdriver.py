@@ -274,8 +274,8 @@ def test_failed_spawn_leaves_existing_disks_intact(driver, base, tmp_path):
     assert not driver.instance_exists(instance=broken)
 
 
-def test_unreachable_libvirtd_state_is_unknown(tmp_path):
-    """No libvirtd behind the URI: get_info reads UNKNOWN, every other call raises."""
+def test_unreachable_libvirtd_raises_on_every_call(tmp_path):
+    """No libvirtd behind the URI: every call raises, get_info included (never UNKNOWN)."""
     conf = build_conf(overrides={"state_path": str(tmp_path / "state")})
     LibvirtDriver.register_opts(conf)
     conf.set_override("connection_uri", f"qemu+unix:///system?socket={tmp_path}/none.sock",
@@ -284,7 +284,8 @@ def test_unreachable_libvirtd_state_is_unknown(tmp_path):
     drv = LibvirtDriver(conf)
     try:
         inst = _instance()
-        assert drv.get_info(instance=inst).state is PowerState.UNKNOWN
+        with pytest.raises(HypervisorUnavailable):
+            drv.get_info(instance=inst)
         for call in (drv.list_instances, drv.list_instance_uuids):
             with pytest.raises(HypervisorUnavailable):
                 call()
