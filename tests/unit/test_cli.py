@@ -651,3 +651,40 @@ def test_demo_on_an_explicit_config_deletes_its_instance_when_cut_short(tmp_path
     assert proc.returncode == 130, err
     assert b"deleted its instance" in err
     assert cli.json("list", "--all-hosts") == []
+
+
+def test_unreachable_engine_list_and_show_read_the_records_operations_exit_1(cli):
+    """The engine cut off (the fake's instances_path made unusable): list and show print the
+    stored records with power state unknown and one warning, exit 0; what needs the engine
+    exits 1 with the reason, touching no record."""
+    web = cli.json("boot", "web", "--image", "cirros", "--flavor", "m1.tiny")
+    cli.config.write_text(cli.config.read_text() + "instances_path = /dev/null/x\n")
+
+    listed = cli.run("--format", "json", "list")
+    assert [(i["name"], i["vm_state"], i["power_state"]) for i in json.loads(listed.stdout)] \
+        == [("web", "active", "unknown")]
+    warning = listed.stderr.strip()
+    assert warning.startswith("virtkit: warning: the hypervisor cannot be reached (")
+    assert "/dev/null/x" in warning and "\n" not in warning and "Traceback" not in warning
+    table = cli.run("list")
+    assert "unknown" in table.stdout and "running" not in table.stdout
+    assert table.stderr.strip() == warning
+
+    shown = cli.run("--format", "json", "show", "web")
+    data = json.loads(shown.stdout)
+    assert (data["uuid"], data["live_power_state"]) == (web["uuid"], "unknown")
+    assert data["power_state"] == "running"  # the stored state is kept as it was
+    assert shown.stderr.strip() == warning
+    assert "cannot be reached" in cli.run("show", "web").stdout
+
+    for args in (("stop", "web"), ("start", "web"), ("reboot", "web"), ("delete", "web"),
+                 ("pause", "web"), ("snapshot", "web", "snap"), ("console", "web"),
+                 ("reset-state", "web"), ("boot", "db", "--image", "cirros", "--flavor",
+                                          "m1.tiny")):
+        failed = cli.run(*args, expect=1)
+        assert failed.stderr.startswith("virtkit: error: cannot "), failed.stderr
+        assert "/dev/null/x" in failed.stderr
+    after = cli.json("list")
+    assert len(after) == 1  # no record for the refused boot
+    assert {k: after[0][k] for k in ("vm_state", "task_state", "fault", "updated_at")} == \
+        {k: web[k] for k in ("vm_state", "task_state", "fault", "updated_at")}

@@ -11,6 +11,7 @@ from virt.compute import ComputeService
 from virt.driver import Capability
 from virt.driver.rollback import SpawnRollback
 from virt.errors import (
+    HypervisorUnavailable,
     InstanceExists,
     InstanceNotFound,
     InstanceNotRunning,
@@ -356,3 +357,54 @@ def test_ctrl_c_during_spawn_records_error_and_leaves_nothing(conf):
         assert record.fault.startswith("spawn: interrupted")
         assert driver.list_instance_uuids() == []
         assert events(svc, "vm1")[-1] == "spawn_failed"
+
+
+def test_an_unreachable_engine_leaves_the_records_readable_and_refuses_the_rest(conf, tmp_path):
+    """init_host's HypervisorUnavailable does not stop the service: the stored records are
+    read (power state unknown, the stored one kept); every operation that needs the engine
+    raises it before claiming or recording anything; the engine is asked again later."""
+    engine, away = tmp_path / "engine", tmp_path / "engine.away"
+    conf.set_override("instances_path", str(engine))
+    with ComputeService(conf) as service:
+        assert service.engine_unavailable is None
+        record = boot(service)
+        stopped = boot(service, "vm2", power_on=False)
+    engine.rename(away)
+    engine.write_text("")  # a file where the fake's state directory should be: unusable
+    with ComputeService(conf) as service:
+        down = service.engine_unavailable
+        assert isinstance(down, HypervisorUnavailable) and str(engine) in down.message
+        assert [r.uuid for r in service.list_instances()] == [record.uuid, stopped.uuid]
+        shown, live = service.refresh("vm1")
+        assert live is PowerState.UNKNOWN and shown == record  # nothing written
+        operations = {
+            "boot": lambda: boot(service, "vm3"), "delete": lambda: service.delete("vm1"),
+            "stop": lambda: service.stop("vm1"), "start": lambda: service.start("vm2"),
+            "reboot": lambda: service.reboot("vm1", hard=True),
+            "snapshot": lambda: service.snapshot("vm1", "snap"),
+            "console": lambda: service.console("vm1"),
+            "reset-state": lambda: service.reset_state("vm1"),
+            "host": service.host_status,
+            "volume attach": lambda: service.attach_volume("vm1", CONNECTION_INFO, "vdb"),
+        }
+        for name, operation in operations.items():
+            with pytest.raises(HypervisorUnavailable, match=r"^cannot .*not usable") as err:
+                operation()
+            assert err.value.exit_code == 1, name
+        assert service.get("vm1") == record and service.get("vm2") == stopped
+        assert [r.name for r in service.list_instances()] == ["vm1", "vm2"]  # no vm3
+        assert events(service, "vm1") == ["spawning", "started", "spawned"]
+        # a forced vm_state needs no engine: the power state stays as stored
+        forced = service.reset_state("vm2", vm_state="error")
+        assert (forced.vm_state, forced.power_state) == ("error", PowerState.SHUTDOWN)
+
+        engine.unlink()
+        away.rename(engine)  # the engine is back: asked again once the retry time passed
+        with pytest.raises(HypervisorUnavailable):
+            service.stop("vm1")
+        service.ENGINE_RETRY_S = 0.0
+        stopped_now, _result = service.stop("vm1", timeout=5)
+        assert service.engine_unavailable is None
+        assert (stopped_now.vm_state, stopped_now.power_state) == ("stopped",
+                                                                  PowerState.SHUTDOWN)
+        assert service.refresh("vm1")[1] is PowerState.SHUTDOWN

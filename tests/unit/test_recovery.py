@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 
 from tests.recovery_helpers import iscsi_info, record_instances, recover
 from virt.driver import load_driver
-from virt.errors import InvalidRequest, NotFenced
+from virt.errors import HypervisorUnavailable, InvalidRequest, NotFenced
 from virt.model import PowerState
 from virt.recovery.journal import Claim, ClaimLost, ClaimState, Holder, RecoveryJournal
 from virt.recovery.report import Outcome
@@ -453,3 +454,35 @@ def test_a_released_or_failed_recovery_clears_the_mark(conf, store):
     assert store.get_instance(paused).task_state is None
     failed = store.get_instance(failing)
     assert failed.task_state is None and failed.fault.startswith("recovery failed: ")
+
+
+def test_an_engine_lost_after_spawn_fails_the_instance_and_a_rerun_resumes(
+        conf, store, monkeypatch):
+    """get_info raising HypervisorUnavailable (every driver call does, on an unreachable
+    engine) fails the step, journaled; UNKNOWN is what the engine says, and is recorded."""
+    from drivers.fake.driver import FakeDriver
+
+    real = FakeDriver.get_info
+    (uuid,) = record_instances(store, "host-a", 1)
+
+    def cut_off(self, *, instance):
+        raise HypervisorUnavailable("the fake engine went away")
+
+    monkeypatch.setattr(FakeDriver, "get_info", cut_off)
+    report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True)
+    (item,) = report.instances
+    assert item.outcome == Outcome.FAILED and "went away" in item.error
+    assert store.get_instance(uuid).fault.startswith("recovery failed")
+    failed = [e["step"] for e in RecoveryJournal(store, host="x").entries(uuid)
+              if e["status"] == "failed"]
+    assert failed == ["power"]
+
+    def cannot_tell(self, *, instance):
+        return dataclasses.replace(real(self, instance=instance), state=PowerState.UNKNOWN)
+
+    monkeypatch.setattr(FakeDriver, "get_info", cannot_tell)
+    again = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True)
+    (item,) = again.instances
+    assert item.outcome == Outcome.RECOVERED and item.power_state == "unknown"
+    assert "spawn (running) with 0 volume(s) at boot (done in an earlier run)" in item.steps
+    assert store.get_instance(uuid).power_state is PowerState.UNKNOWN
