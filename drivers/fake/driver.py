@@ -9,6 +9,7 @@ processes on one host) see the same instances. The
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -68,6 +69,10 @@ FAKE_OPTS: list[cfg.Opt] = [
     cfg.IntOpt("vcpus", default=16, min=1, help="vCPUs the fake host reports."),
     cfg.IntOpt("memory_mb", default=65536, min=1, help="Memory the fake host reports, in MiB."),
     cfg.IntOpt("local_gb", default=2048, min=1, help="Disk the fake host reports, in GiB."),
+    cfg.ListOpt("chap_credentials", default=[], secret=True,
+                help="The fake SAN's CHAP-protected targets, as TARGET_IQN=USER:PASSWORD "
+                "items. An attach to one of them with other credentials fails with a CHAP "
+                "authentication error; other targets take any credentials."),
     cfg.StrOpt("my_ip", default="127.0.0.1",
                help="IP address reported in this host's volume connector."),
 ]
@@ -475,8 +480,7 @@ class FakeDriver(ComputeDriver):
                 hint="use a smaller flavor or raise [fake] vcpus, memory_mb or local_gb",
             )
 
-    @staticmethod
-    def _check_block_device(bdm: BlockDevice) -> None:
+    def _check_block_device(self, bdm: BlockDevice) -> None:
         if not isinstance(bdm, BlockDevice):
             raise InvalidRequest(f"block device must be a virt.model.BlockDevice, got "
                                  f"{type(bdm).__name__}")
@@ -491,6 +495,20 @@ class FakeDriver(ComputeDriver):
             ):
                 raise VolumeAuthError(
                     f"volume {bdm.volume_id}: CHAP needs auth_username and auth_password")
+            self._check_chap(bdm)
+
+    def _check_chap(self, bdm: BlockDevice) -> None:
+        """The fake SAN's login: a target with CHAP credentials takes only those."""
+        data = bdm.connection.data
+        targets = dict(item.partition("=")[::2] for item in self.conf.fake.chap_credentials)
+        wanted = targets.get(str(data.get("target_iqn")))
+        if wanted is None:
+            return
+        given = f"{data.get('auth_username', '')}:{data.get('auth_password', '')}"
+        if not hmac.compare_digest(given.encode(), str(wanted).encode()):
+            raise VolumeAuthError(f"volume {bdm.volume_id}: the target refused the CHAP "
+                                  f"login of user {data.get('auth_username')!r}",
+                                  hint="check the volume's CHAP credentials")
 
     @staticmethod
     def _bdm_record(bdm: BlockDevice) -> dict[str, Any]:

@@ -74,6 +74,11 @@ class AttachVolumeNoop(_Mutant):
         self._touch(instance)
 
 
+class ChapIgnored(_Mutant):
+    def _check_chap(self, bdm):
+        return None
+
+
 class DetachVolumeNoop(_Mutant):
     def detach_volume(self, *, instance, block_device):
         self._touch(instance)
@@ -165,6 +170,7 @@ MUTANTS = {
     "InjectFileNoop": "inject_file",
     "SetAdminPasswordNoop": "set_admin_password",
     "AttachVolumeNoop": "attach_volume",
+    "ChapIgnored": "attach_volume",
     "DetachVolumeNoop": "detach_volume",
     "ConsoleEmpty": "get_console_output",
     "PowerOnRestarts": "power_on",
@@ -184,6 +190,9 @@ CONFIG = """
 compute_driver = {driver}
 state_path = {state}
 
+[fake]
+chap_credentials = iqn.2010-10.org.x:v2=u:not-a-real-secret-5678
+
 [conformance]
 image_ref = cirros
 observer = fake
@@ -192,6 +201,7 @@ console_marker = login:
 # The fake boots at once: a restart that has not happened in 3 s will not happen.
 boot_timeout = 3
 volume_connection_info = {{"driver_volume_type": "iscsi", "serial": "v1", "data": {{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v1", "target_lun": 1}}}}
+chap_volume_connection_info = {{"driver_volume_type": "iscsi", "serial": "v2", "data": {{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v2", "target_lun": 1, "auth_method": "CHAP", "auth_username": "u", "auth_password": "not-a-real-secret-5678"}}}}
 unreachable_overrides = DEFAULT.instances_path=/dev/null/unreachable
 """
 

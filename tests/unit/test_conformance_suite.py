@@ -104,6 +104,9 @@ CONFIG = """
 compute_driver = {driver}
 state_path = {state}
 
+[fake]
+chap_credentials = iqn.2010-10.org.x:v2=u:not-a-real-secret-5678
+
 [conformance]
 image_ref = cirros
 # the test drivers derive from the fake: its observer sees their engine

@@ -21,6 +21,7 @@ from virt.errors import (
     InstanceNotFound,
     InstanceNotRunning,
     UnsupportedOperation,
+    VirtError,
     VolumeError,
     VolumeNotFound,
 )
@@ -246,6 +247,36 @@ def test_iscsi_chap_volume(driver, suite, workbench, caplog, effects):
         console = driver.get_console_output(instance=workbench)
     for secret in _secrets_of(connection):
         assert secret not in console, "a CHAP secret reached the console log"
+
+
+def _with_wrong_password(connection: VolumeConnection) -> VolumeConnection:
+    data = {**connection.data, "auth_password": "wrong-" + secrets.token_hex(8)}
+    return dataclasses.replace(connection, data=data)
+
+
+@cap(Capability.VOLUME_ISCSI_CHAP)
+@ops("attach_volume", "spawn")
+def test_wrong_chap_password_is_refused_and_leaves_nothing(driver, suite, guests, workbench,
+                                                          effects, caplog):
+    connection = suite.chap_volume()
+    if connection is None:
+        pytest.skip("no [conformance] chap_volume_connection_info configured")
+    wrong = BlockDevice(_with_wrong_password(connection), suite.opts.volume_mountpoint)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(VolumeError):
+        driver.attach_volume(instance=workbench, block_device=wrong)
+    effects.expect("a refused CHAP login attaches nothing",
+                   lambda o: wrong.mountpoint not in o.volumes(workbench),
+                   ops=("attach_volume",))
+    # late: the disks (and the secret) are made before the volume's login fails
+    doomed = guests.new("chap-doomed")
+    with pytest.raises(VirtError):
+        driver.spawn(instance=doomed, block_devices=[wrong])
+    effects.expect("a spawn that failed on the volume's login leaves nothing on the engine",
+                   lambda o: not o.exists(doomed) and not o.leftovers(doomed), ops=("spawn",))
+    assert doomed.uuid not in driver.list_instance_uuids()
+    for secret in _secrets_of(wrong.connection):
+        assert secret not in caplog.text, "a CHAP secret reached the log"
 
 
 @cap(Capability.CONSOLE_OUTPUT)
