@@ -61,6 +61,8 @@ class RecordKeeping:
         stay readable, and what needs the engine is refused (`require_engine`)."""
         try:
             self.driver.init_host(host=self.host)
+            # Idempotent; a driver may ask the engine for its guests' states here.
+            self.driver.register_event_listener(self._on_event)
         except HypervisorUnavailable as exc:
             self._engine_lost(exc)
             return

@@ -76,7 +76,6 @@ class ComputeService(RecordKeeping):
             if store is None:
                 self.store.close()
             raise
-        self.driver.register_event_listener(self._on_event)
 
     @classmethod
     def from_config_file(cls, path: str | os.PathLike[str]) -> ComputeService:

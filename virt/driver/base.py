@@ -96,8 +96,8 @@ class ComputeDriver(abc.ABC):
     Contracts (checked by the conformance suite): `destroy` of an unknown instance is a
     no-op; `get_info` of an unknown instance raises InstanceNotFound; `power_on` of a
     running instance and `unpause` of a running one are no-ops; a failed `spawn` leaves
-    nothing behind; an unreachable engine raises HypervisorUnavailable (and `get_info`
-    reports PowerState.UNKNOWN rather than a state it cannot know).
+    nothing behind; an unreachable engine raises HypervisorUnavailable from every call,
+    `get_info` included (PowerState.UNKNOWN is for a guest the engine cannot tell about).
 
     Recovery relies on three more: `spawn` reuses a valid root disk that already exists at
     `instance_disk_path` (shared storage after a host failed) instead of replacing it;
