@@ -101,7 +101,8 @@ class LibvirtDriver(ComputeDriver):
         ) if opts.iscsi_attach == "host" else None
         self._volumes: IscsiNativeVolumes | IscsiHostVolumes = self._host_volumes or \
             IscsiNativeVolumes(self._connection, probe_timeout=opts.volume_probe_timeout)
-        self._undefiner = domains.Undefiner()
+        self._owned = domains.Ownership()  # which domains are virtkit's
+        self._undefiner = domains.Undefiner(self._owned)
         self._virt_type: str | None = None
         self._iscsi_mode = opts.iscsi_attach  # options are read once (each read costs ~4 us)
         self._disk_cachemode = opts.disk_cachemode
@@ -120,6 +121,7 @@ class LibvirtDriver(ComputeDriver):
                        event: int) -> None:
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:  # whoever undefined it: forget it
             self._secret_free.discard(uuid)
+            self._owned.forget(uuid)
         self._connection.observe(conn, uuid, dom, event)
 
     def register_event_listener(self, listener: Listener) -> None:
@@ -155,6 +157,9 @@ class LibvirtDriver(ComputeDriver):
         self._check_qemu_reaches_paths()
         self._connection.connection()
         self._domain_type()
+        self.narrow_capabilities(  # what _check_volumes refuses there
+            (Capability.VOLUME_ATTACH, Capability.VOLUME_ISCSI_CHAP)
+            if self._engine_type == "TEST" else (), reason="libvirt's test driver")
 
     def _check_qemu_reaches_paths(self) -> None:
         """On the local system daemon, ConfigError if QEMU's user cannot reach our files."""
@@ -198,20 +203,24 @@ class LibvirtDriver(ComputeDriver):
         os.makedirs(self._instances_path, mode=0o711, exist_ok=True)
         virt_type = self._domain_type()
         return self._call(
-            lambda c: resources.host_resources(c, self._instances_path, virt_type),
+            lambda c: resources.host_resources(c, self._instances_path, virt_type, self._owned),
             "read the host's resources")
 
     def get_volume_connector(self, *, instance: Instance | None = None) -> VolumeConnector:
+        self._check_volumes("get_volume_connector")
         return VolumeConnector(host=self.conf.host, ip=resources.local_ip(),
                                initiator=self._volumes.initiator, multipath=False)
 
     # -- state -----------------------------------------------------------------------------
 
     def list_instances(self) -> list[str]:
-        return self._call(lambda c: [d.name() for d in c.listAllDomains(0)], "list domains")
+        return self._call(lambda c: [d.name() for d in self._owned.ours(c.listAllDomains(0))],
+                          "list domains")
 
     def list_instance_uuids(self) -> list[str]:
-        return self._call(lambda c: [d.UUIDString() for d in c.listAllDomains(0)], "list domains")
+        return self._call(
+            lambda c: [d.UUIDString() for d in self._owned.ours(c.listAllDomains(0))],
+            "list domains")
 
     def get_info(self, *, instance: Instance) -> InstanceInfo:
         """The instance's state; HypervisorUnavailable while libvirtd is unreachable (UNKNOWN
@@ -236,9 +245,8 @@ class LibvirtDriver(ComputeDriver):
         return self._on_domain(instance, states.domain_power_state, "read its state")
 
     def instance_exists(self, *, instance: Instance) -> bool:
-        return self._call(
-            lambda c: self._connection.lookup(c, instance.uuid, fresh=True) is not None,
-            "look up a domain")
+        return self._call(lambda c: self._owned.is_ours(self._connection.lookup(
+            c, instance.uuid, fresh=True), instance.uuid), "look up a domain")
 
     def instance_disk_path(self, *, instance: Instance) -> str:
         """Where spawn keeps (or would make) the instance's root disk on this host; recovery
@@ -289,7 +297,8 @@ class LibvirtDriver(ComputeDriver):
             self._check_volumes("attach_volume")
         # Needed: defineXML of a domain with the same uuid and name redefines it instead of
         # failing, and the check comes before any file is made for the instance.
-        if self.instance_exists(instance=instance):
+        if self._call(lambda c: self._connection.lookup(c, instance.uuid, fresh=True),
+                      "look up a domain") is not None:  # virtkit's or another's
             raise InstanceExists(instance.uuid)
 
     def _prepare_volume(self, rollback: SpawnRollback, instance: Instance, bdm: BlockDevice,
@@ -308,6 +317,7 @@ class LibvirtDriver(ComputeDriver):
     def _define(self, conn: libvirt.virConnect, rollback: SpawnRollback, uuid: str,
                 domain_xml: str, *, secret_free: bool, power_on: bool) -> None:
         dom = conn.defineXML(domain_xml)
+        self._owned.claim(uuid)
         rollback.push(f"domain {uuid}", lambda: self._connection.call(
             lambda c: self._remove_domain(c, uuid)))
         if secret_free:
@@ -563,7 +573,7 @@ class LibvirtDriver(ComputeDriver):
 
         def run(conn: libvirt.virConnect) -> T:
             dom = connection.lookup(conn, uuid)
-            if dom is None:
+            if dom is None or not self._owned.is_ours(dom, uuid):  # never another's domain
                 raise InstanceNotFound(uuid)
             return fn(dom)
 

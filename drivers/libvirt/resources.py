@@ -16,6 +16,7 @@ import stat
 import libvirt
 
 from drivers.libvirt.connection import READABLE_DIRECTORY_HINT, Connection, user_name
+from drivers.libvirt.domains import Ownership
 from virt.errors import ConfigError
 from virt.model import HostResources
 
@@ -28,12 +29,14 @@ GIB = 1024**3
 
 
 def host_resources(conn: libvirt.virConnect, instances_path: str,
-                   domain_type: str) -> HostResources:
-    """The host's capacity and use, as libvirt and the instances' file system report it."""
+                   domain_type: str, ownership: Ownership) -> HostResources:
+    """The host's capacity and use, as libvirt and the instances' file system report it;
+    the vCPUs used are those of virtkit's running domains (`ownership`), not of others'."""
     model, memory_mb, cpus, _mhz, _nodes, sockets, cores, threads = conn.getInfo()
     vcpus_used = 0
     mem_used = 0
-    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+    active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    for dom in ownership.ours(active, every=False):
         _state, max_kb, _mem, ncpu, _cpu = dom.info()
         vcpus_used += ncpu
         mem_used += max_kb // 1024
@@ -42,7 +45,7 @@ def host_resources(conn: libvirt.virConnect, instances_path: str,
         free = stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
         mem_used = (stats["total"] - free) // 1024
     except (libvirt.libvirtError, KeyError):
-        pass  # the test driver has no node memory stats: count guest memory instead
+        pass  # the test driver has no node memory stats: count our guests' memory instead
     disk = shutil.disk_usage(instances_path)
     return HostResources(
         vcpus=cpus, memory_mb=memory_mb, local_gb=disk.total // GIB,

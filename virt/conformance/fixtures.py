@@ -17,7 +17,7 @@ import pytest
 
 from virt.conformance.bounded import BoundedDriver
 from virt.conformance.settings import SuiteSettings
-from virt.driver import ComputeDriver, load_driver
+from virt.driver import ComputeDriver
 from virt.errors import VirtError
 from virt.model import Instance, PowerState, new_uuid
 
@@ -105,15 +105,13 @@ def suite(pytestconfig: pytest.Config) -> SuiteSettings:
 
 
 @pytest.fixture(scope="session")
-def raw_driver(suite: SuiteSettings) -> Iterator[ComputeDriver]:
-    """The driver under test, initialised for the configured host, without time bounds."""
-    driver = load_driver(suite.conf.compute_driver, suite.conf)
-    BoundedDriver(driver, suite.opts.operation_timeout).init_host(host=suite.conf.host)
-    yield driver
-    try:
-        BoundedDriver(driver, suite.opts.operation_timeout).cleanup_host(host=suite.conf.host)
-    except (VirtError, AssertionError) as exc:
-        LOG.warning("conformance cleanup: cleanup_host failed: %s", exc)
+def raw_driver(pytestconfig: pytest.Config) -> Iterator[ComputeDriver]:
+    """The driver under test, initialised for the configured host, without time bounds:
+    the run's one instance (made at the first test that needs it, the capability gating
+    included), cleaned up at the end."""
+    run = pytestconfig.pluginmanager.get_plugin("virtkit-conformance-run")
+    yield run.driver()  # type: ignore[union-attr]
+    run.release_driver()  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="session")

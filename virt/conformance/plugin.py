@@ -5,10 +5,16 @@ every hook it does nothing costly: it adds two options and three markers, and on
 `--virtkit-config FILE` is given does it load the driver's settings, gate tests by the
 driver's capabilities, record outcomes and write the support matrix. Given no test paths,
 such a run collects the suite itself: `pytest --virtkit-config FILE` is enough.
+
+Tests are gated by what the driver instance can do on its connection
+(`ComputeDriver.connection_capabilities`, narrowed by its `init_host`), so the run makes and
+initialises the driver once, at the first test that needs it, and the `raw_driver` fixture
+takes that same instance.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +23,9 @@ import pytest
 if TYPE_CHECKING:
     from virt.conformance.matrix import TestRecord
     from virt.conformance.settings import SuiteSettings
+    from virt.driver import Capability, ComputeDriver
 
+LOG = logging.getLogger(__name__)
 SUITE_DIR = Path(__file__).resolve().parent
 MARKERS = (
     "virtkit_operations(*names): interface operations a conformance test speaks for",
@@ -84,6 +92,9 @@ class ConformanceRun:
         self.records: dict[str, TestRecord] = {}
         self._driver_class: Any = None
         self.load_error: str | None = None
+        self._driver: ComputeDriver | None = None
+        self._driver_error: Exception | None = None
+        self._released = False
 
     # -- the driver under test --------------------------------------------------------------
 
@@ -98,6 +109,49 @@ class ConformanceRun:
             except VirtError as exc:
                 self.load_error = str(exc)
         return self._driver_class
+
+    def driver(self) -> ComputeDriver:
+        """The driver under test, made and `init_host`'ed once, when first needed (the
+        gating of the first capability test, or the `raw_driver` fixture); a failure to make
+        it is raised again to every later caller."""
+        if self._driver is not None:
+            return self._driver
+        if self._driver_error is not None:
+            raise self._driver_error
+        from virt.conformance.bounded import BoundedDriver
+        from virt.driver import load_driver
+
+        conf, opts = self.settings.conf, self.settings.opts
+        try:
+            driver = load_driver(conf.compute_driver, conf)
+            BoundedDriver(driver, opts.operation_timeout).init_host(host=conf.host)
+        except Exception as exc:
+            self._driver_error = exc
+            raise
+        self._driver = driver
+        return driver
+
+    def release_driver(self) -> None:
+        """`cleanup_host` of the driver under test, once, if it was made."""
+        if self._driver is None or self._released:
+            return
+        self._released = True
+        from virt.conformance.bounded import BoundedDriver
+        from virt.errors import VirtError
+
+        try:
+            BoundedDriver(self._driver, self.settings.opts.operation_timeout).cleanup_host(
+                host=self.settings.conf.host)
+        except (VirtError, AssertionError) as exc:
+            LOG.warning("conformance cleanup: cleanup_host failed: %s", exc)
+
+    def capabilities(self) -> frozenset[Capability]:
+        """What the suite holds the driver to: its instance's capabilities on this
+        connection once initialised, else (not made yet, or it failed) the class's."""
+        if self._driver is not None:
+            return self._driver.connection_capabilities
+        cls = self.driver_class()
+        return cls.capabilities if cls is not None else frozenset()
 
     def entry_point(self) -> str:
         from virt.driver import resolve_configured_name
@@ -115,6 +169,17 @@ class ConformanceRun:
             f"virtkit conformance: declared capabilities: {caps or 'none'}",
         ]
 
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._driver is None:
+            return
+        held = self._driver.connection_capabilities
+        lacking = type(self._driver).capabilities - held
+        line = ", ".join(sorted(c.value for c in held)) or "none"
+        if lacking:
+            line += f" (narrowed by init_host: not {', '.join(sorted(c.value for c in lacking))})"
+        terminalreporter.write_line(f"virtkit conformance: capabilities on this connection: "
+                                    f"{line}")
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Skip a capability test of an undeclared (or excluded) capability, before fixtures."""
@@ -125,7 +190,7 @@ class ConformanceRun:
         if marker is None or cls is None:
             return
         capability = marker.args[0]
-        declared = capability in cls.capabilities
+        declared = capability in self.driver().connection_capabilities
         kind = _kind(item)
         from virt.conformance.matrix import REFUSAL
 
@@ -135,7 +200,10 @@ class ConformanceRun:
                             "the operation is exercised by its capability test")
             return
         if not declared:
-            pytest.skip(f"driver '{cls.name}' does not declare capability '{capability.value}'")
+            where = ("" if capability in cls.capabilities
+                     else " on this connection (its init_host narrowed it)")
+            pytest.skip(f"driver '{cls.name}' does not declare capability "
+                        f"'{capability.value}'{where}")
         if capability.value in self.settings.opts.exclude_capabilities:
             pytest.skip(f"capability '{capability.value}' excluded by [conformance] "
                         "exclude_capabilities")
@@ -184,10 +252,10 @@ class ConformanceRun:
     def _declared(self, item: pytest.Item) -> bool:
         """Whether the driver declares the capability the test needs (True if it needs none)."""
         marker = item.get_closest_marker("virtkit_capability")
-        cls = self.driver_class()
-        return marker is None or (cls is not None and marker.args[0] in cls.capabilities)
+        return marker is None or marker.args[0] in self.capabilities()
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.release_driver()  # the raw_driver fixture's teardown did, unless it never ran
         path = self.config.getoption("--virtkit-matrix", default=None)
         if not path or not self.records:
             return
@@ -198,7 +266,7 @@ class ConformanceRun:
         column = build_column(
             entry_point=entry_point,
             driver_class=f"{cls.__module__}.{cls.__qualname__}" if cls else "not loadable",
-            capabilities=[c.value for c in cls.capabilities] if cls else [],
+            capabilities=[c.value for c in self.capabilities()],
             records=list(self.records.values()),
         )
         label = self.settings.opts.label or entry_point

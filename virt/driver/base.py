@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 from oslo_config import cfg
@@ -113,8 +113,11 @@ class ComputeDriver(abc.ABC):
 
     #: Entry-point name of the driver.
     name: ClassVar[str] = "base"
-    #: Optional features implemented by this driver.
+    #: Optional features implemented by this driver: the most it can do on any engine. What
+    #: one instance can do on its connection is `connection_capabilities`.
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # Set by narrow_capabilities (init_host); None: the class's capabilities.
+    _narrowed: frozenset[Capability] | None = None
     #: The driver's option group in the config file, and its options.
     config_group: ClassVar[str | None] = None
     config_opts: ClassVar[Sequence[cfg.Opt]] = ()
@@ -130,9 +133,28 @@ class ComputeDriver(abc.ABC):
             # Also refuses unknown options and bad values in the driver's group.
             register_group_opts(conf, cls.config_group, cls.config_opts)
 
-    @classmethod
-    def supports(cls, capability: Capability) -> bool:
-        return capability in cls.capabilities
+    @property
+    def connection_capabilities(self) -> frozenset[Capability]:
+        """What this driver instance can do on its connection: the class's `capabilities`,
+        less what `init_host` found the engine behind it cannot do."""
+        narrowed = self._narrowed
+        return type(self).capabilities if narrowed is None else narrowed
+
+    def narrow_capabilities(self, lacking: Iterable[Capability], *, reason: str) -> None:
+        """For `init_host`: this connection cannot do `lacking` (`reason` says why).
+
+        Each call starts again from the class's capabilities, so a repeated init_host
+        narrows to what its own connection lacks, no more.
+        """
+        lacking = frozenset(lacking) & type(self).capabilities
+        self._narrowed = type(self).capabilities - lacking
+        if lacking:
+            LOG.info("%s: this connection does not support %s: %s", self.name,
+                     ", ".join(sorted(c.value for c in lacking)), reason)
+
+    def supports(self, capability: Capability) -> bool:
+        """Whether this driver instance can do `capability` on its connection."""
+        return capability in self.connection_capabilities
 
     def _unsupported(self, operation: str) -> UnsupportedOperation:
         return UnsupportedOperation(self.name, operation)

@@ -14,6 +14,7 @@ from drivers.libvirt.driver import LibvirtDriver
 from tests.libvirt_helpers import qcow2_base, validate_domain_xml
 from virt.config import build_conf
 from virt.conformance.fixtures import wait_for
+from virt.driver import Capability
 from virt.errors import (
     HypervisorUnavailable,
     ImageError,
@@ -203,9 +204,16 @@ def test_host_resources_and_connector(driver):
     res = driver.get_available_resource()
     assert res.vcpus > 0 and res.memory_mb > 0 and res.local_gb > 0
     assert res.hypervisor_type == "TEST"
-    connector = driver.get_volume_connector()
-    assert connector.initiator and connector.initiator.startswith(("iqn.", "eui."))
-    assert driver.get_volume_connector().initiator == connector.initiator  # stable
+    # The test driver cannot attach volumes: init_host narrowed the capability away, and
+    # the connector (part of volume_attach) is refused like the rest of it.
+    assert Capability.VOLUME_ATTACH in LibvirtDriver.capabilities
+    assert not driver.supports(Capability.VOLUME_ATTACH)
+    assert not driver.supports(Capability.VOLUME_ISCSI_CHAP)
+    with pytest.raises(UnsupportedOperation):
+        driver.get_volume_connector()
+    initiator = driver._volumes.initiator
+    assert initiator and initiator.startswith(("iqn.", "eui."))
+    assert driver._volumes.initiator == initiator  # stable
 
 
 def test_undefine_falls_back_and_remembers(driver, base):

@@ -7,17 +7,19 @@ against the container's `/etc/shadow` entry.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 import tarfile
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import docker
 import docker.errors
 
 from virt.conformance.observers import NotObserved, Observer
-from virt.model import Instance, PowerState
+from virt.model import Flavor, Instance, PowerState, new_uuid
 
 MARK_DIR = "/"  # every image has it
 MARK_NAME = "virtkit-conformance-disk-mark"
@@ -34,6 +36,8 @@ class DockerObserver(Observer):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self._client: docker.DockerClient | None = None
+        #: uuid -> container name of each foreign instance made and not yet removed.
+        self._foreign: dict[str, str] = {}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -43,6 +47,11 @@ class DockerObserver(Observer):
         return self._client
 
     def _container(self, instance: Instance) -> Any | None:
+        if instance.uuid in self._foreign:  # someone else's: no virtkit label, by its name
+            try:
+                return self.client.containers.get(self._foreign[instance.uuid])
+            except docker.errors.NotFound:
+                return None
         found = self.client.containers.list(
             all=True, filters={"label": f"virtkit.uuid={instance.uuid}"})
         return found[0] if found else None
@@ -126,3 +135,24 @@ class DockerObserver(Observer):
 
     def booted_image(self, instance: Instance) -> str:
         return str(self._must(instance).attrs["Config"]["Image"])
+
+    # -- objects of others ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def foreign_instance(self) -> Iterator[Instance]:
+        """A running container of the suite's image made through this observer's own client,
+        without virtkit's labels."""
+        uuid = new_uuid()
+        flavor = Flavor("foreign", 1, 64)
+        instance = Instance(uuid=uuid, name=f"foreign-{uuid[:8]}", flavor=flavor)
+        container = self.client.containers.create(
+            self.settings.opts.image_ref, name=instance.name, tty=True, stdin_open=True,
+            mem_limit=f"{flavor.memory_mb}m", labels={"virtkit-conformance.foreign": uuid})
+        self._foreign[uuid] = instance.name
+        try:
+            container.start()
+            yield instance
+        finally:
+            del self._foreign[uuid]
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from virt.conformance.observers import NotObserved, Observer
-from virt.model import Instance, PowerState
+from virt.model import Flavor, Instance, PowerState, new_uuid
 
 MARK_PATH = "/var/lib/virtkit-conformance/disk-mark"
 
@@ -32,13 +32,19 @@ class FakeObserver(Observer):
 
     name = "fake"
 
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        #: uuid -> the record file of each foreign instance made and not yet removed.
+        self._foreign: dict[str, Path] = {}
+
     @property
     def directory(self) -> Path:
         conf = self.settings.conf
         return Path(conf.instances_path) / f"fake-hypervisor-{conf.host}"
 
     def _path(self, instance: Instance) -> Path:
-        return self.directory / f"{instance.uuid}.json"
+        foreign = self._foreign.get(instance.uuid)
+        return foreign if foreign is not None else self.directory / f"{instance.uuid}.json"
 
     def _record(self, instance: Instance) -> dict[str, Any]:
         try:
@@ -132,3 +138,38 @@ class FakeObserver(Observer):
             json.dump(record, handle, sort_keys=True, separators=(",", ":"))
             handle.write("\n")
         os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def foreign_instance(self) -> Iterator[Instance]:
+        """A running instance of another fake host on the same instances_path (the fake's
+        engine is one directory per host: another host's record is the one kind of someone
+        else's object it holds)."""
+        uuid = new_uuid()
+        other = f"virtkit-conformance-foreign-{secrets.token_hex(4)}"
+        directory = Path(self.settings.conf.instances_path) / f"fake-hypervisor-{other}"
+        instance = Instance(uuid=uuid, name=f"foreign-{uuid[:8]}", host=other,
+                            flavor=Flavor("foreign", 2, 256))
+        now = time.time()
+        record = {
+            "uuid": uuid, "name": instance.name, "host": other, "state": "running",
+            "flavor": {"name": "foreign", "vcpus": 2, "memory_mb": 256, "root_gb": 1,
+                       "ephemeral_gb": 0, "swap_mb": 0},
+            "image": {"ref": "foreign", "disk_format": None, "kernel": None, "ramdisk": None,
+                      "kernel_cmdline": None},
+            "created_at": now, "cpu_time_ns": 0, "running_since": now,
+            "boot_id": secrets.token_hex(16), "clock": {"elapsed": 0.0, "since": now},
+            "booted_image": "foreign", "disks": ["root"], "block_devices": {}, "vifs": [],
+            "rescued": False, "admin_password": None, "admin_password_changed_at": None,
+            "console": [],
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{uuid}.json"
+        self._replace(path, record)
+        self._foreign[uuid] = path
+        try:
+            yield instance
+        finally:
+            del self._foreign[uuid]
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()

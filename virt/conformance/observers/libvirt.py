@@ -12,14 +12,14 @@ import contextlib
 import os
 import secrets
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import libvirt
 from lxml import etree
 
 from virt.conformance.observers import NotObserved, Observer
-from virt.model import Instance, PowerState
+from virt.model import Flavor, Instance, PowerState, new_uuid
 
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
@@ -173,6 +173,32 @@ class LibvirtObserver(Observer):
     def vifs(self, instance: Instance) -> list[str]:
         return [str(mac.get("address")).lower()
                 for mac in self._xml(instance).findall("devices/interface/mac")]
+
+    # -- objects of others ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def foreign_instance(self) -> Iterator[Instance]:
+        """A domain defined and started through this observer's own connection, without
+        virtkit's metadata: a guest with no disk that sits in its firmware (on the test
+        driver, a running domain record)."""
+        uuid = new_uuid()
+        # Much more memory than its firmware touches: were it counted, the use would grow
+        # by it all; as host memory in use, it grows by what QEMU's process holds.
+        flavor = Flavor("foreign", 2, 1024)
+        instance = Instance(uuid=uuid, name=f"foreign-{uuid[:8]}", flavor=flavor)
+        kind = "test" if self.uri.startswith("test:") else "qemu"
+        dom = self.conn.defineXML(
+            f"<domain type='{kind}'><name>{instance.name}</name><uuid>{uuid}</uuid>"
+            f"<memory unit='MiB'>{flavor.memory_mb}</memory><vcpu>{flavor.vcpus}</vcpu>"
+            "<os><type arch='x86_64'>hvm</type></os></domain>")
+        try:
+            dom.create()
+            yield instance
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefine()
 
 
 def _qemu_io(path: str, command: str, *, read_only: bool = False, check: bool = True) -> str:
