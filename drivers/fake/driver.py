@@ -9,7 +9,6 @@ processes on one host) see the same instances. The
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from typing import Any, ClassVar
 
 from oslo_config import cfg
 
-from drivers.fake import records
+from drivers.fake import records, volumes
 from drivers.fake.state import Change, HostState
 from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.errors import (
@@ -31,7 +30,6 @@ from virt.errors import (
     InvalidRequest,
     InvalidState,
     SpawnError,
-    VolumeAuthError,
     VolumeError,
     VolumeNotFound,
 )
@@ -46,7 +44,6 @@ from virt.model import (
     PowerState,
     Vif,
     VolumeConnector,
-    mask_secrets,
 )
 
 LOG = logging.getLogger(__name__)
@@ -248,7 +245,7 @@ class FakeDriver(ComputeDriver):
         if len(set(mountpoints)) != len(mountpoints):
             raise InvalidRequest(f"two block devices of instance {instance.uuid} share a mountpoint")
         prefix = fake.fail_spawn_on_name_prefix
-        attached = {b.mountpoint: self._bdm_record(b) for b in block_devices}
+        attached = {b.mountpoint: volumes.bdm_record(b) for b in block_devices}
         # The engine's work happens outside the lock, so spawns on one host overlap.
         self._sleep("spawn_latency_ms")
         with self._hypervisor.transaction(instance.uuid) as txn:
@@ -360,7 +357,7 @@ class FakeDriver(ComputeDriver):
         """The volumes a power-on or resume is given are attached (again) at their
         mountpoints."""
         for bdm in block_devices:
-            record["block_devices"].setdefault(bdm.mountpoint, self._bdm_record(bdm))
+            record["block_devices"].setdefault(bdm.mountpoint, volumes.bdm_record(bdm))
 
     def pause(self, *, instance: Instance) -> None:
         self._set_state(instance, power.should_pause, PowerState.PAUSED, Transition.PAUSED)
@@ -481,49 +478,12 @@ class FakeDriver(ComputeDriver):
             )
 
     def _check_block_device(self, bdm: BlockDevice) -> None:
-        if not isinstance(bdm, BlockDevice):
-            raise InvalidRequest(f"block device must be a virt.model.BlockDevice, got "
-                                 f"{type(bdm).__name__}")
-        conn = bdm.connection
-        if conn.driver_volume_type == "iscsi":
-            missing = [k for k in ("target_portal", "target_iqn") if not conn.data.get(k)]
-            if missing:
-                raise InvalidRequest(
-                    f"iscsi connection_info of volume {bdm.volume_id} lacks {', '.join(missing)}")
-            if str(conn.data.get("auth_method", "")).upper() == "CHAP" and not (
-                conn.data.get("auth_username") and conn.data.get("auth_password")
-            ):
-                raise VolumeAuthError(
-                    f"volume {bdm.volume_id}: CHAP needs auth_username and auth_password")
-            self._check_chap(bdm)
-
-    def _check_chap(self, bdm: BlockDevice) -> None:
-        """The fake SAN's login: a target with CHAP credentials takes only those."""
-        data = bdm.connection.data
-        targets = dict(item.partition("=")[::2] for item in self.conf.fake.chap_credentials)
-        wanted = targets.get(str(data.get("target_iqn")))
-        if wanted is None:
-            return
-        given = f"{data.get('auth_username', '')}:{data.get('auth_password', '')}"
-        if not hmac.compare_digest(given.encode(), str(wanted).encode()):
-            raise VolumeAuthError(f"volume {bdm.volume_id}: the target refused the CHAP "
-                                  f"login of user {data.get('auth_username')!r}",
-                                  hint="check the volume's CHAP credentials")
-
-    @staticmethod
-    def _bdm_record(bdm: BlockDevice) -> dict[str, Any]:
-        """A block device's entry in the record; `attached_at` is reset once attached."""
-        return {
-            "volume_id": bdm.volume_id,
-            "mountpoint": bdm.mountpoint,
-            "disk_bus": bdm.disk_bus,
-            "connection_info": mask_secrets(bdm.connection.to_connection_info()),
-            "attached_at": time.time(),
-        }
+        volumes.check_block_device(bdm)
+        volumes.check_chap(bdm, self.conf.fake.chap_credentials)
 
     def attach_volume(self, *, instance: Instance, block_device: BlockDevice) -> None:
         self._check_block_device(block_device)
-        entry = self._bdm_record(block_device)  # before the wait: it needs no state
+        entry = volumes.bdm_record(block_device)  # before the wait: it needs no state
         self._sleep("volume_latency_ms")
 
         def change(record: dict[str, Any], _txn: Change) -> None:

@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 MUTANTS_MODULE = '''
+from drivers.fake import volumes
 from drivers.fake.driver import FakeDriver
 from virt.events import Transition
 
@@ -75,8 +76,8 @@ class AttachVolumeNoop(_Mutant):
 
 
 class ChapIgnored(_Mutant):
-    def _check_chap(self, bdm):
-        return None
+    def _check_block_device(self, bdm):
+        volumes.check_block_device(bdm)
 
 
 class DetachVolumeNoop(_Mutant):
