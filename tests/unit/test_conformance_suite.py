@@ -146,10 +146,11 @@ def matrix_base(tmp_path_factory) -> Path:
 
 
 def run_suite(site: Path, tmp: Path, driver: str, matrix: Path, extra: str = "", *,
-              pyargs: bool = True):
+              pyargs: bool = True, select: str | None = None):
     """One suite run in a pytest subprocess from `tmp` (which holds no tests).
 
-    Without `pyargs` it is the short form, `pytest --virtkit-config FILE` with no test path.
+    Without `pyargs` it is the short form, `pytest --virtkit-config FILE` with no test path;
+    `select` is a `-k` expression.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / f"{driver}.conf"
@@ -159,7 +160,8 @@ def run_suite(site: Path, tmp: Path, driver: str, matrix: Path, extra: str = "",
     target = ["--pyargs", "virt.conformance"] if pyargs else []
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *target,
-         "--virtkit-config", str(config), "--virtkit-matrix", str(matrix)],
+         "--virtkit-config", str(config), "--virtkit-matrix", str(matrix),
+         *(["-k", select] if select else [])],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
     )
     column = json.loads(matrix.with_suffix(".json").read_text())["drivers"][driver]
@@ -396,3 +398,122 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ConfigError, match="support-matrix:begin"):
         update_readme(readme, json_path)
+
+
+# -- capabilities per connection, and someone else's instances -------------------------------
+
+CONNECTION_DRIVERS = '''
+from pathlib import Path
+
+from drivers.fake.driver import FakeDriver
+from virt.driver import Capability, ComputeDriver
+from virt.errors import UnsupportedOperation
+
+
+class NarrowingDriver(FakeDriver):
+    """Declares pause, but its init_host finds this connection cannot: pause is refused."""
+
+    name = "vk_narrowing"
+
+    def init_host(self, *, host):
+        super().init_host(host=host)
+        self.narrow_capabilities({Capability.PAUSE}, reason="this engine cannot")
+
+    def pause(self, *, instance):
+        if not self.supports(Capability.PAUSE):
+            raise UnsupportedOperation(self.name, "pause")
+        super().pause(instance=instance)
+
+    def unpause(self, *, instance):
+        if not self.supports(Capability.PAUSE):
+            raise UnsupportedOperation(self.name, "unpause")
+        super().unpause(instance=instance)
+
+
+class _SeesOtherHosts(FakeDriver):
+    """Mutants that take other fake hosts' records (someone else's) for their own."""
+
+    def _others(self):
+        base = Path(self.conf.instances_path)
+        own = f"fake-hypervisor-{self._host}"
+        return [p for p in base.glob("fake-hypervisor-*/*.json")
+                if p.parent.name != own and not p.name.startswith(("_", "."))]
+
+
+class ListsOthers(_SeesOtherHosts):
+    def list_instance_uuids(self):
+        return sorted(super().list_instance_uuids() + [p.stem for p in self._others()])
+
+
+class CountsOthers(_SeesOtherHosts):
+    def get_available_resource(self):
+        import dataclasses, json
+
+        res = super().get_available_resource()
+        extra = sum(json.loads(p.read_text())["flavor"]["vcpus"] for p in self._others())
+        return dataclasses.replace(res, vcpus_used=res.vcpus_used + extra)
+
+
+class DestroysOthers(_SeesOtherHosts):
+    def destroy(self, *, instance, block_devices=(), destroy_disks=True):
+        for path in self._others():
+            if path.stem == instance.uuid:
+                path.unlink()
+        super().destroy(instance=instance, block_devices=block_devices,
+                        destroy_disks=destroy_disks)
+'''
+FOREIGN_TEST = "test_an_instance_made_by_someone_else_is_not_the_drivers"
+FOREIGN_MUTANTS = {"ListsOthers": "list_instance_uuids", "CountsOthers": "get_available_resource",
+                   "DestroysOthers": "destroy"}
+
+
+@pytest.fixture(scope="module")
+def connection_site(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("connection-site")
+    (root / "vk_connection_drivers.py").write_text(CONNECTION_DRIVERS)
+    dist = root / "vk_connection_drivers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vk-connection-drivers\n"
+                                   "Version: 1.0\n")
+    entries = ["vk_narrowing = vk_connection_drivers:NarrowingDriver"]
+    entries += [f"vk_{cls.lower()} = vk_connection_drivers:{cls}" for cls in FOREIGN_MUTANTS]
+    (dist / "entry_points.txt").write_text(
+        "[virtkit.compute_drivers]\n" + "\n".join(entries) + "\n")
+    return root
+
+
+def test_gating_follows_what_init_host_found_the_connection_can_do(connection_site,
+                                                                   tmp_path):
+    proc, column, outcomes = run_suite(
+        connection_site, tmp_path / "run", "vk_narrowing", tmp_path / "matrix",
+        select="pause or undeclared or listings or someone_else")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "pause" not in column["capabilities"] and "snapshot" in column["capabilities"]
+    assert outcomes["test_pause_and_unpause"] == "skipped"
+    reasons = [t.get("reason", "") for t in column["operations"]["pause"]["tests"]]
+    assert any("does not declare capability 'pause' on this connection" in r
+               for r in reasons), reasons
+    for op in ("pause", "unpause"):
+        assert column["operations"][op]["status"] == "unsupported", op
+        assert outcomes[f"test_undeclared_operation_raises_unsupported[{op}]"] == "passed"
+    assert "capabilities on this connection:" in proc.stdout
+    assert "narrowed by init_host: not pause" in proc.stdout
+
+
+def test_the_fake_keeps_to_its_own_instances(site, tmp_path):
+    proc, column, outcomes = run_suite(site, tmp_path / "run", "fake", tmp_path / "matrix",
+                                       select="someone_else")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert outcomes[FOREIGN_TEST] == "passed"
+    assert column["operations"]["list_instances"]["status"] == "supported"
+    # the observer removed what it made
+    assert not list((tmp_path / "run" / "state").glob("instances/*foreign*/*.json"))
+
+
+@pytest.mark.parametrize("cls", list(FOREIGN_MUTANTS))
+def test_a_driver_that_takes_someone_else_s_instance_fails(connection_site, tmp_path, cls):
+    proc, column, outcomes = run_suite(connection_site, tmp_path / "run", f"vk_{cls.lower()}",
+                                       tmp_path / "matrix", select="someone_else")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert outcomes[FOREIGN_TEST] == "failed"
+    assert column["operations"][FOREIGN_MUTANTS[cls]]["status"] == "failed"

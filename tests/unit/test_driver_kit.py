@@ -376,3 +376,79 @@ def test_diff_emits_what_changed():
         ("e", Transition.STARTED),
         ("f", Transition.CRASHED),
     ]
+
+
+# -- capabilities per connection -------------------------------------------------------------
+
+
+def _capable_driver(conf_caps: frozenset):
+    from virt.driver import Capability, ComputeDriver
+
+    class Capable(ComputeDriver):
+        name = "capable"
+        capabilities = conf_caps
+
+        def init_host(self, *, host):
+            self.narrow_capabilities(
+                {Capability.PAUSE, Capability.RESCUE} if host == "narrow" else (),
+                reason="this engine cannot")
+
+        def get_available_resource(self):
+            raise NotImplementedError
+
+        def list_instances(self):
+            return []
+
+        def list_instance_uuids(self):
+            return []
+
+        def get_info(self, *, instance):
+            raise InstanceNotFound(instance.uuid)
+
+        def spawn(self, *, instance, block_devices=(), vifs=(), admin_password=None,
+                  power_on=True):
+            raise NotImplementedError
+
+        def destroy(self, *, instance, block_devices=(), destroy_disks=True):
+            return None
+
+        def reboot(self, *, instance, hard=False, timeout=60):
+            raise NotImplementedError
+
+        def power_off(self, *, instance, timeout=60, retry_interval=10):
+            raise NotImplementedError
+
+        def power_on(self, *, instance, block_devices=()):
+            raise NotImplementedError
+
+    return Capable(cfg.ConfigOpts())
+
+
+def test_connection_capabilities_are_the_class_ones_until_narrowed():
+    from virt.driver import Capability
+
+    declared = frozenset({Capability.PAUSE, Capability.SNAPSHOT})
+    driver = _capable_driver(declared)
+    assert driver.connection_capabilities == declared
+    assert driver.supports(Capability.PAUSE) and not driver.supports(Capability.RESCUE)
+    driver.init_host(host="wide")
+    assert driver.connection_capabilities == declared
+
+
+def test_init_host_narrows_what_this_instance_supports_not_the_class(caplog):
+    from virt.driver import Capability
+
+    declared = frozenset({Capability.PAUSE, Capability.SNAPSHOT})
+    driver = _capable_driver(declared)
+    with caplog.at_level("INFO", logger="virt.driver.base"):
+        driver.init_host(host="narrow")
+    # Only what the class declares can be narrowed away (RESCUE was never claimed).
+    assert driver.connection_capabilities == {Capability.SNAPSHOT}
+    assert not driver.supports(Capability.PAUSE) and driver.supports(Capability.SNAPSHOT)
+    assert type(driver).capabilities == declared  # the most the driver can ever do
+    assert "does not support pause: this engine cannot" in caplog.text
+    assert "rescue" not in caplog.text
+    other = type(driver)(cfg.ConfigOpts())
+    assert other.supports(Capability.PAUSE)  # another instance is not narrowed
+    driver.init_host(host="wide")  # a repeated init_host starts from the class again
+    assert driver.connection_capabilities == declared

@@ -200,8 +200,8 @@ class ConformanceRun:
                             "the operation is exercised by its capability test")
             return
         if not declared:
-            where = ("" if capability in cls.capabilities
-                     else " on this connection (its init_host narrowed it)")
+            where = (" on this connection (its init_host narrowed it)"
+                     if capability in cls.capabilities else "")
             pytest.skip(f"driver '{cls.name}' does not declare capability "
                         f"'{capability.value}'{where}")
         if capability.value in self.settings.opts.exclude_capabilities:
