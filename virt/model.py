@@ -119,7 +119,8 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 class PowerState(enum.Enum):
-    """What the engine says about a guest. UNKNOWN means we could not ask."""
+    """What the engine says about a guest. UNKNOWN: the engine itself cannot tell (an engine
+    that cannot be reached raises HypervisorUnavailable instead)."""
 
     NOSTATE = "nostate"
     RUNNING = "running"

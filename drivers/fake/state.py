@@ -129,6 +129,7 @@ class HostState:
         self._lock_path = directory / LOCK_FILE
         self._host_path = directory / HOST_FILE
         self._ready = False
+        self._disks_ready = False
         self._ready_lock = threading.Lock()
         self._local = threading.local()
         self._lock_str = str(self._lock_path)
@@ -223,10 +224,13 @@ class HostState:
         return f"{self._dir_str}/disks/{uuid}"
 
     def _make_disks_dir(self) -> None:
+        if self._disks_ready:  # once per process: a removed directory is not expected
+            return
         try:
             os.makedirs(f"{self._dir_str}/disks", mode=0o700, exist_ok=True)
         except OSError as exc:
             raise _unusable(self.directory, exc) from None
+        self._disks_ready = True
 
     def _instance_path(self, uuid: str) -> str:
         return f"{self._dir_str}/{uuid}{_SUFFIX}"  # a string: cheaper than a Path
