@@ -16,9 +16,16 @@ TEMPLATE = """# a comment may mention ${NOT_EXPANDED}
 compute_driver = fake
 state_path = ${VK_TEST_STATE}
 
+[fake]
+chap_credentials = iqn.2010-10.org.x:v2=u:not-a-real-secret-5678
+
 [conformance]
 label = ${VK_TEST_LABEL}
 image_ref = cirros
+# every declared capability exercised (exit 0 says so): volumes and the unreachable engine
+volume_connection_info = {"driver_volume_type": "iscsi", "data": {"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v1", "target_lun": 1}}
+chap_volume_connection_info = {"driver_volume_type": "iscsi", "data": {"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v2", "target_lun": 1, "auth_method": "CHAP", "auth_username": "u", "auth_password": "not-a-real-secret-5678"}}
+unreachable_overrides = DEFAULT.instances_path=/dev/null/unreachable
 """
 
 

@@ -79,6 +79,15 @@ class BrokenDriver(FakeDriver):
             raise
 
 
+class LeakyDriver(FakeDriver):
+    """Forgets the root disk of every instance it destroys."""
+
+    name = "vk_leaky"
+
+    def destroy(self, *, instance, block_devices=(), destroy_disks=True):
+        super().destroy(instance=instance, block_devices=block_devices, destroy_disks=False)
+
+
 class PartialDriver(FakeDriver):
     """Declares neither pause, rescue, suspend nor events; still implements suspend by
     mistake, and emits a ghost event after a destroy."""
@@ -136,6 +145,7 @@ def site(tmp_path_factory) -> Path:
         "[virtkit.compute_drivers]\n"
         "vk_broken = vk_test_drivers:BrokenDriver\n"
         "vk_partial = vk_test_drivers:PartialDriver\n"
+        "vk_leaky = vk_test_drivers:LeakyDriver\n"
     )
     return root
 
@@ -517,3 +527,22 @@ def test_a_driver_that_takes_someone_else_s_instance_fails(connection_site, tmp_
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert outcomes[FOREIGN_TEST] == "failed"
     assert column["operations"][FOREIGN_MUTANTS[cls]]["status"] == "failed"
+
+
+def test_instances_left_behind_fail_the_run(site, tmp_path):
+    proc, column, _ = run_suite(site, tmp_path / "run", "vk_leaky", tmp_path / "matrix",
+                                select="listings_agree")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "virtkit conformance: FAILED: left behind:" in proc.stdout
+    checks = {c["test"]: c["outcome"] for c in column["driver_checks"]}
+    assert checks["nothing_left_behind"] == "failed"
+
+
+def test_a_declared_capability_left_unexercised_fails_the_run(site, tmp_path):
+    # the fake declares volume_attach; without a volume to attach the run cannot exercise it
+    proc, column, outcomes = run_suite(site, tmp_path / "run", "fake", tmp_path / "matrix",
+                                       select="volume_attach_and_detach")
+    assert outcomes["test_volume_attach_and_detach"] == "skipped"
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "declared but not exercised (skipped): test_volume_attach_and_detach" in proc.stdout
+    assert column["operations"]["attach_volume"]["status"] == "not exercised"

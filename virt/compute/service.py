@@ -197,7 +197,7 @@ class ComputeService(RecordKeeping):
             "driver": self.driver.name,
             "status": host.status,
             "instances": len(instances),
-            "capabilities": sorted(c.value for c in self.driver.capabilities),
+            "capabilities": sorted(c.value for c in self.driver.connection_capabilities),
             "resources": resources,
         }
 

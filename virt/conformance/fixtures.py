@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from virt.conformance.bounded import BoundedDriver
+from virt.conformance.observers import NotObserved, Observer
 from virt.conformance.settings import SuiteSettings
 from virt.driver import ComputeDriver
 from virt.errors import VirtError
@@ -121,12 +122,22 @@ def driver(raw_driver: ComputeDriver, suite: SuiteSettings) -> BoundedDriver:
 
 
 @pytest.fixture(scope="session")
-def guests(driver: BoundedDriver, suite: SuiteSettings) -> Iterator[Guests]:
+def guests(driver: BoundedDriver, suite: SuiteSettings, observer: Observer,
+           pytestconfig: pytest.Config) -> Iterator[Guests]:
+    """The suite's instances. What is left of them after the run (listed by the driver, or
+    seen on the engine by the observer) fails the run."""
     registry = Guests(driver, suite)
     yield registry
-    leftovers = registry.destroy_all()
-    if leftovers:
-        LOG.error("conformance cleanup: still listed after destroy: %s", ", ".join(leftovers))
+    left = [f"{uuid} still listed by the driver" for uuid in registry.destroy_all()]
+    for instance in registry.created.values():
+        try:
+            left += observer.leftovers(instance)
+        except NotObserved:
+            break  # no observer of leftovers: the driver's listing is all there is
+    if left:
+        LOG.error("conformance cleanup: left behind: %s", "; ".join(left))
+        run = pytestconfig.pluginmanager.get_plugin("virtkit-conformance-run")
+        run.leftovers.extend(left)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="session")
@@ -141,19 +152,21 @@ def _workbench(guests: Guests) -> list[Instance]:
 
 
 @pytest.fixture
-def workbench(_workbench: list[Instance], guests: Guests) -> Instance:
+def workbench(_workbench: list[Instance], guests: Guests) -> Iterator[Instance]:
     """A shared instance that tests may change; it is RUNNING when a test gets it.
 
-    If an earlier test broke it beyond repair, it is replaced, so one failure does not
+    A test after which it cannot be brought back to RUNNING fails (at its teardown: the
+    test that broke it is the one that fails); it is then replaced, so one failure does not
     cascade into every later test.
     """
+    yield _workbench[0]
     try:
         guests.ensure_running(_workbench[0])
     except (VirtError, AssertionError) as exc:
-        LOG.warning("conformance: replacing the workbench instance: %s", exc)
         try:
             guests.driver.destroy(instance=_workbench[0])
             _workbench[0] = guests.spawn("bench")
         except (VirtError, AssertionError) as again:
-            pytest.fail(f"the workbench instance is unusable and cannot be replaced: {again}")
-    return _workbench[0]
+            pytest.fail(f"this test left the workbench instance unusable ({exc}), and it "
+                        f"cannot be replaced: {again}")
+        pytest.fail(f"this test left the workbench instance unusable: {exc}")

@@ -90,6 +90,7 @@ class ConformanceRun:
         self.config = config
         self.settings = settings
         self.records: dict[str, TestRecord] = {}
+        self.leftovers: list[str] = []  # what the guests fixture found left after the run
         self._driver_class: Any = None
         self.load_error: str | None = None
         self._driver: ComputeDriver | None = None
@@ -254,8 +255,34 @@ class ConformanceRun:
         marker = item.get_closest_marker("virtkit_capability")
         return marker is None or marker.args[0] in self.capabilities()
 
+    def _verdict(self, session: pytest.Session) -> None:
+        """Fail the run for what no single test failed: a declared capability whose test
+        was skipped (exit 0 means all that is declared was exercised and passed), and
+        instances left behind."""
+        from virt.conformance.matrix import EXERCISE, TestRecord
+
+        unexercised = sorted(r.nodeid.rsplit("::", 1)[-1] for r in self.records.values()
+                             if r.outcome == "skipped" and r.declared and r.kind == EXERCISE)
+        problems = []
+        if unexercised:
+            problems.append("declared but not exercised (skipped): " + ", ".join(unexercised))
+        if self.leftovers:
+            problems.append("left behind: " + "; ".join(self.leftovers))
+            self.records["virtkit::nothing_left_behind"] = TestRecord(
+                "virtkit::nothing_left_behind", (), "check", "failed",
+                reason="; ".join(self.leftovers))
+        if not problems:
+            return
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for problem in problems:
+            if reporter is not None:
+                reporter.write_line(f"virtkit conformance: FAILED: {problem}")
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.release_driver()  # the raw_driver fixture's teardown did, unless it never ran
+        self._verdict(session)
         path = self.config.getoption("--virtkit-matrix", default=None)
         if not path or not self.records:
             return
