@@ -3,8 +3,6 @@
 Layout, under `<instances_path>/fake-hypervisor-<host>/`:
 
     <uuid>.json     one instance's record (uuids are canonical, so safe file names)
-    disks/<uuid>    its root disk: {"image": REF, "files": {PATH: {"size", "sha256"}}}; kept
-                    by a destroy that keeps disks, reused by the next spawn of that uuid
     _host.json      {"version": 2, "host": ..., "images": {...}}: the snapshots this host took
     .lock           fcntl lock: exclusive for a change, shared for a read of several files
 
@@ -14,7 +12,10 @@ one (a killed process leaves the old file or the new one, never half of one), sk
 when nothing changed. So an operation costs O(1) whatever the number of instances, and
 listing is one directory scan. Every read sees the files as they are now, hand edits
 included: all that is kept in memory is each record last written with its bytes, used only
-while the file still holds exactly those bytes (to skip decoding them). The old single-file
+while the file still holds exactly those bytes (to skip decoding them). An instance's root disk is `<instances_path>/fake-disks/<uuid>`, beside the hosts'
+directories, as instance storage shared by the hosts is: {"image": REF, "files": {PATH:
+{"size", "sha256"}}}, kept by a destroy that keeps disks and reused by the next spawn of that
+uuid, on this host or another. The old single-file
 format (`fake-hypervisor-<host>.json`, version 1) is migrated on first use.
 """
 
@@ -134,6 +135,7 @@ class HostState:
         self._local = threading.local()
         self._lock_str = str(self._lock_path)
         self._dir_str = str(directory)
+        self._disks_str = str(directory.parent / "fake-disks")
         # The records this process last wrote, with their bytes: the next transaction on one
         # that reads back just those bytes takes it instead of decoding them. The bytes read
         # decide, so a change by another process or by hand is seen all the same.
@@ -221,13 +223,13 @@ class HostState:
 
     def disk_path(self, uuid: str) -> str:
         """Where instance `uuid`'s root disk file is (or would be)."""
-        return f"{self._dir_str}/disks/{uuid}"
+        return f"{self._disks_str}/{uuid}"
 
     def _make_disks_dir(self) -> None:
         if self._disks_ready:  # once per process: a removed directory is not expected
             return
         try:
-            os.makedirs(f"{self._dir_str}/disks", mode=0o700, exist_ok=True)
+            os.makedirs(self._disks_str, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise _unusable(self.directory, exc) from None
         self._disks_ready = True

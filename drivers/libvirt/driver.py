@@ -6,14 +6,13 @@ import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import libvirt
 from oslo_config import cfg
 
-from drivers.libvirt import design, domains, events, images, resources, states, xml
+from drivers.libvirt import design, domains, events, images, resources, states, volumes, xml
 from drivers.libvirt.connection import Connection, classify
 from drivers.libvirt.opts import OPTS
 from drivers.libvirt.volumes import IscsiNativeVolumes, PreparedVolume
@@ -51,7 +50,6 @@ T = TypeVar("T")
 
 
 # Seconds between repeated hot-unplug requests while a guest has not released a disk.
-DETACH_RESEND_INTERVAL = 2.0
 
 
 #: libvirt's errors in virtkit's terms (see connection.classify).
@@ -81,8 +79,10 @@ class LibvirtDriver(ComputeDriver):
         self._opts = opts
         self._instances_path = conf.instances_path
         self._cache = images.ImageCache(opts.images_path)
+        self._owned = domains.Ownership()  # which domains are virtkit's
         self._lifecycle = events.LibvirtEvents(self.emit_event,
                                             stopped_delay=opts.stopped_event_delay,
+                                            ownership=self._owned,
                                             observe=self._observe_event)
         self._connection = Connection(
             opts.connection_uri,
@@ -101,7 +101,6 @@ class LibvirtDriver(ComputeDriver):
         ) if opts.iscsi_attach == "host" else None
         self._volumes: IscsiNativeVolumes | IscsiHostVolumes = self._host_volumes or \
             IscsiNativeVolumes(self._connection, probe_timeout=opts.volume_probe_timeout)
-        self._owned = domains.Ownership()  # which domains are virtkit's
         self._undefiner = domains.Undefiner(self._owned)
         self._virt_type: str | None = None
         self._iscsi_mode = opts.iscsi_attach  # options are read once (each read costs ~4 us)
@@ -131,8 +130,12 @@ class LibvirtDriver(ComputeDriver):
         # libvirt's events are paid for only once listened to; the states listed now are
         # what a resync after a reconnect compares with.
         self._connection.watch_lifecycle()
-        self._lifecycle.baseline(self._call(events.list_power_states, "list domain states"))
+        self._lifecycle.baseline(self._power_states())
         self._watching = True
+
+    def _power_states(self) -> dict[str, PowerState]:
+        return self._call(lambda c: events.list_power_states(c, self._owned),
+                          "list domain states")
 
     def _resync_later(self) -> None:
         """After a reconnect: emit, off the caller's thread, what changed while it was lost."""
@@ -141,7 +144,7 @@ class LibvirtDriver(ComputeDriver):
 
     def _resync(self) -> None:
         try:
-            current = self._call(events.list_power_states, "list domain states")
+            current = self._power_states()
         except VirtError as exc:  # lost again: the next reconnect resyncs
             LOG.warning("cannot resync power states after the reconnect: %s", exc.message)
             return
@@ -318,6 +321,8 @@ class LibvirtDriver(ComputeDriver):
                 domain_xml: str, *, secret_free: bool, power_on: bool) -> None:
         dom = conn.defineXML(domain_xml)
         self._owned.claim(uuid)
+        if self._watching:
+            self._lifecycle.claim(uuid)
         rollback.push(f"domain {uuid}", lambda: self._connection.call(
             lambda c: self._remove_domain(c, uuid)))
         if secret_free:
@@ -500,25 +505,10 @@ class LibvirtDriver(ComputeDriver):
 
     def _wait_detached(self, instance: Instance, block_device: BlockDevice,
                        disk_xml: str) -> None:
-        """Wait until the guest releases the disk, repeating the unplug request meanwhile.
-
-        A guest that is still booting drops the hot-unplug request (ACPI) and never answers
-        it; QEMU accepts the request again and a booted guest then releases at once.
-        """
-        started = time.monotonic()
-        deadline = started + self._opts.detach_timeout
-        resend_at = started + DETACH_RESEND_INTERVAL
-        while time.monotonic() < deadline:
-            live = self._definition(instance)
-            if all(d.target_dev != block_device.device_name for d in live.disks):
-                return
-            if time.monotonic() >= resend_at:
-                self._resend_detach(instance, disk_xml)
-                resend_at = time.monotonic() + DETACH_RESEND_INTERVAL
-            time.sleep(0.2)
-        raise VolumeError(f"the guest {instance.uuid} did not release {block_device.mountpoint} "
-                          f"within {self._opts.detach_timeout:g}s",
-                          hint="it is removed from the configuration; retry or power off")
+        volumes.wait_detached(
+            instance.uuid, block_device, timeout=self._opts.detach_timeout,
+            live_devices=lambda: [d.target_dev for d in self._definition(instance).disks],
+            resend=lambda: self._resend_detach(instance, disk_xml))
 
     def _resend_detach(self, instance: Instance, disk_xml: str) -> None:
         def resend(dom: libvirt.virDomain) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import libvirt
 
-from drivers.libvirt import states
+from drivers.libvirt import domains, states
 from virt.driver.transitions import POWER_STATE_AFTER, LifecycleDispatcher, PowerStateTracker
 from virt.events import LifecycleEvent
 from virt.model import PowerState
@@ -32,12 +32,14 @@ _Raw = tuple["str | libvirt.virDomain", int, int, "libvirt.virConnect | None"]
 Observer = Callable[[libvirt.virConnect, str, libvirt.virDomain, int], None]
 
 
-def list_power_states(conn: libvirt.virConnect) -> dict[str, PowerState]:
-    """Every domain's power state by UUID: one listing, one state read per domain."""
+def list_power_states(conn: libvirt.virConnect,
+                      ownership: domains.Ownership) -> dict[str, PowerState]:
+    """The power state of each of virtkit's domains by UUID: one listing, one state read per
+    domain (someone else's domains are not tracked, so no event is made up for them)."""
     saved = {d.UUIDString() for d in conn.listAllDomains(
         libvirt.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)}
     found = {}
-    for dom in conn.listAllDomains(0):
+    for dom in ownership.ours(conn.listAllDomains(0)):
         uuid = dom.UUIDString()
         found[uuid] = states.power_state(dom.state()[0], uuid in saved)
     return found
@@ -47,8 +49,12 @@ class LibvirtEvents:
     """The libvirt side of lifecycle events: queue, translate, track, resync."""
 
     def __init__(self, emit: Callable[[LifecycleEvent], None], *, stopped_delay: float,
-                 observe: Observer | None = None) -> None:
+                 ownership: domains.Ownership, observe: Observer | None = None) -> None:
         self._observe = observe
+        self._ownership = ownership
+        # Domains judged virtkit's, in the events' own order: the driver forgets a domain it
+        # removed at once, while the events it had before are still queued.
+        self._ours: set[str] = set()
         self.tracker = PowerStateTracker()
         self._dispatcher: LifecycleDispatcher[_Raw | LifecycleEvent] = LifecycleDispatcher(
             emit, stopped_delay=stopped_delay, translate=self._translate, name="libvirt")
@@ -63,12 +69,19 @@ class LibvirtEvents:
         if event in _USED_EVENTS:
             self._dispatcher.push((domain, event, detail, conn))
 
+    def claim(self, uuid: str) -> None:
+        """The driver defined this domain: its events are an instance's."""
+        self._ours.add(uuid)
+
     def baseline(self, current: dict[str, PowerState]) -> None:
-        """Start tracking from `current` (when events are first listened to)."""
+        """Start tracking from `current`, virtkit's domains (when events are first listened
+        to)."""
+        self._ours.update(current)
         self.tracker.resync(current, emit=False)
 
     def resync(self, current: dict[str, PowerState]) -> list[LifecycleEvent]:
         """Emit what changed between the tracked states and `current` (after a reconnect)."""
+        self._ours.update(current)
         changes = self.tracker.resync(current)
         for event in changes:
             LOG.info("after the reconnect: %s %s", event.instance_uuid, event.transition.value)
@@ -87,9 +100,20 @@ class LibvirtEvents:
             self._observe(conn, uuid, domain, event)
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             self.tracker.observe(uuid, None)
+            self._ours.discard(uuid)
             return None
         kind = states.transition(event, detail)
         if kind is None:
             return None
+        if not isinstance(domain, str) and not self._is_ours(domain, uuid):
+            return None  # someone else's domain: not an instance of ours
         self.tracker.observe(uuid, POWER_STATE_AFTER[kind])
         return LifecycleEvent(uuid, kind)
+
+    def _is_ours(self, domain: libvirt.virDomain, uuid: str) -> bool:
+        if uuid in self._ours:
+            return True
+        if self._ownership.is_ours(domain, uuid):
+            self._ours.add(uuid)
+            return True
+        return False

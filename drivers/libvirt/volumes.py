@@ -8,6 +8,8 @@ The disk is a libvirt network disk. CHAP credentials live in a libvirt secret (u
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -145,3 +147,30 @@ class IscsiNativeVolumes:
                     secret.undefine()
 
         self._connection.call(sweep)
+
+
+#: Seconds between repeated unplug requests while a guest has not released a disk.
+DETACH_RESEND_INTERVAL = 2.0
+
+
+def wait_detached(instance_uuid: str, block_device: BlockDevice, *, timeout: float,
+                  live_devices: Callable[[], list[str | None]],
+                  resend: Callable[[], None]) -> None:
+    """Wait until the guest releases the disk, repeating the unplug request meanwhile.
+
+    A guest that is still booting drops the hot-unplug request (ACPI) and never answers
+    it; QEMU accepts the request again and a booted guest then releases at once.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    resend_at = started + DETACH_RESEND_INTERVAL
+    while time.monotonic() < deadline:
+        if block_device.device_name not in live_devices():
+            return
+        if time.monotonic() >= resend_at:
+            resend()
+            resend_at = time.monotonic() + DETACH_RESEND_INTERVAL
+        time.sleep(0.2)
+    raise VolumeError(f"the guest {instance_uuid} did not release {block_device.mountpoint} "
+                      f"within {timeout:g}s",
+                      hint="it is removed from the configuration; retry or power off")

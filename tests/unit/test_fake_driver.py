@@ -83,7 +83,7 @@ def state_path(conf, inst: Instance) -> str:
 
 def instance_files(conf) -> list[str]:
     return sorted(n for n in os.listdir(state_dir(conf))
-                  if not n.startswith((".", "_")) and n != "disks")
+                  if not n.startswith((".", "_")))
 
 
 def test_declares_every_capability():
@@ -145,9 +145,9 @@ def test_secrets_never_reach_the_state_file(conf, driver):
     driver.attach_volume(instance=inst, block_device=chap_volume())
     driver.set_admin_password(instance=inst, password="N3w-Pw")
     snap = driver.snapshot(instance=inst, name="s")
-    files = [os.path.join(top, name) for top, _, names in os.walk(state_dir(conf))
+    files = [os.path.join(top, name) for top, _, names in os.walk(conf.instances_path)
              for name in names]
-    assert os.path.join(state_dir(conf), "disks", inst.uuid) in files
+    assert os.path.join(conf.instances_path, "fake-disks", inst.uuid) in files
     for path in files:
         text = open(path, encoding="utf-8").read()
         for secret in (SECRET, "Adm1n-Pw", "N3w-Pw"):
@@ -389,7 +389,7 @@ def test_one_small_file_per_instance_and_others_untouched(conf, driver):
         (s.st_ino, s.st_mtime_ns) for s in (os.stat(state_path(conf, i))
                                              for i in (insts[0], insts[2]))]
     assert instance_files(conf) == sorted(f"{i.uuid}.json" for i in (insts[0], insts[2]))
-    assert sorted(os.listdir(os.path.join(state_dir(conf), "disks"))) == sorted(
+    assert sorted(os.listdir(os.path.join(conf.instances_path, "fake-disks"))) == sorted(
         i.uuid for i in (insts[0], insts[2]))
     record = json.loads(open(state_path(conf, insts[0]), encoding="utf-8").read())
     assert record["uuid"] == insts[0].uuid and record["name"] == "vm0"

@@ -11,7 +11,7 @@ import pytest
 from drivers.libvirt.driver import LibvirtDriver
 from tests.libvirt_helpers import qcow2_base
 from tests.recovery_helpers import record_instances, recover
-from virt.errors import InvalidRequest
+from virt.driver import load_driver
 from virt.recovery.report import Outcome
 from virt.recovery.sources import StoreSource
 from virt.store import Store
@@ -74,11 +74,23 @@ def test_missing_root_disk_is_named_and_left_unclaimed(libvirt_conf, store, imag
         driver_on(conf, "host-b").destroy(instance=StoreSource(store).get(uuid).instance("b"))
 
 
-def test_require_instance_disk_needs_a_driver_that_can_tell(conf):
-    with Store(conf.state_connection) as store, pytest.raises(
-            InvalidRequest, match="the fake driver cannot say where"):
-        recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
-                require_instance_disk=True)
+def test_require_instance_disk_with_the_fake_on_shared_instances_path(conf):
+    """The fake keeps root disks where every host of one instances_path finds them."""
+    with Store(conf.state_connection) as store:
+        kept, lost = record_instances(store, "host-a", 2, prefix="vkf")
+        host_a = load_driver("fake", conf)
+        host_a.init_host(host="host-a")
+        for uuid in (kept, lost):  # host A ran both; then it failed
+            instance = StoreSource(store).get(uuid).instance("host-a")
+            host_a.spawn(instance=instance)
+            host_a.destroy(instance=instance, destroy_disks=False)
+        os.remove(host_a.instance_disk_path(instance=StoreSource(store).get(lost).instance("a")))
+        report = recover(conf, store, "host-b", failed_host="host-a", confirm_fenced=True,
+                         require_instance_disk=True)
+    by_uuid = {i.uuid: i for i in report.instances}
+    assert by_uuid[kept].outcome == Outcome.RECOVERED
+    assert by_uuid[kept].disk.startswith("present ")
+    assert by_uuid[lost].outcome == Outcome.RELEASED and "is missing" in by_uuid[lost].error
 
 
 NOVA_DDL = [

@@ -4,17 +4,19 @@ volumes."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import libvirt
 import pytest
 
-from drivers.libvirt import domains
+from drivers.libvirt import domains, events
 from drivers.libvirt.driver import LibvirtDriver
 from drivers.libvirt.xml import VIRTKIT_NS
 from virt.config import build_conf
 from virt.driver import Capability
 from virt.errors import InstanceExists, InstanceNotFound
+from virt.events import Transition
 from virt.model import Flavor, ImageRef, Instance
 
 XML = ("<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>"
@@ -160,3 +162,23 @@ def test_test_driver_does_not_claim_volumes(driver):
     assert Capability.VOLUME_ATTACH not in driver.connection_capabilities
     assert Capability.VOLUME_ISCSI_CHAP not in driver.connection_capabilities
     assert driver.supports(Capability.SNAPSHOT)
+
+
+def test_lifecycle_events_and_listed_states_are_only_of_virtkit_s_domains(conn, define):
+    ours, theirs = define(OURS), define(THEIRS)
+    ownership = domains.Ownership()
+    states = events.list_power_states(conn, ownership)
+    assert ours.uuid in states and theirs.uuid not in states
+    got: list = []
+    lifecycle = events.LibvirtEvents(got.append, stopped_delay=0, ownership=ownership)
+    try:
+        for instance in (theirs, ours):
+            dom = conn.lookupByUUIDString(instance.uuid)
+            lifecycle.push(dom, libvirt.VIR_DOMAIN_EVENT_STARTED, 0, conn)
+        deadline = time.monotonic() + 2
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # room for an event that should never come
+    finally:
+        lifecycle.stop()
+    assert [(e.instance_uuid, e.transition) for e in got] == [(ours.uuid, Transition.STARTED)]

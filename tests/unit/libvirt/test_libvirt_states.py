@@ -7,7 +7,7 @@ import time
 
 import libvirt
 
-from drivers.libvirt import events, states
+from drivers.libvirt import domains, events, states
 from virt.events import Transition
 from virt.model import PowerState
 
@@ -41,7 +41,7 @@ def _collect():
 
 def test_stopped_is_delayed_and_a_start_cancels_it():
     got, done, emit = _collect()
-    dispatcher = events.LibvirtEvents(emit, stopped_delay=0.3)
+    dispatcher = events.LibvirtEvents(emit, stopped_delay=0.3, ownership=domains.Ownership())
     try:
         dispatcher.push("u", libvirt.VIR_DOMAIN_EVENT_STOPPED, 0)
         dispatcher.push("u", libvirt.VIR_DOMAIN_EVENT_STARTED, 0)
@@ -67,7 +67,7 @@ def _wait(condition, timeout: float = 2.0) -> bool:
 
 def test_events_keep_the_tracker_and_a_resync_emits_what_changed_meanwhile():
     got, done, emit = _collect()
-    dispatcher = events.LibvirtEvents(emit, stopped_delay=0)
+    dispatcher = events.LibvirtEvents(emit, stopped_delay=0, ownership=domains.Ownership())
     try:
         dispatcher.baseline({"a": PowerState.SHUTDOWN, "b": PowerState.RUNNING})
         dispatcher.push("a", libvirt.VIR_DOMAIN_EVENT_STARTED, 0)

@@ -1,8 +1,8 @@
 """The fake engine seen from outside the fake driver: its JSON state files, read directly.
 
 The layout is the fake's documented format (`<instances_path>/fake-hypervisor-<host>/`,
-one `<uuid>.json` per instance, its root disk in `disks/<uuid>`, `.lock` taken exclusively
-for a change, changes written to a temp file renamed over the old one); this module reads and writes it with its own code, so a
+one `<uuid>.json` per instance, its root disk in `<instances_path>/fake-disks/<uuid>`,
+`.lock` taken exclusively for a change, changes written to a temp file renamed over the old one); this module reads and writes it with its own code, so a
 driver that only claims to have done something is caught by what the files hold.
 """
 
@@ -70,7 +70,7 @@ class FakeObserver(Observer):
         return [str(p) for p in (self._path(instance), self._disk_path(instance)) if p.exists()]
 
     def _disk_path(self, instance: Instance) -> Path:
-        return self.directory / "disks" / instance.uuid
+        return Path(self.settings.conf.instances_path) / "fake-disks" / instance.uuid
 
     def _disk(self, instance: Instance) -> dict[str, Any]:
         try:
