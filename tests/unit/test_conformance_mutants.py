@@ -8,16 +8,20 @@ in its config, which reads the fake engine's state files without the driver.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conformance_helpers import (
+    CHAP_VOLUME,
+    FAKE_SAN,
+    UNREACHABLE,
+    VOLUME,
+    install_drivers,
+    run_suite,
+)
 
 MUTANTS_MODULE = '''
 from drivers.fake import volumes
@@ -186,13 +190,13 @@ MUTANTS = {
     "DiskPathWrong": "instance_disk_path",
 }
 
-CONFIG = """
+CONFIG = f"""
 [DEFAULT]
-compute_driver = {driver}
-state_path = {state}
+compute_driver = {{driver}}
+state_path = {{state}}
 
 [fake]
-chap_credentials = iqn.2010-10.org.x:v2=u:not-a-real-secret-5678
+{FAKE_SAN}
 
 [conformance]
 image_ref = cirros
@@ -201,10 +205,9 @@ rescue_image_ref = cirros-rescue
 console_marker = login:
 # The fake boots at once: a restart that has not happened in 3 s will not happen.
 boot_timeout = 3
-volume_connection_info = {{"driver_volume_type": "iscsi", "serial": "v1", "data": {{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v1", "target_lun": 1}}}}
-chap_volume_connection_info = {{"driver_volume_type": "iscsi", "serial": "v2", "data": {{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v2", "target_lun": 1, "auth_method": "CHAP", "auth_username": "u", "auth_password": "not-a-real-secret-5678"}}}}
-unreachable_overrides = DEFAULT.instances_path=/dev/null/unreachable
 """
+#: The suite's options that exercise every capability the fake declares.
+EVERYTHING = "\n".join((VOLUME, CHAP_VOLUME, UNREACHABLE)) + "\n"
 
 
 def _entry_name(cls: str) -> str:
@@ -213,30 +216,15 @@ def _entry_name(cls: str) -> str:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mutants-site")
-    (root / "vk_mutants.py").write_text(MUTANTS_MODULE)
-    dist = root / "vk_mutants-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vk-mutants\nVersion: 1.0\n")
-    lines = [f"{_entry_name(cls)} = vk_mutants:{cls}" for cls in MUTANTS]
-    (dist / "entry_points.txt").write_text("[virtkit.compute_drivers]\n" + "\n".join(lines) + "\n")
-    return root
+    return install_drivers(tmp_path_factory.mktemp("mutants-site"), "vk_mutants",
+                           MUTANTS_MODULE, {_entry_name(cls): cls for cls in MUTANTS})
 
 
 def _run(site: Path, tmp: Path, cls: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     driver = _entry_name(cls)
     work = tmp / driver
-    work.mkdir()
-    config = work / "mutant.conf"
-    config.write_text(CONFIG.format(driver=driver, state=work / "state"))
-    matrix = work / "matrix"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
-    env.pop("PYTEST_ADDOPTS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--pyargs",
-         "virt.conformance", "--virtkit-config", str(config), "--virtkit-matrix", str(matrix)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    column = json.loads(matrix.with_suffix(".json").read_text())["drivers"][driver]
+    config = CONFIG.format(driver=driver, state=work / "state") + EVERYTHING
+    proc, column, _ = run_suite(site, work, driver, config, work / "matrix")
     return proc, column
 
 

@@ -9,7 +9,6 @@ a pytest subprocess exactly as `pytest --pyargs virt.conformance --virtkit-confi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import conformance_helpers as helpers
+from tests.conformance_helpers import (
+    CHAP_VOLUME,
+    FAKE_SAN,
+    REPO,
+    UNREACHABLE,
+    VOLUME,
+    install_drivers,
+)
 
 DRIVERS_MODULE = '''
 import dataclasses
@@ -114,7 +121,7 @@ compute_driver = {driver}
 state_path = {state}
 
 [fake]
-chap_credentials = iqn.2010-10.org.x:v2=u:not-a-real-secret-5678
+{fake_san}
 
 [conformance]
 image_ref = cirros
@@ -123,31 +130,12 @@ observer = fake
 {extra}
 """
 
-UNREACHABLE = "unreachable_overrides = DEFAULT.instances_path=/dev/null/unreachable"
-VOLUME = ('volume_connection_info = {"driver_volume_type": "iscsi", "serial": "v1", "data": '
-          '{"target_portal": "127.0.0.1:3260", "target_iqn": "iqn.2010-10.org.x:v1", '
-          '"target_lun": 1}}')
-CHAP_VOLUME = ('chap_volume_connection_info = {"driver_volume_type": "iscsi", "serial": "v2", '
-               '"data": {"target_portal": "127.0.0.1:3260", "target_iqn": '
-               '"iqn.2010-10.org.x:v2", "target_lun": 1, "auth_method": "CHAP", '
-               '"auth_username": "u", "auth_password": "not-a-real-secret-5678"}}')
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A directory holding the test drivers as an installed third-party distribution."""
-    root = tmp_path_factory.mktemp("site")
-    (root / "vk_test_drivers.py").write_text(DRIVERS_MODULE)
-    dist = root / "vk_test_drivers-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vk-test-drivers\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[virtkit.compute_drivers]\n"
-        "vk_broken = vk_test_drivers:BrokenDriver\n"
-        "vk_partial = vk_test_drivers:PartialDriver\n"
-        "vk_leaky = vk_test_drivers:LeakyDriver\n"
-    )
-    return root
+    return install_drivers(tmp_path_factory.mktemp("site"), "vk_test_drivers", DRIVERS_MODULE, {
+        "vk_broken": "BrokenDriver", "vk_partial": "PartialDriver", "vk_leaky": "LeakyDriver"})
 
 
 @pytest.fixture(scope="module")
@@ -157,27 +145,9 @@ def matrix_base(tmp_path_factory) -> Path:
 
 def run_suite(site: Path, tmp: Path, driver: str, matrix: Path, extra: str = "", *,
               pyargs: bool = True, select: str | None = None):
-    """One suite run in a pytest subprocess from `tmp` (which holds no tests).
-
-    Without `pyargs` it is the short form, `pytest --virtkit-config FILE` with no test path;
-    `select` is a `-k` expression.
-    """
-    tmp.mkdir(parents=True, exist_ok=True)
-    config = tmp / f"{driver}.conf"
-    config.write_text(CONFIG.format(driver=driver, state=tmp / "state", extra=extra))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
-    env.pop("PYTEST_ADDOPTS", None)
-    target = ["--pyargs", "virt.conformance"] if pyargs else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *target,
-         "--virtkit-config", str(config), "--virtkit-matrix", str(matrix),
-         *(["-k", select] if select else [])],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
-    )
-    column = json.loads(matrix.with_suffix(".json").read_text())["drivers"][driver]
-    tests = [t for op in column["operations"].values() for t in op["tests"]]
-    outcomes = {t["test"]: t["outcome"] for t in tests + column["driver_checks"]}
-    return proc, column, outcomes
+    """One suite run of `driver` (CONFIG plus `extra`) in a pytest subprocess from `tmp`."""
+    config = CONFIG.format(driver=driver, state=tmp / "state", extra=extra, fake_san=FAKE_SAN)
+    return helpers.run_suite(site, tmp, driver, config, matrix, pyargs=pyargs, select=select)
 
 
 @pytest.fixture(scope="module")
@@ -479,17 +449,10 @@ FOREIGN_MUTANTS = {"ListsOthers": "list_instance_uuids", "CountsOthers": "get_av
 
 @pytest.fixture(scope="module")
 def connection_site(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("connection-site")
-    (root / "vk_connection_drivers.py").write_text(CONNECTION_DRIVERS)
-    dist = root / "vk_connection_drivers-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vk-connection-drivers\n"
-                                   "Version: 1.0\n")
-    entries = ["vk_narrowing = vk_connection_drivers:NarrowingDriver"]
-    entries += [f"vk_{cls.lower()} = vk_connection_drivers:{cls}" for cls in FOREIGN_MUTANTS]
-    (dist / "entry_points.txt").write_text(
-        "[virtkit.compute_drivers]\n" + "\n".join(entries) + "\n")
-    return root
+    entries = {"vk_narrowing": "NarrowingDriver"}
+    entries.update({f"vk_{cls.lower()}": cls for cls in FOREIGN_MUTANTS})
+    return install_drivers(tmp_path_factory.mktemp("connection-site"), "vk_connection_drivers",
+                           CONNECTION_DRIVERS, entries)
 
 
 def test_gating_follows_what_init_host_found_the_connection_can_do(connection_site,
