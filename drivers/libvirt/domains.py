@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid as _uuid
 from collections.abc import Sequence
 
 import libvirt
@@ -64,6 +63,12 @@ def has_virtkit_metadata(dom: libvirt.virDomain) -> bool | None:
         raise
 
 
+def _raw(uuid: str) -> bytes:
+    """The 16 bytes of a UUID's text (hex digits and dashes): what `virDomain.UUID()` gives,
+    at a tenth of `uuid.UUID(...).bytes`."""
+    return bytes.fromhex(uuid.replace("-", ""))
+
+
 class Ownership:
     """Which domains are virtkit's: each domain's metadata is read once and the verdict kept
     by its UUID (a domain's UUID and its metadata namespace do not change), so a listing
@@ -86,12 +91,12 @@ class Ownership:
 
     def claim(self, uuid: str) -> None:
         """The driver defined this domain: it is virtkit's."""
-        self._keep(uuid, _uuid.UUID(uuid).bytes, True)
+        self._keep(uuid, _raw(uuid), True)
 
     def forget(self, uuid: str) -> None:
         self._verdicts.pop(uuid, None)
         with contextlib.suppress(ValueError):
-            self._verdicts.pop(_uuid.UUID(uuid).bytes, None)
+            self._verdicts.pop(_raw(uuid), None)
 
     def is_ours(self, dom: libvirt.virDomain | None, uuid: str) -> bool:
         """Whether `dom` (whose UUID is `uuid`; None: there is none) is virtkit's."""
