@@ -34,6 +34,11 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("rescue_image_ref",
                help="The image a rescue boots (same format as image_ref; default: image_ref). "
                "A different one lets the observer tell the rescue boot from the original."),
+    cfg.ListOpt("late_failure_image_properties", default=[],
+                help="KEY=VALUE image properties with which a spawn gets past making the "
+                "instance's disk and fails when the guest boots (docker: "
+                "os_command_line=/nonexistent): the suite checks that such a spawn leaves "
+                "nothing behind. Unset: that check is skipped."),
     cfg.StrOpt("missing_image_ref", default="/nonexistent/virtkit-conformance-missing.qcow2",
                help="An image reference that does not exist on the engine: spawning it must "
                "fail and leave nothing behind."),
@@ -101,6 +106,15 @@ class SuiteSettings:
     def rescue_image(self) -> ImageRef:
         return dataclasses.replace(self.image(), ref=self.opts.rescue_image_ref or
                                    self.opts.image_ref)
+
+    def late_failure_image(self) -> ImageRef | None:
+        """The run's image with `late_failure_image_properties`, or None if unset."""
+        pairs = [p.partition("=") for p in self.opts.late_failure_image_properties]
+        if not pairs:
+            return None
+        image = self.image()
+        return dataclasses.replace(image, properties={**image.properties,
+                                                      **{k.strip(): v.strip() for k, _, v in pairs}})
 
     def missing_image(self) -> ImageRef:
         base = self.image()

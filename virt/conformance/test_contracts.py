@@ -163,6 +163,19 @@ def test_failed_spawn_leaves_nothing_behind(driver, suite, guests, effects):
 
 
 @ops("spawn")
+@pytest.mark.virtkit_kind("check")
+def test_spawn_that_fails_late_leaves_nothing_behind(driver, suite, guests, effects):
+    """After the engine made the disk, the boot fails: the rollback removes all of it."""
+    image = suite.late_failure_image()
+    if image is None:
+        pytest.skip("no [conformance] late_failure_image_properties configured")
+    instance = dataclasses.replace(guests.new("late"), image=image)
+    with pytest.raises(VirtError):
+        driver.spawn(instance=instance)
+    _assert_nothing_left(driver, instance, effects)
+
+
+@ops("spawn")
 def test_spawn_of_an_instance_without_an_image_is_refused(driver, guests, effects):
     instance = dataclasses.replace(guests.new("imageless"), image=None)
     with pytest.raises(InvalidRequest) as refusal:
