@@ -36,9 +36,8 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
                "A different one lets the observer tell the rescue boot from the original."),
     cfg.ListOpt("late_failure_image_properties", default=[],
                 help="KEY=VALUE image properties with which a spawn gets past making the "
-                "instance's disk and fails when the guest boots (docker: "
-                "os_command_line=/nonexistent): the suite checks that such a spawn leaves "
-                "nothing behind. Unset: that check is skipped."),
+                "instance's disk and fails when the guest boots: the suite checks that such "
+                "a spawn raises and leaves nothing behind. Unset: that check is skipped."),
     cfg.StrOpt("missing_image_ref", default="/nonexistent/virtkit-conformance-missing.qcow2",
                help="An image reference that does not exist on the engine: spawning it must "
                "fail and leave nothing behind."),

@@ -90,6 +90,7 @@ def test_undeclared_operation_raises_unsupported(driver, suite, workbench, op):
 @ops("pause", "unpause")
 def test_pause_and_unpause(driver, workbench, effects):
     boot = effects.see("the guest's boot", lambda o: o.boot_id(workbench))
+    effects.see("the running guest's clock", lambda o: o.clock(workbench), ops=("pause",))
     driver.pause(instance=workbench)
     assert driver.get_info(instance=workbench).state is PowerState.PAUSED
     effects.expect("the guest is paused", lambda o: o.power_state(workbench) is PowerState.PAUSED)
