@@ -37,6 +37,10 @@ class Effects:
         self._operations: tuple[str, ...] = tuple(marker.args) if marker else ()
         self._notes = item.stash.setdefault(UNOBSERVED, [])
 
+    def _not_so(self, what: str) -> AssertionError:
+        return AssertionError(f"{what}: not so on the engine (seen by the "
+                              f"{self.observer.name!r} observer, not through the driver)")
+
     def see(self, what: str, probe: Callable[[Observer], T],
             ops: Sequence[str] = ()) -> T | None:
         """The probe's value, or None (noted as not observed for `ops`) if it cannot see."""
@@ -55,9 +59,7 @@ class Effects:
             if seen is None or seen:
                 return
             if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"{what}: not so on the engine (seen by the {self.observer.name!r} "
-                    "observer, not through the driver)")
+                raise self._not_so(what)
             time.sleep(0.1)
 
     def stays(self, what: str, probe: Callable[[Observer], bool], *, seconds: float,
@@ -70,9 +72,7 @@ class Effects:
             if seen is None:
                 return
             if not seen:
-                raise AssertionError(
-                    f"{what}: not so on the engine (seen by the {self.observer.name!r} "
-                    "observer, not through the driver)")
+                raise self._not_so(what)
             if time.monotonic() >= deadline:
                 return
             time.sleep(0.1)
