@@ -2,7 +2,8 @@
 
     virtkit-recover --failed-host HOST [--instance UUID ...] [--dry-run] [--parallel N]
                     [--confirm-fenced] [--allow-missing-volumes] [--rebuild-missing-disks]
-                    [--nova-db URL [--nova-image-dir DIR]] [--format table|json]
+                    [--nova-db [URL] | --nova-db-file FILE] [--nova-image-dir DIR]
+                    [--format table|json]
     virtkit-recover --resume-local      # after this host rebooted
 
 Exit codes: 0 every instance recovered (or nothing to do), 1 some failed or were left
@@ -55,8 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rebuild-missing-disks", action="store_true",
                         help="with [recovery] require_instance_disk: an instance whose root "
                         "disk is missing here is spawned with a new one from its image")
-    parser.add_argument("--nova-db", metavar="URL",
-                        help="read instances from a Nova database (writes back only host/node)")
+    parser.add_argument("--nova-db", metavar="URL", nargs="?", const="",
+                        help="read instances from a Nova database (writes back only host/node). "
+                        "Alone: its URL from [recovery] nova_connection, $VIRTKIT_NOVA_DB or "
+                        "[recovery] nova_connection_file; a URL given here must hold no "
+                        "password")
+    parser.add_argument("--nova-db-file", metavar="FILE",
+                        help="read instances from the Nova database whose URL is FILE's "
+                        "first line (mode 0600)")
     parser.add_argument("--nova-image-dir", metavar="DIR",
                         help="with --nova-db: images by Glance id, e.g. Nova's "
                         "<instances_path>/_base (default [recovery] nova_image_dir)")
@@ -92,12 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `--help` and usage errors stay fast.
     from virt.recovery.lock import run_lock
+    from virt.recovery.nova_url import nova_db_url
     from virt.recovery.options import RecoveryOptions, register_opts
     from virt.recovery.report import report_lines
 
     conf = build_conf(args.config or os.environ.get(CONFIG_ENV) or None)
     register_opts(conf)
     host = args.host or conf.host
+    nova_url = nova_db_url(given=args.nova_db, url_file=args.nova_db_file, conf=conf)
     options = RecoveryOptions(
         failed_host=args.failed_host, instances=tuple(args.instance),
         resume_local=args.resume_local, dry_run=args.dry_run,
@@ -113,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     # One run per target host at a time (a dry run changes nothing: it needs no lock).
     with contextlib.nullcontext() if options.dry_run else run_lock(conf.state_path, host):
-        report = _recover(conf, args, host, options)
+        report = _recover(conf, args, host, options, nova_url)
     if args.format == "json":
         import json
 
@@ -124,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _recover(conf: cfg.ConfigOpts, args: argparse.Namespace, host: str,
-             options: RecoveryOptions) -> RecoveryReport:
+             options: RecoveryOptions, nova_url: str | None) -> RecoveryReport:
     """Open the store, source and driver; run the recovery."""
     from virt.driver import load_driver
     from virt.recovery.engine import Recoverer
@@ -135,7 +144,7 @@ def _recover(conf: cfg.ConfigOpts, args: argparse.Namespace, host: str,
     store = Store.from_conf(conf)
     try:
         image_dir = args.nova_image_dir or conf.recovery.nova_image_dir
-        source: InstanceSource = (NovaSource(args.nova_db, image_dir=image_dir) if args.nova_db
+        source: InstanceSource = (NovaSource(nova_url, image_dir=image_dir) if nova_url
                                   else StoreSource(store))
         driver = load_driver(conf.compute_driver, conf)
         driver.init_host(host=host)

@@ -32,6 +32,13 @@ RECOVERY_OPTS = [
                 "booted from an image whose root disk is not found here is left unclaimed, "
                 "named in the report (--rebuild-missing-disks rebuilds it from the image). "
                 "Needs a driver that can say where a root disk is (libvirt)."),
+    cfg.StrOpt("nova_connection", default="", secret=True,
+               help="With --nova-db: the SQLAlchemy URL of Nova's cell database, password "
+               "included (this file should be readable by root only). $VIRTKIT_NOVA_DB and "
+               "nova_connection_file take precedence."),
+    cfg.StrOpt("nova_connection_file", default="",
+               help="With --nova-db: a file (mode 0600) whose first line is the URL of Nova's "
+               "cell database; takes precedence over nova_connection."),
     cfg.StrOpt("nova_image_dir", default="",
                help="With --nova-db: where the images of Nova's instances are, by Glance id: "
                "Nova's image cache (<instances_path>/_base, files named sha1(image id)) or "

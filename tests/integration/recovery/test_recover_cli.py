@@ -449,8 +449,9 @@ def test_nova_db_without_its_driver_names_the_extra(tmp_path, url, extra):
         "raise ModuleNotFoundError(\"No module named 'pymysql'\", name='pymysql')\n")
     config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
     path = os.pathsep.join([str(blocker.parent), *sys.path])
-    done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db", url,
-                       "--host", "nova-b", env={"PYTHONPATH": path})
+    # The URL holds a password: it comes from the environment, never the command line.
+    done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db",
+                       "--host", "nova-b", env={"PYTHONPATH": path, "VIRTKIT_NOVA_DB": url})
     assert done.returncode == 2, done.stderr
     assert f"pip install 'virtkit[{extra}]'" in done.stderr
     assert "No module named 'pymysql'" in done.stderr
@@ -593,3 +594,13 @@ def test_recoverers_with_separate_stores_take_each_nova_instance_once(tmp_path, 
     nova.dispose()
     owner = {u: h for h, us in recovered.items() for u in us}
     assert {u: hosts[u] for u in uuids} == owner
+
+
+def test_nova_db_password_on_the_command_line_is_refused(tmp_path):
+    config = write_conf(tmp_path, f"sqlite:///{tmp_path / 'virtkit.sqlite'}")
+    done = run_recover(config, "--failed-host", "nova-a", "--confirm-fenced", "--nova-db",
+                       "postgresql://nova:hunter2@db.example/nova", "--host", "nova-b")
+    assert done.returncode == 2, done.stderr
+    assert "a password on the command line" in done.stderr
+    assert "[recovery] nova_connection" in done.stderr and "VIRTKIT_NOVA_DB" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr and "Traceback" not in done.stderr
