@@ -85,5 +85,5 @@ def test_wrong_protocol_and_registry():
         parse_iscsi_target({"driver_volume_type": "rbd", "data": {}})
     conn = VolumeConnection.from_connection_info(info())
     assert isinstance(connector_for(conn), IscsiConnector)
-    with pytest.raises(InvalidRequest, match="supported: iscsi"):
+    with pytest.raises(InvalidRequest, match="supported: glusterfs, iscsi"):
         connector_for(VolumeConnection("nfs", {}))
