@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from virt.driver import ComputeDriver
 from virt.errors import HypervisorUnavailable, InstanceNotFound, VirtError
+from virt.masking import scrub
 from virt.model import Instance, PowerState, VmState
 
 LOG = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def failure_reason(exc: BaseException) -> str:
 def fault_text(operation: str, reason: BaseException | str) -> str:
     """The fault recorded on an instance when `operation` failed."""
     why = reason if isinstance(reason, str) else failure_reason(reason)
-    return f"{operation}: {why}"
+    return scrub(f"{operation}: {why}")
 
 
 def spawn_leftover(driver: ComputeDriver, instance: Instance) -> str | None:

@@ -12,20 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from virt.errors import InvalidRequest
-
-# Keys whose values are secrets wherever they appear in a connection_info or a log line.
-SECRET_KEYS = frozenset(
-    {
-        "auth_password",
-        "auth_username_in",
-        "auth_password_in",
-        "discovery_auth_password",
-        "password",
-        "secret",
-        "admin_password",
-    }
-)
-MASK = "***"
+from virt.masking import mask_secrets
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -80,23 +67,6 @@ def validate_uuid(value: str, what: str = "uuid") -> str:
 
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
-
-
-_SCALARS = frozenset((str, int, float, bool, type(None)))
-
-
-def mask_secrets(value: Any) -> Any:
-    """A deep copy of a JSON-like value with every secret replaced by '***'."""
-    if type(value) in _SCALARS:  # most leaves; cheaper than the isinstance checks below
-        return value
-    if type(value) is dict or isinstance(value, Mapping):
-        return {
-            k: (MASK if k in SECRET_KEYS and v not in (None, "") else mask_secrets(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [mask_secrets(v) for v in value]
-    return value
 
 
 def _json_type(value: Any) -> str:
@@ -267,6 +237,7 @@ class VolumeConnection:
         _require(self.serial is None or isinstance(self.serial, str),
                  f"connection_info 'serial' must be a string, got {_json_type(self.serial)}")
         object.__setattr__(self, "data", _frozen_mapping(self.data))
+        mask_secrets(self.data)  # remembers its secrets: scrubbed from free text from now on
 
     @classmethod
     def from_connection_info(cls, info: Mapping[str, Any] | str) -> VolumeConnection:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from virt.errors import InvalidRequest, VolumeAuthError
-from virt.model import BlockDevice, mask_secrets
+from virt.masking import mask_secrets
+from virt.model import BlockDevice
 
 
 def check_block_device(bdm: BlockDevice) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from drivers.libvirt import xml
 from drivers.libvirt.volumes import PreparedVolume
 from virt.errors import ConfigError, VirtError, VolumeError
+from virt.masking import scrub
 from virt.model import BlockDevice, Instance
 from virt.volume.iscsi import (
     READCAPACITY,
@@ -35,7 +36,6 @@ from virt.volume.iscsi import (
     IscsiTarget,
     parse_iscsi_target,
     reachable_path,
-    scrub,
 )
 
 LOG = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from virt.cli.context import CONFIG_ENV, Context
 from virt.cli.output import FORMATS
 from virt.config import describe_cfg_error
 from virt.errors import EXIT_FAILED, EXIT_USAGE, VirtError
+from virt.masking import install_log_filter, scrub
 
 Handler = Callable[[Context, argparse.Namespace], int]
 
@@ -219,6 +220,7 @@ def _setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    install_log_filter([handler])
     # stevedore warns "Could not load NAME" for a failed driver import, which virtkit
     # reports itself (with the reason and the extra to install): once is enough.
     logging.getLogger("stevedore").setLevel(logging.NOTSET if debug else logging.ERROR)
@@ -301,14 +303,15 @@ def _json_error(
 ) -> None:
     """In json mode, scripts also get the error as a document on stdout."""
     if args.format == "json":
-        error = {"exit_code": code, "type": kind, "message": message, "hint": hint}
+        error = {"exit_code": code, "type": kind, "message": scrub(message),
+                 "hint": scrub(hint) if hint else hint}
         print(json.dumps({"error": error}, indent=2))
 
 
 def _fail(debug: bool, message: str, code: int) -> int:
     if debug:
         traceback.print_exc()
-    print(f"virtkit: error: {message}", file=sys.stderr)
+    print(f"virtkit: error: {scrub(message)}", file=sys.stderr)
     return code
 
 

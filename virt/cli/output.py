@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from virt.masking import scrub
+
 FORMATS = ("table", "json")
 PIPE_WIDTH = 240
 
@@ -33,7 +35,7 @@ class Output:
 
     def data(self, value: Any) -> None:
         """Print a JSON document (json mode only)."""
-        sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+        sys.stdout.write(scrub(json.dumps(value, indent=2, sort_keys=False, default=str)) + "\n")
 
     def table(
         self,
@@ -72,11 +74,11 @@ class Output:
             if json_value is not None:
                 self.data(json_value)
             return
-        self.console.print(text, markup=False)
+        self.console.print(scrub(text), markup=False)
 
     def warning(self, text: str) -> None:
         """One `virtkit: warning:` line on stderr, in either format (stdout stays data)."""
-        print(f"virtkit: warning: {text}", file=sys.stderr)
+        print(f"virtkit: warning: {scrub(text)}", file=sys.stderr)
 
     def text(self, text: str) -> None:
         """Raw text (console logs, config samples), unstyled."""
@@ -93,13 +95,17 @@ class Output:
 
 
 def _cell(value: Any) -> Text:
-    """A table cell as plain text: values are never read as rich markup."""
+    """A table cell as plain text (never read as rich markup, scrubbed of secrets)."""
+    return Text(scrub(_cell_text(value)))
+
+
+def _cell_text(value: Any) -> str:
     if value is None:
-        return Text("-")
+        return "-"
     if isinstance(value, bool):
-        return Text("yes" if value else "no")
+        return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return Text("\n".join(str(v) for v in value) or "-")
+        return "\n".join(str(v) for v in value) or "-"
     if isinstance(value, Mapping):
-        return Text(json.dumps(value, default=str))
-    return Text(str(value))
+        return json.dumps(value, default=str)
+    return str(value)

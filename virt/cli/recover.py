@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from virt.config import build_conf
 from virt.errors import EXIT_FAILED, EXIT_USAGE, VirtError
+from virt.masking import install_log_filter, scrub
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -86,10 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) and EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="virtkit-recover: %(message)s")
+    install_log_filter()
     try:
         return _run(args)
     except VirtError as exc:
-        print(f"virtkit-recover: error: {exc}", file=sys.stderr)
+        print(f"virtkit-recover: error: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("virtkit-recover: interrupted; run it again to finish (it resumes)", file=sys.stderr)
@@ -126,9 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
-        print(json.dumps(report.as_dict(), indent=2, default=str))
+        print(scrub(json.dumps(report.as_dict(), indent=2, default=str)))
     else:
-        print("\n".join(report_lines(report)))
+        print(scrub("\n".join(report_lines(report))))
     return report.exit_code if report.instances or not options.dry_run else 0
 
 

@@ -26,6 +26,7 @@ from virt.errors import (
     VolumeNotFound,
 )
 from virt.lifecycle import SETTLED, vm_state_for
+from virt.masking import remember
 from virt.model import (
     BlockDevice,
     Flavor,
@@ -220,6 +221,7 @@ class ComputeService(RecordKeeping):
         On failure the record is left in ERROR with the reason; the driver's spawn has
         removed whatever it created (a failed spawn leaves nothing behind).
         """
+        remember(admin_password)
         instance = Instance(
             uuid=new_uuid(), name=name, flavor=flavor, image=image, host=self.host,
             metadata=metadata or {},
@@ -400,6 +402,7 @@ class ComputeService(RecordKeeping):
         """Set the guest's admin password through the driver (the password is never logged)."""
         if not password:
             raise InvalidRequest("the new password must not be empty")
+        remember(password)
         return self._operate(
             ref, "set-password", TaskState.UPDATING_PASSWORD, _PASSWORD_STATES,
             lambda instance, _r: self.driver.set_admin_password(

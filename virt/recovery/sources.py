@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from virt.errors import ConfigError, InstanceMoved, InstanceNotFound, StoreError
 from virt.lifecycle import vm_state_for
+from virt.masking import remember
 from virt.model import Flavor, ImageRef, Instance, PowerState, TaskState, VmState
 from virt.store import (
     BlockDeviceRecord,
@@ -181,6 +182,7 @@ class NovaSource:
         self.image_dir = image_dir or None
         # A plain mysql:// is PyMySQL and postgresql:// psycopg 3, as for state_connection.
         parsed = database_url(url, what="--nova-db")
+        remember(parsed.password)
         try:
             self.engine = sa.create_engine(parsed, hide_parameters=True, pool_pre_ping=True,
                                            connect_args=server_connect_args(parsed))

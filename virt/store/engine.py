@@ -16,6 +16,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.pool import StaticPool
 
 from virt.errors import ConfigError, StoreError
+from virt.masking import remember
 
 SQLITE_BUSY_TIMEOUT_S = 30
 PG_CONNECT_TIMEOUT_S = 10
@@ -100,6 +101,7 @@ def make_engine(url: str) -> sa.Engine:
     else:
         options["pool_pre_ping"] = True
         options["connect_args"] = server_connect_args(parsed)
+    remember(parsed.password)  # a driver's error may quote the URL back
     try:
         engine = sa.create_engine(parsed, **options)
     except ImportError as error:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from virt.masking import mask_secrets
 from virt.model import (
     BlockDevice,
     Flavor,
@@ -16,7 +17,6 @@ from virt.model import (
     PowerState,
     Vif,
     VolumeConnection,
-    mask_secrets,
 )
 
 

@@ -25,7 +25,8 @@ from virt.errors import (
     VolumeNotFound,
     VolumeUnreachable,
 )
-from virt.model import MASK, VolumeConnection
+from virt.masking import MASK, scrub
+from virt.model import VolumeConnection
 from virt.volume.base import ProbeResult, register_connector
 
 DEFAULT_PORT = 3260
@@ -332,11 +333,6 @@ def _tcp_reachable(portal: Portal, timeout: float) -> str | None:
         return f"{portal}: connection timed out"
     except OSError as exc:
         return f"{portal}: {exc.strerror or exc}"
-
-
-def scrub(text: str, secret: str | None) -> str:
-    """`text` with `secret` masked (for errors quoting a tool's or library's output)."""
-    return text.replace(secret, MASK) if secret else text
 
 
 def _parse_capacity(output: str, path: IscsiPath) -> ProbeResult:
