@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 # -- commands and codes ----------------------------------------------------------------------
 
@@ -401,7 +402,9 @@ class V2KeyPair:
 
     def __init__(self) -> None:
         self._private = X25519PrivateKey.generate()
-        self.public = self._private.public_key().public_bytes_raw()
+        # public_bytes(Raw, Raw), not public_bytes_raw(): that one needs cryptography >= 40,
+        # and guests run their distribution's (Debian 12 ships 38).
+        self.public = self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     @property
     def public_b64(self) -> str:
