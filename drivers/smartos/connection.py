@@ -164,6 +164,9 @@ class Executor:
     def close(self) -> None:
         """Release what the executor keeps open."""
 
+    def _timed_out(self) -> None:
+        """After a command was killed at its bound."""
+
     def _bounded(self, command: list[str], argv: tuple[str, ...], stdin: bytes | None,
                  timeout: float, stdout: IO[bytes] | int) -> Completed:
         """Run `command` (argv, or ssh + argv) with a deadline; kill its process group at it."""
@@ -182,14 +185,23 @@ class Executor:
         try:
             out, err = proc.communicate(stdin or b"", timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
+            _abandon(proc)
+            self._timed_out()
             raise CommandTimeout(describe(argv), timeout, self.where) from None
         except BaseException:
-            _kill_group(proc)
-            proc.communicate()
+            _abandon(proc)
             raise
         return Completed(argv, proc.returncode, out or b"", err or b"")
+
+
+def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command and close its pipes without reading them to their end (over SSH
+    the kept connection holds copies of them until the remote command ends)."""
+    _kill_group(proc)
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -250,14 +262,14 @@ class SSHExecutor(Executor):
         self.where = f"the global zone {target}"
         self._ssh = ssh or shutil.which("ssh") or "ssh"
         self._dir = tempfile.mkdtemp(prefix="virtkit-ssh-")  # mkdtemp makes it 0700
+        self._socket = os.path.join(self._dir, "master")
+        self._persist = persist
         self._lock = threading.Lock()
         options = {
             "BatchMode": "yes",
             "StrictHostKeyChecking": "yes",
             "GlobalKnownHostsFile": "/dev/null",
-            "ControlMaster": "auto",
-            "ControlPath": os.path.join(self._dir, "cm-%C"),
-            "ControlPersist": str(persist),
+            "ControlPath": self._socket,
             "ConnectTimeout": str(max(1, min(int(timeout), 30))),
             "ServerAliveInterval": "15",
             "ServerAliveCountMax": "3",
@@ -282,7 +294,33 @@ class SSHExecutor(Executor):
 
     def _command(self, argv: tuple[str, ...], stdout_to: str | None) -> tuple[list[str],
                                                                                 tuple[str, ...]]:
-        return [*self._base, self._login, "--", self.remote_command(argv, stdout_to)], argv
+        self._ensure_master()
+        # ControlMaster=no: a command never becomes the master (a master started by a
+        # command would hold its pipes open); without the master it connects on its own.
+        return [*self._base, "-o", "ControlMaster=no", self._login, "--",
+                self.remote_command(argv, stdout_to)], argv
+
+    def _ensure_master(self) -> None:
+        """Open the kept connection (ControlMaster=auto, ControlPersist) unless it is up."""
+        with self._lock:
+            if os.path.exists(self._socket):
+                return
+            with tempfile.TemporaryFile() as err:
+                try:
+                    code = subprocess.run(
+                        [*self._base, "-o", "ControlMaster=auto", "-o",
+                         f"ControlPersist={self._persist}", "-N", "-f", self._login],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                        timeout=self.timeout, check=False).returncode
+                except subprocess.TimeoutExpired:
+                    raise ExecutorError(
+                        FaultKind.UNAVAILABLE, f"cannot reach the global zone {self.target}: "
+                        f"no SSH connection within {self.timeout:g}s") from None
+                err.seek(0)
+                text = err.read().decode("utf-8", "replace").strip()
+            if code != 0:
+                raise self._ssh_error(text)
+            LOG.debug("smartos: SSH connection to %s kept open", self.target)
 
     def _run(self, argv: tuple[str, ...], stdin: bytes | None, timeout: float,
              stdout_to: str | None) -> Completed:
@@ -318,16 +356,25 @@ class SSHExecutor(Executor):
                               capture_output=True, timeout=10, check=False)
         return done.returncode == 0
 
+    def _timed_out(self) -> None:
+        """A killed client leaves its remote command running (sshd does not signal a
+        command without a terminal) and its session open: closing the kept connection
+        closes the session; the next command opens a new connection."""
+        self._exit_master()
+
+    def _exit_master(self) -> None:
+        try:
+            subprocess.run([*self._base, "-O", "exit", self._login],
+                           capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            LOG.debug("smartos: closing the SSH connection to %s: %s", self.target, exc)
+
     def close(self) -> None:
         """Close the kept connection and remove its private directory."""
         with self._lock:
             if not os.path.isdir(self._dir):
                 return
-            try:
-                subprocess.run([*self._base, "-O", "exit", self._login],
-                               capture_output=True, timeout=10, check=False)
-            except (OSError, subprocess.SubprocessError) as exc:
-                LOG.debug("smartos: closing the SSH connection to %s: %s", self.target, exc)
+            self._exit_master()
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
