@@ -8,6 +8,7 @@ function here under the state's lock.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -172,9 +173,12 @@ def destroy(state: State, db: DB, name: str, recursive: bool = False) -> None:
 def drop(state: State, db: DB, name: str) -> None:
     """Forget a dataset and remove its content (no dependency checks)."""
     path = _data_dir(state, db, name)
-    db.pop(name)
+    kind = db.pop(name)["type"]
     if path.exists():
         shutil.rmtree(path)
+    if kind != "filesystem":
+        with contextlib.suppress(OSError):  # the snapshot's (or volume's) empty parent
+            path.parent.rmdir()
 
 
 def rollback(state: State, db: DB, snap: str, destroy_newer: bool = False) -> None:
