@@ -15,7 +15,9 @@ from oslo_config import cfg
 from drivers.libvirt import design, domains, events, images, resources, states, volumes, xml
 from drivers.libvirt.connection import Connection, classify
 from drivers.libvirt.opts import OPTS
+from drivers.libvirt.volume_types import LibvirtVolumes
 from drivers.libvirt.volumes import IscsiNativeVolumes, PreparedVolume
+from drivers.libvirt.volumes_gluster import GlusterVolumes
 from drivers.libvirt.volumes_host import IscsiHostVolumes
 from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.driver.errors import EngineErrors, FaultKind
@@ -99,8 +101,13 @@ class LibvirtDriver(ComputeDriver):
             probe_timeout=opts.volume_probe_timeout,
             lock_path=os.path.join(conf.state_path, "os-brick-locks"),
         ) if opts.iscsi_attach == "host" else None
-        self._volumes: IscsiNativeVolumes | IscsiHostVolumes = self._host_volumes or \
-            IscsiNativeVolumes(self._connection, probe_timeout=opts.volume_probe_timeout)
+        self._volumes = LibvirtVolumes(
+            self._host_volumes or IscsiNativeVolumes(self._connection,
+                                                     probe_timeout=opts.volume_probe_timeout),
+            GlusterVolumes(self._connection, instances_path=conf.instances_path,
+                           native=opts.gluster_native, probe_timeout=opts.volume_probe_timeout,
+                           mount_namespace_pidfile=opts.gluster_mount_namespace_pidfile,
+                           local=resources.is_local_system_uri(opts.connection_uri)))
         self._undefiner = domains.Undefiner(self._owned)
         self._virt_type: str | None = None
         self._iscsi_mode = opts.iscsi_attach  # options are read once (each read costs ~4 us)
@@ -308,10 +315,9 @@ class LibvirtDriver(ComputeDriver):
                         cache_mode: str | None) -> PreparedVolume:
         """Prepare one volume (secret or host login) and push its undo."""
         volume = self._volumes.prepare(instance, bdm, cache=cache_mode)
-        if self._host_volumes is not None:  # log the host out of what spawn connected
-            host_volumes = self._host_volumes
-            rollback.push(f"the host's iSCSI login for {bdm.mountpoint}",
-                          lambda: host_volumes.release([volume.disk]))
+        undo = self._volumes.undo_for(volume)  # a host login or a FUSE mount
+        if undo is not None:
+            rollback.push(f"the host's connection of {bdm.mountpoint}", undo)
         if volume.secret_usage:
             usage = volume.secret_usage
             rollback.push(f"libvirt secret {usage}", lambda: self._volumes.remove_secret(usage))
@@ -342,12 +348,7 @@ class LibvirtDriver(ComputeDriver):
         read = uuid not in self._secret_free
         removed = self._call(lambda c: self._remove_domain(c, uuid, read_definition=read),
                              "destroy it")
-        if removed and "<secret" in removed:  # parse only when there is one
-            self._volumes.release(xml.Domain.from_xml(removed).disks)
-        if block_devices:
-            self._volumes.remove_instance_secrets(instance.uuid)
-            if self._host_volumes is not None:  # after the domain let go of the devices
-                self._host_volumes.disconnect(block_devices, force=True, raise_errors=False)
+        self._volumes.destroyed(instance.uuid, removed, block_devices)
         if destroy_disks:
             images.remove_instance_dir(images.instance_dir(self._instances_path, instance.uuid))
 
@@ -498,10 +499,7 @@ class LibvirtDriver(ComputeDriver):
                               f"failed: {exc.message}") from None
         if live:
             self._wait_detached(instance, block_device, disk_xml)
-        if self._host_volumes is not None:
-            self._host_volumes.disconnect([block_device])  # by connection_info: after a restart too
-        else:
-            self._volumes.release([disk])
+        self._volumes.detached(block_device, disk)
 
     def _wait_detached(self, instance: Instance, block_device: BlockDevice,
                        disk_xml: str) -> None:

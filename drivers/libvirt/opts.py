@@ -19,6 +19,14 @@ OPTS: list[cfg.Opt] = [
     cfg.StrOpt("iscsi_attach", default="native", choices=["native", "host"],
                help="How iSCSI volumes are attached: 'native' (QEMU's own initiator, CHAP in "
                "a libvirt secret) or 'host' (kernel initiator through os-brick)."),
+    cfg.BoolOpt("gluster_native", default=True,
+                help="GlusterFS volumes through QEMU's own gluster driver (libgfapi, no FUSE in "
+                "the data path). False, or a QEMU without its gluster block driver, mounts each "
+                "export once under <instances_path>/gluster-mounts (FUSE) instead."),
+    cfg.StrOpt("gluster_mount_namespace_pidfile", default="",
+               help="Pid file of a process (e.g. libvirtd) whose mount namespace QEMU runs in, "
+               "when it is not this service's: GlusterFS FUSE mounts are made there "
+               "(nsenter). Empty: this service's own namespace, the usual case."),
     cfg.StrOpt("disk_cachemode", default="none",
                choices=["none", "writethrough", "writeback", "directsync", "unsafe"],
                help="QEMU cache mode of instance disks and volumes."),

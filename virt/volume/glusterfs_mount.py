@@ -44,7 +44,7 @@ class GlusterMounts:
     def __init__(self, base_dir: str, *, namespace_pid: Callable[[], int | None] | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.base_dir = os.path.abspath(base_dir)
-        self._namespace_pid = namespace_pid or (lambda: None)
+        self.namespace_pid = namespace_pid or (lambda: None)
         self._timeout = timeout
         self._lock = threading.Lock()
 
@@ -59,7 +59,7 @@ class GlusterMounts:
 
     def mounted(self) -> set[str]:
         """The GlusterFS mounts under base_dir (in the hypervisor's namespace)."""
-        pid = self._namespace_pid()
+        pid = self.namespace_pid()
         source = f"/proc/{pid}/mountinfo" if pid else "/proc/self/mountinfo"
         prefix = self.base_dir + os.sep
         found: set[str] = set()
@@ -120,7 +120,7 @@ class GlusterMounts:
         return gone
 
     def _run(self, command: list[str], what: str) -> None:
-        pid = self._namespace_pid()
+        pid = self.namespace_pid()
         if pid:
             command = ["nsenter", "-t", str(pid), "-m", "--", *command]
         try:
