@@ -179,6 +179,11 @@ class Tools:
 
     # -- zfs / zpool / sysinfo -------------------------------------------------------------
 
+    def zfs_children(self, name: str) -> list[str]:
+        """`zfs list -H -o name -d 1 -t filesystem,volume NAME`: it and its children."""
+        return self._ok("zfs", "list", "-H", "-o", "name", "-d", "1", "-t",
+                        "filesystem,volume", name).out.split()
+
     def zfs_exists(self, name: str) -> bool:
         done = self.executor.run("zfs", "list", "-H", "-o", "name", "-t", "all", name)
         if done.returncode == 0:

@@ -111,11 +111,11 @@ class Images:
         return deleted
 
     def installed(self, images: tuple[str, ...]) -> set[str]:
-        """Which of `images` have a dataset in the zpool (one `zfs list`)."""
+        """Which of `images` have a dataset in the zpool (one `zfs list` of the pool's
+        children: a list of names that holds a missing one fails as a whole)."""
         pool = self.tools.zpool
-        done = self.tools.executor.run("zfs", "list", "-H", "-o", "name",
-                                       *(f"{pool}/{image}" for image in images))
-        names = {line.strip() for line in done.out.splitlines()}
+        with self.tools.translate("list the zpool's datasets"):
+            names = set(self.tools.zfs_children(pool))
         return {image for image in images if f"{pool}/{image}" in names}
 
     # -- capture ---------------------------------------------------------------------------
