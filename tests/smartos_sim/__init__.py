@@ -27,7 +27,8 @@ Faults (`faults.json`, a JSON object; absent or unreadable means none):
                                       {"provision": "fail-always"} stays until removed.
     {"hang": "vmadm stop"}            a command whose words start with these words
     {"hang": ["zfs send", "imgadm"]}  blocks (sleeps, holding no lock) until the entry is
-                                      removed from the file; then it fails with exit 1.
+                                      removed from the file (or 15 minutes
+                                      pass); then it fails with exit 1.
     {"zfs": "message"}                every `zfs` command fails: the message on stderr, exit 1
     {"zfs": {"snapshot": "message"}}  only that zfs subcommand fails
     {"fail": {"vmadm start": "message"}}  any command whose words start so fails (exit 1)

@@ -18,6 +18,7 @@ from typing import Any
 ROOT_ENV = "VIRTKIT_SMARTOS_SIM_ROOT"
 POOL = "zones"
 GiB = 1 << 30
+HANG_LIMIT = 900.0  # seconds: a hung command left behind (over ssh) ends at last
 
 DEFAULT_HOST: dict[str, Any] = {
     "hostname": "sim-gz",
@@ -180,7 +181,8 @@ class State:
         """Block while a `hang` fault names this command (no lock is held meanwhile)."""
         if not _matching(self.faults().get("hang"), words):
             return
-        while _matching(self.faults().get("hang"), words):
+        deadline = time.monotonic() + HANG_LIMIT
+        while _matching(self.faults().get("hang"), words) and time.monotonic() < deadline:
             time.sleep(0.2)
         raise SimError(f"{words[0]}: interrupted (the hang fault was removed)", 1)
 

@@ -87,7 +87,7 @@ def show(prop: str, value: Any, parsable: bool) -> str:
 def _targets(db: datasets.DB, names: list[str], recursive: bool, depth: int | None,
              types: set[str]) -> list[str]:
     if not names:
-        names, recursive, depth = [POOL], True, None
+        names, recursive = [POOL], True
     out: list[str] = []
     for name in names:
         datasets.require(db, name)
@@ -96,7 +96,7 @@ def _targets(db: datasets.DB, names: list[str], recursive: bool, depth: int | No
             for other in sorted(db):
                 rel = other[len(name):]
                 if other != name and (rel.startswith("/") or rel.startswith("@")):
-                    level = rel.count("/") + (1 if rel.startswith("@") else 0)
+                    level = rel.count("/") + (1 if "@" in rel else 0)
                     if depth is None or level <= depth:
                         found.append(other)
         out.extend(n for n in found if n not in out)
