@@ -30,8 +30,8 @@ from drivers.libvirt.volumes import PreparedVolume
 from virt.errors import ConfigError, VirtError, VolumeError
 from virt.masking import scrub
 from virt.model import BlockDevice, Instance
+from virt.volume import libiscsi
 from virt.volume.iscsi import (
-    READCAPACITY,
     IscsiConnector,
     IscsiTarget,
     parse_iscsi_target,
@@ -274,8 +274,8 @@ class IscsiHostVolumes:
 
     def _probe(self, block_device: BlockDevice, target: IscsiTarget) -> None:
         """Typed errors (unreachable portal, refused CHAP, no LUN) before os-brick logs in:
-        libiscsi's probe where libiscsi-bin is installed, else a bounded TCP connect."""
-        if shutil.which(READCAPACITY):
+        libiscsi's probe where libiscsi is installed, else a bounded TCP connect."""
+        if libiscsi.available():
             IscsiConnector(initiator=self.initiator).probe(block_device.connection,
                                                            timeout=self._timeout)
         else:

@@ -1,19 +1,16 @@
 """iSCSI volumes: Nova's iSCSI connection_info as a validated target, and its connector.
 
-The connector talks to the target from userspace with libiscsi's tools (`libiscsi-bin`), so
-it works where the kernel initiator does not. CHAP credentials go to libiscsi through its
-environment (LIBISCSI_CHAP_USERNAME / LIBISCSI_CHAP_PASSWORD) of the child process only:
-never on a command line, in a log line or in an error message.
+The connector talks to the target from userspace through libiscsi, called in this process
+(virt.volume.libiscsi), so it works where the kernel initiator does not, and the CHAP
+credentials reach no child process: never a command line, an environment, a log line or an
+error message.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import shutil
 import socket
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +24,12 @@ from virt.errors import (
 )
 from virt.masking import MASK, scrub
 from virt.model import VolumeConnection
+from virt.volume import libiscsi
 from virt.volume.base import ProbeResult, register_connector
 
 DEFAULT_PORT = 3260
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
-READCAPACITY = "iscsi-readcapacity16"
 
 _IQN_RE = re.compile(
     r"^(iqn\.\d{4}-\d{2}\.[A-Za-z0-9][A-Za-z0-9.:_-]*|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$"
@@ -284,29 +281,16 @@ class IscsiConnector:
         parse_iscsi_target(conn)
 
     def _read_capacity(self, target: IscsiTarget, path: IscsiPath, timeout: float) -> ProbeResult:
-        tool = shutil.which(READCAPACITY)
-        if tool is None:
-            raise VolumeError(f"{READCAPACITY} is not installed",
-                              hint="apt-get install libiscsi-bin")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIBISCSI_CHAP")}
-        env["LIBISCSI_TCP_SYNCNT"] = "2"
-        if target.uses_chap:
-            env["LIBISCSI_CHAP_USERNAME"] = target.auth_username or ""
-            env["LIBISCSI_CHAP_PASSWORD"] = target.auth_password or ""
         try:
-            done = subprocess.run(
-                [tool, "-i", self.initiator, path.url], env=env, stdin=subprocess.DEVNULL,
-                capture_output=True, text=True, timeout=timeout, check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise VolumeUnreachable(
-                f"iSCSI login to {path.portal} for {target.source_name} did not finish "
-                f"within {timeout:g}s"
-            ) from None
-        output = scrub(done.stdout + done.stderr, target.auth_password)
-        if done.returncode == 0:
-            return _parse_capacity(output, path)
-        raise _login_error(output, target, path)
+            capacity = libiscsi.read_capacity(
+                initiator=self.initiator, portal=str(path.portal), iqn=path.iqn, lun=path.lun,
+                username=target.auth_username if target.uses_chap else None,
+                password=target.auth_password if target.uses_chap else None, timeout=timeout)
+        except libiscsi.LibIscsiError as exc:
+            if not libiscsi.available():
+                raise VolumeError(str(exc), hint="apt-get install libiscsi7") from None
+            raise _login_error(scrub(str(exc), target.auth_password), target, path) from None
+        return ProbeResult(capacity.size_bytes, capacity.block_size, str(path.portal))
 
 
 def reachable_path(target: IscsiTarget, timeout: float) -> IscsiPath:
@@ -333,14 +317,6 @@ def _tcp_reachable(portal: Portal, timeout: float) -> str | None:
         return f"{portal}: connection timed out"
     except OSError as exc:
         return f"{portal}: {exc.strerror or exc}"
-
-
-def _parse_capacity(output: str, path: IscsiPath) -> ProbeResult:
-    size = re.search(r"Total size:\s*(\d+)", output)
-    block = re.search(r"LOGICAL BLOCK LENGTH IN BYTES:\s*(\d+)", output)
-    if not size:
-        raise VolumeError(f"cannot read the size of {path.iqn}/{path.lun} from {READCAPACITY}")
-    return ProbeResult(int(size.group(1)), int(block.group(1)) if block else 512, str(path.portal))
 
 
 def _login_error(output: str, target: IscsiTarget, path: IscsiPath) -> VolumeError:

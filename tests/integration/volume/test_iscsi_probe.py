@@ -25,20 +25,22 @@ def test_probe_reads_size(iscsi_targets):  # noqa: F811
     assert result.path == lun.portal
 
 
-def test_probe_with_chap_keeps_secret_off_argv_and_logs(iscsi_targets, monkeypatch, caplog):  # noqa: F811
+def test_probe_with_chap_starts_no_child_and_logs_no_secret(iscsi_targets, monkeypatch, caplog):  # noqa: F811
+    """libiscsi runs in this process: the CHAP secret is in no child's argv or environment
+    because there is no child at all."""
     lun = iscsi_targets.create(size_mb=16, chap=True)
-    seen = []
-    real_run = subprocess.run
+    started = []
+    real_popen_init = subprocess.Popen.__init__
 
-    def spy(cmd, *args, **kwargs):
-        seen.append(list(cmd))
-        return real_run(cmd, *args, **kwargs)
+    def spy(self, cmd, *args, **kwargs):
+        started.append(cmd)
+        real_popen_init(self, cmd, *args, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", spy)
+    monkeypatch.setattr(subprocess.Popen, "__init__", spy)
     caplog.set_level(logging.DEBUG)
     result = IscsiConnector().probe(conn(lun.connection_info()))
     assert result.size_bytes == 16 * 1024 * 1024
-    assert seen and all(lun.password not in " ".join(c) for c in seen)
+    assert started == []
     assert lun.password not in caplog.text
 
 

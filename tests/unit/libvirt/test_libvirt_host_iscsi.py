@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -131,8 +130,8 @@ def _instance(image: ImageRef | None = None) -> Instance:
 
 @pytest.fixture
 def no_libiscsi(monkeypatch):
-    """The probe without libiscsi-bin: a bounded TCP connect to the portal."""
-    monkeypatch.setattr(volumes_host, "READCAPACITY", "virtkit-no-such-tool")
+    """The probe without libiscsi: a bounded TCP connect to the portal."""
+    monkeypatch.setattr(volumes_host.libiscsi, "available", lambda: False)
 
 
 def _volumes(**kw: Any) -> volumes_host.IscsiHostVolumes:
@@ -240,8 +239,8 @@ def test_a_lun_already_connected_by_this_host_is_refused(brick, portal, no_libis
 
 
 def test_the_real_libiscsi_probe_uses_os_brick_initiator(brick, lun_factory):
-    """With libiscsi-bin, CHAP and initiator ACLs are checked (typed errors) before login."""
-    require(shutil.which(volumes_host.READCAPACITY) is not None, "libiscsi-bin")
+    """With libiscsi, CHAP and initiator ACLs are checked (typed errors) before login."""
+    require(volumes_host.libiscsi.available(), "libiscsi")
     lun = lun_factory.create(size_mb=8, chap=True, initiators=[INITIATOR])
     bdm = BlockDevice(VolumeConnection.from_connection_info(lun.connection_info()), "/dev/vdb")
     prepared = _volumes().prepare(_instance(), bdm, cache=None)
