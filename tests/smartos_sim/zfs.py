@@ -95,7 +95,7 @@ def _targets(db: datasets.DB, names: list[str], recursive: bool, depth: int | No
         if recursive or depth is not None:
             for other in sorted(db):
                 rel = other[len(name):]
-                if other != name and (rel.startswith("/") or rel.startswith("@")):
+                if other.startswith(name) and rel[:1] in ("/", "@"):
                     level = rel.count("/") + (1 if "@" in rel else 0)
                     if depth is None or level <= depth:
                         found.append(other)
