@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -20,6 +21,7 @@ from drivers.docker.containers import ident as _ident
 from drivers.docker.events import EventWatcher
 from drivers.docker.forced import ForcedStops
 from drivers.docker.options import GROUP, OPTS
+from drivers.docker.volumes import DockerVolumes
 from virt.driver import Capability, ComputeDriver, power, spawn_image
 from virt.driver.rollback import SpawnRollback
 from virt.driver.transitions import ON_STATES, LifecycleDispatcher
@@ -30,7 +32,6 @@ from virt.errors import (
     InstanceNotRunning,
     InvalidRequest,
     SpawnError,
-    UnsupportedOperation,
     VirtError,
 )
 from virt.events import Listener
@@ -79,6 +80,7 @@ class DockerDriver(ComputeDriver):
         self._lock = threading.Lock()
         self._containers = Containers(self._engine, self._host,
                                       ForcedStops(self._forced_path(self._host)))
+        self._volumes = DockerVolumes(conf.instances_path)  # GlusterFS at spawn
 
     def _forced_path(self, host: str) -> Path | None:
         state_path = getattr(self.conf, "state_path", None)
@@ -181,10 +183,7 @@ class DockerDriver(ComputeDriver):
         power_on: bool = True,
     ) -> None:
         container_spec = self._spec(instance, vifs)
-        if block_devices:
-            raise UnsupportedOperation(
-                self.name, "spawn with block devices", reason="volumes cannot be attached"
-            )
+        self._volumes.validate(block_devices)  # GlusterFS only; see drivers/docker/volumes.py
         if admin_password is not None:
             guest.check_password(admin_password)
             if not power_on:
@@ -193,6 +192,10 @@ class DockerDriver(ComputeDriver):
                     "or set it after power_on"
                 )
         with SpawnRollback(_ident(instance)) as rollback:
+            if block_devices:  # host FUSE mounts, bound into the container
+                rollback.push("GlusterFS mounts", lambda: self._volumes.release(self._engine.api))
+                container_spec = dataclasses.replace(
+                    container_spec, binds=tuple(self._volumes.binds(block_devices)))
             container_id = self._create(instance, container_spec, rollback)
             rollback.push(f"container {container_id[:12]}", lambda: self._remove(container_id))
             if power_on:
@@ -354,6 +357,7 @@ class DockerDriver(ComputeDriver):
                     raise
         if not running or self._watcher is None:
             self._containers.forced.forget(cid)  # else the watcher forgets it at the destroy event
+        self._volumes.release(self._engine.api)  # exports no container binds any more
         LOG.info("docker: destroyed %s", _ident(instance))
 
     # -- power -----------------------------------------------------------------------------

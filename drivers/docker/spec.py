@@ -199,11 +199,13 @@ class ContainerSpec:
     network: str = "bridge"
     tty: bool = True
     init: bool = True
+    binds: tuple[str, ...] = ()  # 'HOST:CONTAINER:rw' (GlusterFS volumes, drivers/docker/volumes.py)
 
     def create_kwargs(self, api: Any) -> dict[str, Any]:
         """Keyword arguments of `APIClient.create_container`, built with `api`."""
         host_config = api.create_host_config(
-            network_mode=self.network, init=self.init, **self.limits.host_config()
+            network_mode=self.network, init=self.init, **self.limits.host_config(),
+            **({"binds": list(self.binds)} if self.binds else {}),
         )
         kwargs: dict[str, Any] = {
             "image": self.image,
