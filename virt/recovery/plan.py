@@ -32,12 +32,17 @@ from virt.recovery.journal import Effect
 from virt.recovery.options import RecoveryOptions
 from virt.recovery.report import InstanceReport
 from virt.recovery.sources import ROOT_DEVICES, Candidate, InstanceSource, VolumeRef
-from virt.volume import connector_for, parse_iscsi_target
+from virt.volume import connector_for, parse_glusterfs_volume, parse_iscsi_target
 
 LOG = logging.getLogger(__name__)
 
 #: A write to the instance source, on the journal's transaction (or None: its own).
 SourceWrite = Callable[[sa.Connection | None], None]
+
+
+#: Each protocol's connection_info check (the connector probes; this runs unprobed too).
+_PARSERS: dict[str, Callable[[VolumeConnection], object]] = {
+    "iscsi": parse_iscsi_target, "glusterfs": parse_glusterfs_volume}
 
 
 @dataclass
@@ -269,8 +274,9 @@ class Planner:
             try:
                 conn = VolumeConnection.from_connection_info(dict(volume.connection_info))
                 connector = connector_for(conn)
-                if conn.driver_volume_type.lower() == "iscsi":
-                    parse_iscsi_target(conn)  # malformed connection_info fails even unprobed
+                parse = _PARSERS.get(conn.driver_volume_type.lower())
+                if parse is not None:
+                    parse(conn)  # malformed connection_info fails even unprobed
                 if self.options.volume_check == "probe":
                     found = connector.probe(conn, timeout=self.options.volume_timeout)
                     vreport.size_bytes, vreport.path = found.size_bytes, found.path
