@@ -38,6 +38,39 @@ gluster_volume_started() {
 
 gluster_mounted() { mountpoint -q "$GL_MNT" 2>/dev/null; }
 
+# libvirtd may run in a mount namespace of its own (scripts/testbed hides a broken /dev/kvm
+# that way, with private propagation): a mount made here after it started is invisible to
+# QEMU. The volume is then mounted a second time, at the same path, inside that namespace, so
+# an instances_path on the mount is the same files for the driver and for QEMU.
+GL_LIBVIRTD_PIDFILE=/run/libvirtd.pid
+
+gluster_libvirtd_ns_pid() {  # libvirtd's pid, when its mount namespace is not ours
+    local pid
+    pid="$(cat "$GL_LIBVIRTD_PIDFILE" 2>/dev/null)" || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == libvirtd ]] ||
+        return 1
+    [[ "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]] || return 1
+    echo "$pid"
+}
+
+gluster_mounted_for_qemu() {  # true when QEMU sees the mount (or shares our namespace)
+    local pid
+    pid="$(gluster_libvirtd_ns_pid)" || return 0
+    nsenter -t "$pid" -m mountpoint -q "$GL_MNT" 2>/dev/null
+}
+
+gluster_umount_other_namespaces() {
+    # The FUSE clients of this mount point in other namespaces (also one whose libvirtd has
+    # gone: its client keeps the namespace alive); found by their mount point argument.
+    local pid
+    for pid in $(pgrep -x glusterfs); do
+        [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *" $GL_MNT " ]] || continue
+        [[ "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]] || continue
+        nsenter -t "$pid" -m umount "$GL_MNT" 2>/dev/null ||
+            nsenter -t "$pid" -m umount -l "$GL_MNT" 2>/dev/null || true
+    done
+}
+
 start_gluster() {
     command -v glusterd >/dev/null || { log "glusterfs-server is not installed"; return 1; }
     command -v mount.glusterfs >/dev/null || [[ -x /sbin/mount.glusterfs ]] ||
@@ -70,6 +103,12 @@ start_gluster() {
             mount -t glusterfs -o "log-file=$GL_DIR/log/mnt.log" "127.0.0.1:/$GL_VOLUME" "$GL_MNT" ||
             return 1
     fi
+    local pid
+    if ! gluster_mounted_for_qemu && pid="$(gluster_libvirtd_ns_pid)"; then
+        wait_for 30 "gluster mount of $GL_VOLUME in libvirtd's mount namespace" \
+            nsenter -t "$pid" -m mount -t glusterfs -o "log-file=$GL_DIR/log/mnt-libvirtd.log" \
+            "127.0.0.1:/$GL_VOLUME" "$GL_MNT" || return 1
+    fi
     setenv VIRTKIT_TEST_GLUSTER_VOLUME "127.0.0.1:/$GL_VOLUME"
     setenv VIRTKIT_TEST_GLUSTER_MOUNT "$GL_MNT"
 }
@@ -78,6 +117,7 @@ stop_gluster() {
     if gluster_mounted; then
         umount "$GL_MNT" 2>/dev/null || umount -l "$GL_MNT" 2>/dev/null || true
     fi
+    gluster_umount_other_namespaces
     # Mounts virtkit itself made under the tests' instances paths are the tests' to remove.
     if gluster_pid_alive; then
         gluster_volume_started && gluster_cli volume stop "$GL_VOLUME" force >/dev/null 2>&1
@@ -89,6 +129,8 @@ stop_gluster() {
     rm -f "$GL_PIDFILE"
 }
 
-status_gluster() { gluster_pid_alive && gluster_volume_started && gluster_mounted; }
+status_gluster() {
+    gluster_pid_alive && gluster_volume_started && gluster_mounted && gluster_mounted_for_qemu
+}
 
 SERVICES+=(gluster)
