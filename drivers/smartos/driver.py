@@ -180,9 +180,7 @@ class SmartOSDriver(ComputeDriver):
                 raise InvalidRequest("an admin password needs a running zone: spawn with "
                                      "power_on=True or set it after power_on")
         ident = _ident(instance)
-        with self.tools.translate("check the uuid is free", instance=ident):
-            if self.tools.vm_get(instance.uuid) is not None:
-                raise InstanceExists(ident, hint="a VM with this uuid is on the global zone")
+        # No lookup first: vmadm create refuses a uuid that exists (InstanceExists).
         payload = self._payload(instance, image, vifs, power_on)
         if admin_password is not None and payload["brand"] in spec.HVM_BRANDS:
             raise UnsupportedOperation(self.name, "set_admin_password",
@@ -227,12 +225,9 @@ class SmartOSDriver(ComputeDriver):
                 raise SpawnError(f"VM of {ident} failed to provision (vmadm left it in state "
                                  f"failed; removed): {exc.message}") from None
             raise
+        # vmadm create returns once provisioning is over: 0 means running (autoboot) or
+        # stopped; a failed provisioning exits 1 and leaves the VM `failed` (above).
         rollback.push(f"VM {instance.uuid}", lambda: self._delete_vm(instance))
-        vm = self._find(instance)
-        state = str(vm.get("state")) if vm else "absent"
-        if state == "failed" or (payload.get("autoboot") and state != "running"):
-            raise SpawnError(f"VM of {ident} is {state} after vmadm create, not "
-                             f"{'running' if payload.get('autoboot') else 'stopped'}")
 
     def _state_after_failure(self, instance: Instance) -> str | None:
         try:
@@ -264,15 +259,21 @@ class SmartOSDriver(ComputeDriver):
         vm = self._find(instance)
         slots = images.kept_slots(instance.uuid)
         if vm is not None:
+            # Which kept disks can exist is on the VM itself: the one it booted, and one an
+            # interrupted keep was capturing (marked before the capture began).
+            possible: set[str] = {s for s in (_origin_image(vm), _capturing(vm))
+                                  if s in slots}
             if not destroy_disks:
                 self._keep_disk(instance, vm, slots)
             self._delete_vm(instance)
             LOG.info("smartos: destroyed %s%s", _ident(instance),
                      "" if destroy_disks else " (its disk kept as an image)")
+        else:  # the guest is gone: ask the zpool
+            with self.tools.translate("list the kept disks", instance=_ident(instance)):
+                possible = self.images.installed(slots)
         with self.tools.translate("remove the kept disks", instance=_ident(instance)):
-            installed = self.images.installed(slots)
             booted = _origin_image(vm) if vm is not None else None
-            for slot in installed:
+            for slot in sorted(possible):
                 # A kept disk goes with destroy_disks; without, only the one the VM booted
                 # (the new capture replaces it).
                 if destroy_disks or slot == booted:
@@ -288,6 +289,9 @@ class SmartOSDriver(ComputeDriver):
         if vm.get("state") == "running":  # a quiet disk: stop it first (forced, it goes)
             with self.tools.translate("stop the VM", instance=ident):
                 self.tools.vm_stop(instance.uuid, force=True)
+        with self.tools.translate("mark the kept disk's capture", instance=ident):
+            self.tools.vm_update(instance.uuid,
+                                 {"set_internal_metadata": {spec.MARK_CAPTURING: target}})
         if target in self.images.installed((target,)):
             self.images.delete(target)  # a stale capture of an interrupted destroy
         source = self.images.manifest(booted) if booted else None
@@ -320,8 +324,10 @@ class SmartOSDriver(ComputeDriver):
         deadline = time.monotonic() + power.check_timeout(timeout)
         hvm = vm.get("brand") in spec.HVM_BRANDS
 
+        unread = [vm]  # the kit's first look: the state _require has just read
+
         def is_off() -> bool:
-            current = self._find(instance)
+            current = unread.pop() if unread else self._find(instance)
             return current is None or current.get("state") != "running"
 
         def request_stop() -> None:
@@ -422,6 +428,12 @@ class SmartOSDriver(ComputeDriver):
 
 _HVM_GUEST_REASON = ("zlogin reaches the zone around an HVM guest, not the guest's own "
                      "operating system")
+
+
+def _capturing(vm: Mapping[str, Any]) -> str | None:
+    """The kept-disk slot a destroy that keeps the disks was capturing into, if any."""
+    value = (vm.get("internal_metadata") or {}).get(spec.MARK_CAPTURING)
+    return str(value) if value else None
 
 
 def _origin_image(vm: Mapping[str, Any]) -> str | None:

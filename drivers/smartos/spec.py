@@ -22,6 +22,8 @@ MARK_MANAGED = "virtkit:managed"
 MARK_HOST = "virtkit:host"
 MARK_NAME = "virtkit:name"
 MARK_FLAVOR = "virtkit:flavor"
+#: Set on a VM while destroy(destroy_disks=False) captures its disk into this kept slot.
+MARK_CAPTURING = "virtkit:capturing"
 #: internal_metadata key of a snapshot image's source instance (in the image's tags too).
 SNAPSHOT_OF = "virtkit:snapshot_of"
 
