@@ -53,6 +53,14 @@ COMMON_OPTS: list[cfg.Opt] = [
         "if psycopg2 is installed.",
     ),
     cfg.StrOpt(
+        "secret_key_file",
+        default="$state_path/secret.key",
+        help="Fernet key that seals the secrets of volumes' connection_info (CHAP passwords) "
+        "in the state store; created with mode 0600 on first use. Hosts that share a store "
+        "must share this file (copy it, 0600); a row sealed with another key is an error "
+        "naming this file.",
+    ),
+    cfg.StrOpt(
         "instances_path",
         default="$state_path/instances",
         help="Where instance disks and per-instance files live.",

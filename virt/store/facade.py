@@ -10,8 +10,8 @@ given `conn=`, a connection from `Store.transaction()`, to join a larger one.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -44,6 +44,7 @@ from virt.store.records import (
     utcnow,
 )
 from virt.store.schema import block_devices, hosts, instance_events, instances, metadata, vifs
+from virt.store.sealing import Sealer
 from virt.store.statements import (
     ANY,
     ATTACHMENTS_OF_VOLUME,
@@ -62,10 +63,14 @@ LOG = logging.getLogger(__name__)
 class Store:
     """Typed access to the state store."""
 
-    def __init__(self, url: str, *, migrate: bool = True, check_schema: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, check_schema: bool = True,
+                 secret_key_file: str | os.PathLike[str] | None = None) -> None:
         """Open the store; `migrate` upgrades its schema, else `check_schema` refuses an
-        outdated one (StoreError: run `virtkit db upgrade`)."""
+        outdated one (StoreError: run `virtkit db upgrade`). With `secret_key_file` the
+        secrets of volumes' connection_info are sealed with that key (virt.store.sealing);
+        without it they are written as they are and sealed ones cannot be read."""
         self.url = url
+        self._sealer = Sealer(secret_key_file)
         self.engine = make_engine(url)
         self._kept: list[sa.Connection] = []
         self._kept_lock = threading.Lock()
@@ -82,9 +87,11 @@ class Store:
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts, *, migrate: bool | None = None) -> Store:
         """The store named by `[DEFAULT] state_connection`, its schema upgraded on open
-        unless `[DEFAULT] db_auto_upgrade` (or `migrate`) is False."""
+        unless `[DEFAULT] db_auto_upgrade` (or `migrate`) is False, secrets sealed with
+        `[DEFAULT] secret_key_file`."""
         return cls(conf.state_connection,
-                   migrate=conf.db_auto_upgrade if migrate is None else migrate)
+                   migrate=conf.db_auto_upgrade if migrate is None else migrate,
+                   secret_key_file=conf.secret_key_file)
 
     def close(self) -> None:
         with self._kept_lock:
@@ -373,7 +380,8 @@ class Store:
                     instance_uuid=instance_uuid,
                     volume_id=block_device.volume_id,
                     mountpoint=mountpoint,
-                    connection_info=json.dumps(block_device.connection.to_connection_info()),
+                    connection_info=self._sealer.dump(
+                        block_device.connection.to_connection_info()),
                     delete_on_termination=block_device.delete_on_termination,
                     disk_bus=block_device.disk_bus,
                     attached_at=utcnow(),
@@ -383,7 +391,7 @@ class Store:
             row = c.execute(
                 sa.select(block_devices).where(block_devices.c.id == new_id)
             ).mappings().one()
-            return BlockDeviceRecord.from_row(row)
+            return self._device(row)
 
     def list_block_devices(
         self, instance_uuid: str, *, conn: sa.Connection | None = None
@@ -394,7 +402,7 @@ class Store:
             .order_by(block_devices.c.mountpoint)
         )
         with self._use(conn) as c:
-            return [BlockDeviceRecord.from_row(row) for row in c.execute(query).mappings()]
+            return [self._device(row) for row in c.execute(query).mappings()]
 
     def find_block_device(
         self, instance_uuid: str, ref: str, *, conn: sa.Connection | None = None
@@ -420,7 +428,7 @@ class Store:
             c.execute(
                 block_devices.update()
                 .where(block_devices.c.id == record_id)
-                .values(connection_info=json.dumps(dict(connection_info)))
+                .values(connection_info=self._sealer.dump(connection_info))
             )
 
     def remove_block_device(self, record_id: int, *, conn: sa.Connection | None = None) -> None:
@@ -435,7 +443,8 @@ class Store:
         instance name."""
         params = {"b_volume": volume_id, "b_uuid": excluding_uuid or ""}
         with self._use(conn) as c:
-            return [AttachmentRecord.from_row(row)
+            return [AttachmentRecord.from_row(row, connection_info=self._sealer.load(
+                        row["connection_info"], what=f"volume {volume_id} of {row['name']}"))
                     for row in c.execute(ATTACHMENTS_OF_VOLUME, params).mappings()]
 
     def block_devices_of_host(
@@ -446,8 +455,13 @@ class Store:
         found: dict[str, list[BlockDeviceRecord]] = {}
         with self._use(conn) as c:
             for row in c.execute(DEVICES_OF_HOST, {"b_host": host}).mappings():
-                found.setdefault(row["instance_uuid"], []).append(BlockDeviceRecord.from_row(row))
+                found.setdefault(row["instance_uuid"], []).append(self._device(row))
         return found
+
+    def _device(self, row: Mapping[Any, Any]) -> BlockDeviceRecord:
+        what = f"block device {row['id']} of instance {row['instance_uuid']}"
+        return BlockDeviceRecord.from_row(
+            row, connection_info=self._sealer.load(row["connection_info"], what=what))
 
     # -- vifs --------------------------------------------------------------------------------
 

@@ -142,13 +142,17 @@ class BlockDeviceRecord:
     attached_at: dt.datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> BlockDeviceRecord:
+    def from_row(cls, row: Mapping[Any, Any], *,
+                 connection_info: Mapping[str, Any] | None = None) -> BlockDeviceRecord:
+        """The record of a row; `connection_info` as the store opened it (default: the
+        column's JSON as it is)."""
         return cls(
             id=row["id"],
             instance_uuid=row["instance_uuid"],
             volume_id=row["volume_id"],
             mountpoint=row["mountpoint"],
-            connection_info=json.loads(row["connection_info"]),
+            connection_info=(json.loads(row["connection_info"]) if connection_info is None
+                             else connection_info),
             delete_on_termination=bool(row["delete_on_termination"]),
             disk_bus=row["disk_bus"],
             attached_at=row["attached_at"],
@@ -189,13 +193,17 @@ class AttachmentRecord:
     connection_info: Mapping[str, Any] = field(repr=False)
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> AttachmentRecord:
+    def from_row(cls, row: Mapping[Any, Any], *,
+                 connection_info: Mapping[str, Any] | None = None) -> AttachmentRecord:
+        """The record of a row; `connection_info` as the store opened it (default: the
+        column's JSON as it is)."""
         return cls(
             instance_uuid=row["uuid"],
             name=row["name"],
             host=row["host"],
             mountpoint=row["mountpoint"],
-            connection_info=json.loads(row["connection_info"]),
+            connection_info=(json.loads(row["connection_info"]) if connection_info is None
+                             else connection_info),
         )
 
 
