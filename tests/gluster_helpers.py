@@ -92,3 +92,12 @@ def libvirtd_namespace_pidfile() -> str:
     except OSError:
         return ""
     return LIBVIRTD_PIDFILE if theirs != os.readlink("/proc/self/ns/mnt") else ""
+
+
+def in_qemu_namespace(argv: list[str]) -> list[str]:
+    """`argv` run in libvirtd's mount namespace when it has its own: through the mount QEMU
+    uses (two FUSE clients of one volume do not share a page cache)."""
+    pidfile = libvirtd_namespace_pidfile()
+    if not pidfile:
+        return argv
+    return ["nsenter", "-t", Path(pidfile).read_text().strip(), "-m", *argv]
