@@ -12,7 +12,15 @@
 #   VIRTKIT_TEST_XEN_DOM0        a command running its arguments as a shell script in dom0
 #                                (output and stderr on stdout, dom0's exit code)
 #   VIRTKIT_TEST_XEN_CONSOLE     the serial console log (Xen and dom0)
-# Ports: VIRTKIT_TEST_XEN_PORT_BASE (default 7400) + 1 (xenstored), + 2 (dom0 commands).
+#   VIRTKIT_TEST_XEN_URI         xen+tcp://127.0.0.1:PORT/system: dom0's libvirtd (libxl driver)
+#   VIRTKIT_TEST_XEN_SHARE       a host directory dom0 mounts at the same path (9p): where the
+#                                libvirt driver's instances_path/images_path go, so the files it
+#                                makes on the host are the ones dom0's libxl opens; xenconsoled
+#                                writes the guests' console logs in its console/ subdirectory
+#   VIRTKIT_TEST_XEN_PV_IMAGE    JSON {"kernel", "ramdisk", "disk"}: the PV guest the libvirt
+#                                tests boot (scripts/xen/pv-guest-init)
+# Ports: VIRTKIT_TEST_XEN_PORT_BASE (default 7400) + 1 (xenstored), + 2 (dom0 commands),
+# + 3 (libvirtd).
 #
 # Started by `scripts/testbed up xen`; part of a plain `scripts/testbed up` only with
 # VIRTKIT_TESTBED_XEN=1 (it boots a whole hypervisor: ~1.7 GB of RAM, a CPU busy for ~30 s).
@@ -21,6 +29,9 @@ XEN_DIR="$STATE/xen"
 XEN_PORT_BASE="${VIRTKIT_TEST_XEN_PORT_BASE:-7400}"
 XEN_XS_PORT=$((XEN_PORT_BASE + 1))
 XEN_EXEC_PORT=$((XEN_PORT_BASE + 2))
+XEN_LIBVIRT_PORT=$((XEN_PORT_BASE + 3))
+XEN_URI="xen+tcp://127.0.0.1:$XEN_LIBVIRT_PORT/system"
+XEN_SHARE="$XEN_DIR/share"
 XEN_QEMU_PIDFILE="$XEN_DIR/qemu.pid"
 XEN_SOCAT_PIDFILE="$XEN_DIR/socat.pid"
 XEN_CONSOLE="$STATE/log/xen-console.log"
@@ -28,8 +39,9 @@ XEN_SOCK="$XEN_DIR/xenstored.sock"
 # A unix socket path holds at most 107 bytes: a deep checkout gets one in /tmp instead.
 ((${#XEN_SOCK} <= 100)) || XEN_SOCK="/tmp/virtkit-xenstored-$(printf '%s' "$STATE" | cksum | cut -d' ' -f1).sock"
 XEN_DOM0="$XEN_DIR/dom0"
-XEN_MEM=1536
-XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=1 spec-ctrl=no xpti=false pv-l1tf=false"
+# dom0 holds libvirtd and QEMU's Xen build in its initramfs (~200 MB unpacked): 1 GiB.
+XEN_MEM=2048
+XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 spec-ctrl=no xpti=false pv-l1tf=false"
 
 [[ "${VIRTKIT_TESTBED_XEN:-0}" == 1 ]] && SERVICES+=(xen)
 
@@ -43,6 +55,7 @@ xen_qemu_alive() { xen_pid_alive "$XEN_QEMU_PIDFILE" qemu-system-x86; }
 xen_socat_alive() { xen_pid_alive "$XEN_SOCAT_PIDFILE" socat; }
 xen_store_up() { XENSTORED_PATH="$XEN_SOCK" timeout 5 xenstore-read /local/domain/0/name >/dev/null 2>&1; }
 xen_exec_up() { [[ -x $XEN_DOM0 ]] && timeout 10 "$XEN_DOM0" true; }
+xen_libvirt_up() { timeout 20 virsh -q -c "$XEN_URI" version >/dev/null 2>&1; }
 
 xen_accel() {  # "kvm" where KVM runs guests (a bounded probe, kept for this boot), else "tcg"
     [[ -n "${VIRTKIT_TEST_XEN_ACCEL:-}" ]] && { echo "$VIRTKIT_TEST_XEN_ACCEL"; return; }
@@ -87,18 +100,19 @@ xen_start_qemu() {  # xen_start_qemu BUILD_JSON
         -nodefaults -display none -monitor none -no-reboot -daemonize \
         -pidfile "$XEN_QEMU_PIDFILE" -serial "file:$XEN_CONSOLE" \
         -kernel "$(get xen)" -append "$XEN_ARGS" \
-        -initrd "$(get dom0_kernel) console=hvc0 earlyprintk=xen rdinit=/init,$(get dom0_initrd)" \
-        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$XEN_XS_PORT-:8001,hostfwd=tcp:127.0.0.1:$XEN_EXEC_PORT-:8002" \
+        -initrd "$(get dom0_kernel) console=hvc0 earlyprintk=xen rdinit=/init virtkit.share=$XEN_SHARE,$(get dom0_initrd)" \
+        -virtfs "local,path=$XEN_SHARE,mount_tag=vkshare,security_model=none,id=vkshare" \
+        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$XEN_XS_PORT-:8001,hostfwd=tcp:127.0.0.1:$XEN_EXEC_PORT-:8002,hostfwd=tcp:127.0.0.1:$XEN_LIBVIRT_PORT-:16509" \
         -device virtio-net-pci,netdev=n0 \
         </dev/null >>"$STATE/log/xen-qemu.log" 2>&1
 }
 
 start_xen() {
     local tool json
-    for tool in qemu-system-x86_64 socat xenstore-read apt-get dpkg cpio lz4 readelf; do
+    for tool in qemu-system-x86_64 qemu-img socat xenstore-read virsh apt-get dpkg cpio lz4 readelf; do
         command -v "$tool" >/dev/null || { log "xen: $tool is not installed (scripts/install-deps)"; return 1; }
     done
-    mkdir -p "$XEN_DIR"
+    mkdir -p "$XEN_DIR" "$XEN_SHARE/console"
     if ! xen_qemu_alive; then
         json="$("$PY" "$ROOT/scripts/build-xen-image" "$XEN_DIR" 2>>"$STATE/log/xen-build.log")" ||
             { log "xen: image build failed: $(tail -n 2 "$STATE/log/xen-build.log")"; return 1; }
@@ -114,6 +128,13 @@ start_xen() {
     xen_write_dom0_command
     wait_for 180 "dom0's xenstored (console: $XEN_CONSOLE)" xen_store_up || return 1
     wait_for 60 "dom0's command service" xen_exec_up || return 1
+    wait_for 120 "dom0's libvirtd ($XEN_URI)" xen_libvirt_up || return 1
+    [[ -n ${json:-} ]] || json="$("$PY" "$ROOT/scripts/build-xen-image" "$XEN_DIR" 2>>"$STATE/log/xen-build.log")" ||
+        { log "xen: image build failed: $(tail -n 2 "$STATE/log/xen-build.log")"; return 1; }
+    setenv VIRTKIT_TEST_XEN_URI "$XEN_URI"
+    setenv VIRTKIT_TEST_XEN_SHARE "$XEN_SHARE"
+    setenv VIRTKIT_TEST_XEN_PV_IMAGE "$("$PY" -c 'import json, sys; d = json.loads(sys.argv[1])
+print(json.dumps({"kernel": d["domu_kernel"], "ramdisk": d["pv_initrd"], "disk": d["pv_disk"]}))' "$json")"
     setenv VIRTKIT_TEST_XENSTORED_PATH "$XEN_SOCK"
     setenv VIRTKIT_TEST_XEN_DOM0 "$XEN_DOM0"
     setenv VIRTKIT_TEST_XEN_CONSOLE "$XEN_CONSOLE"
