@@ -186,7 +186,13 @@ class SmartOSDriver(ComputeDriver):
             raise UnsupportedOperation(self.name, "set_admin_password",
                                        reason=_HVM_GUEST_REASON)
         with SpawnRollback(ident) as rollback:
-            self._create(instance, payload, rollback)
+            try:
+                self._create(instance, payload, rollback)
+            except InstanceExists:
+                parked = self._parked(instance)
+                if parked is None:
+                    raise
+                self._take_back(instance, payload, rollback)
             if admin_password is not None:
                 guest.set_password(self.tools, instance.uuid, ident=ident,
                                    user=guest.admin_user(instance), password=admin_password)
@@ -195,14 +201,7 @@ class SmartOSDriver(ComputeDriver):
 
     def _payload(self, instance: Instance, image: str, vifs: Sequence[Vif],
                  power_on: bool) -> dict[str, Any]:
-        """The create payload; the instance's kept disk (an earlier destroy that kept its
-        disks) is the image it boots, if there is one."""
-        kept = sorted(self.images.installed(images.kept_slots(instance.uuid)))
-        manifest = self.images.manifest(kept[0]) if kept else None
-        if manifest is None:
-            manifest = self.images.ensure(image)
-        else:
-            LOG.info("smartos: %s boots its kept disk (image %s)", _ident(instance), kept[0])
+        manifest = self.images.ensure(image)
         settings = spec.Settings(host=self._host, nic_tag=self._opts.nic_tag,
                                  resolvers=tuple(self._opts.resolvers), zpool=self._opts.zpool)
         return spec.payload(instance, manifest, vifs, settings, power_on=power_on)
@@ -256,47 +255,48 @@ class SmartOSDriver(ComputeDriver):
         block_devices: Sequence[BlockDevice] = (),
         destroy_disks: bool = True,
     ) -> None:
-        vm = self._find(instance)
-        slots = images.kept_slots(instance.uuid)
-        if vm is not None:
-            # Which kept disks can exist is on the VM itself: the one it booted, and one an
-            # interrupted keep was capturing (marked before the capture began).
-            possible: set[str] = {s for s in (_origin_image(vm), _capturing(vm))
-                                  if s in slots}
-            if not destroy_disks:
-                self._keep_disk(instance, vm, slots)
+        with self.tools.translate("read the VM", instance=_ident(instance)):
+            vm = self.tools.vm_get(instance.uuid)
+        if vm is None or not (spec.is_ours(vm, self._host) or spec.is_parked(vm, self._host)):
+            return  # unknown, or not virtkit's: a no-op
+        if destroy_disks:
             self._delete_vm(instance)
-            LOG.info("smartos: destroyed %s%s", _ident(instance),
-                     "" if destroy_disks else " (its disk kept as an image)")
-        else:  # the guest is gone: ask the zpool
-            with self.tools.translate("list the kept disks", instance=_ident(instance)):
-                possible = self.images.installed(slots)
-        with self.tools.translate("remove the kept disks", instance=_ident(instance)):
-            booted = _origin_image(vm) if vm is not None else None
-            for slot in sorted(possible):
-                # A kept disk goes with destroy_disks; without, only the one the VM booted
-                # (the new capture replaces it).
-                if destroy_disks or slot == booted:
-                    self.images.delete(slot)
+            LOG.info("smartos: destroyed %s", _ident(instance))
+        elif spec.is_ours(vm, self._host):
+            self._park(instance, vm)
+            LOG.info("smartos: destroyed %s, its zone and datasets kept (parked, stopped) for "
+                     "a later spawn", _ident(instance))
 
-    def _keep_disk(self, instance: Instance, vm: Mapping[str, Any],
-                   slots: tuple[str, str]) -> None:
-        """Capture the VM's root dataset as the instance's kept disk: an image in the slot
-        its current disk did not come from, which the next spawn of the instance boots."""
-        booted = _origin_image(vm)
-        target = slots[1] if booted == slots[0] else slots[0]
+    def _park(self, instance: Instance, vm: Mapping[str, Any]) -> None:
+        """Keep the VM's disks: stop it and mark it parked (no longer listed as an instance).
+        vmadm delete always destroys a zone's datasets; a parked VM keeps them all."""
         ident = _ident(instance)
-        if vm.get("state") == "running":  # a quiet disk: stop it first (forced, it goes)
-            with self.tools.translate("stop the VM", instance=ident):
+        with self.tools.translate("park the VM", instance=ident):
+            if vm.get("state") != "stopped":
                 self.tools.vm_stop(instance.uuid, force=True)
-        with self.tools.translate("mark the kept disk's capture", instance=ident):
-            self.tools.vm_update(instance.uuid,
-                                 {"set_internal_metadata": {spec.MARK_CAPTURING: target}})
-        if target in self.images.installed((target,)):
-            self.images.delete(target)  # a stale capture of an interrupted destroy
-        source = self.images.manifest(booted) if booted else None
-        self.images.capture(vm, image=target, name=f"virtkit-kept-{instance.uuid}",
-                            source=source, tags={spec.SNAPSHOT_OF: instance.uuid})
+            self.tools.vm_update(instance.uuid, {"set_internal_metadata": spec.parked_marks()})
+
+    def _parked(self, instance: Instance) -> dict[str, Any] | None:
+        """The instance's parked VM (a destroy that kept its disks), or None."""
+        with self.tools.translate("read the VM", instance=_ident(instance)):
+            vm = self.tools.vm_get(instance.uuid)
+        return vm if vm is not None and spec.is_parked(vm, self._host) else None
+
+    def _take_back(self, instance: Instance, payload: Mapping[str, Any],
+                   rollback: SpawnRollback) -> None:
+        """Spawn onto the parked VM: its disks as destroy left them, the flavor and marks of
+        `payload`; started if the payload boots (a failure parks it again)."""
+        ident = _ident(instance)
+        update = {k: payload[k] for k in spec.TAKE_BACK_KEYS if k in payload}
+        update["set_internal_metadata"] = payload["internal_metadata"]
+        with self.tools.translate("take the parked VM back", instance=ident):
+            self.tools.vm_update(instance.uuid, update)
+        rollback.push(f"VM {instance.uuid} parked again",
+                      lambda: self._park(instance, {"state": "running"}))
+        if payload.get("autoboot"):
+            with self.tools.translate("start the VM", instance=ident):
+                self.tools.vm_start(instance.uuid)
+        LOG.info("smartos: %s spawned onto its parked VM (its disks kept)", ident)
 
     # -- power -----------------------------------------------------------------------------
 
@@ -428,12 +428,6 @@ class SmartOSDriver(ComputeDriver):
 
 _HVM_GUEST_REASON = ("zlogin reaches the zone around an HVM guest, not the guest's own "
                      "operating system")
-
-
-def _capturing(vm: Mapping[str, Any]) -> str | None:
-    """The kept-disk slot a destroy that keeps the disks was capturing into, if any."""
-    value = (vm.get("internal_metadata") or {}).get(spec.MARK_CAPTURING)
-    return str(value) if value else None
 
 
 def _origin_image(vm: Mapping[str, Any]) -> str | None:

@@ -33,10 +33,19 @@ class StatePoller:
         self.polls = 0
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="smartos-events",
-                                            daemon=True)
-            self._thread.start()
+        """Take the baseline now (what changes after start is an event, however soon), then
+        poll in a thread; a baseline that fails here is taken by the thread."""
+        if self._thread is not None:
+            return
+        try:
+            self.poll(emit=False)
+            baseline = False
+        except Exception as exc:  # the thread retries
+            LOG.warning("smartos: the first poll of the VM states failed: %s", exc)
+            baseline = True
+        self._thread = threading.Thread(target=self._run, args=(baseline,),
+                                        name="smartos-events", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -52,8 +61,10 @@ class StatePoller:
         self.polls += 1
         self.polled.set()
 
-    def _run(self) -> None:
-        baseline, backoff = True, self._interval
+    def _run(self, baseline: bool) -> None:
+        backoff = self._interval
+        if not baseline:
+            self._stop.wait(self._interval)
         while not self._stop.is_set():
             try:
                 self.poll(emit=not baseline)

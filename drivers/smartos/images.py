@@ -1,6 +1,5 @@
 """Images: making one present (`imgadm get`, else `imgadm install -m -f` from
-`[smartos] image_dir`), and capturing an instance's dataset as a new image (a snapshot, or
-the disk a `destroy(destroy_disks=False)` keeps).
+`[smartos] image_dir`), and capturing an instance's dataset as a new image (a snapshot).
 
 A capture is `zfs snapshot` of the instance's root dataset (an OS zone's `zones/<uuid>`, an
 HVM guest's boot zvol), `zfs send` of it to `<image_dir>/<image>.zfs` on the global zone, a
@@ -13,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +26,6 @@ LOG = logging.getLogger(__name__)
 
 #: File name suffix of an image file per manifest `files[0].compression`.
 SUFFIX = {"gzip": ".zfs.gz", "bzip2": ".zfs.bz2", "xz": ".zfs.xz", "none": ".zfs"}
-#: Namespace of the uuids of kept disks (two slots per instance, see `kept_slots`).
-KEPT_NAMESPACE = uuidlib.UUID("6b1b2a52-3a0e-4c55-9f43-7d1c6c0a5e21")
-
-
-def kept_slots(instance_uuid: str) -> tuple[str, str]:
-    """The two image uuids a kept disk of the instance can have: a destroy that keeps the
-    disks of a guest booted from one slot captures into the other."""
-    return tuple(str(uuidlib.uuid5(KEPT_NAMESPACE, f"{slot}:{instance_uuid}"))
-                 for slot in ("a", "b"))  # type: ignore[return-value]
-
 
 class Images:
     """The images of one global zone, with their manifests cached by uuid (a manifest

@@ -72,7 +72,7 @@ OPTS: list[cfg.Opt] = [
         "image_dir",
         default="/var/tmp/virtkit-images",
         help="Directory on the global zone holding image manifests (<uuid>.json) and files "
-        "for 'imgadm install', and where snapshots and kept disks are written.",
+        "for 'imgadm install', and where snapshots are written.",
     ),
     cfg.FloatOpt(
         "provision_timeout",

@@ -22,8 +22,12 @@ MARK_MANAGED = "virtkit:managed"
 MARK_HOST = "virtkit:host"
 MARK_NAME = "virtkit:name"
 MARK_FLAVOR = "virtkit:flavor"
-#: Set on a VM while destroy(destroy_disks=False) captures its disk into this kept slot.
-MARK_CAPTURING = "virtkit:capturing"
+#: MARK_MANAGED of a VM that destroy(destroy_disks=False) parked: stopped, its datasets kept,
+#: no longer an instance (not listed or counted) until a spawn of its uuid takes it back.
+PARKED = "parked"
+#: What a spawn onto a parked VM updates from its payload (the rest stays as created).
+TAKE_BACK_KEYS = ("alias", "hostname", "autoboot", "max_physical_memory", "max_locked_memory",
+                  "max_swap", "tmpfs", "cpu_cap", "quota", "ram", "vcpus")
 #: internal_metadata key of a snapshot image's source instance (in the image's tags too).
 SNAPSHOT_OF = "virtkit:snapshot_of"
 
@@ -107,15 +111,11 @@ class Settings:
 
 
 def payload(instance: Instance, manifest: Mapping[str, Any], vifs: Sequence[Vif],
-            settings: Settings, *, power_on: bool = True,
-            boot_image: str | None = None) -> dict[str, Any]:
-    """The `vmadm create` payload of `instance` from the image `manifest`.
-
-    `boot_image`: the image uuid to clone instead of the manifest's (a kept disk).
-    """
+            settings: Settings, *, power_on: bool = True) -> dict[str, Any]:
+    """The `vmadm create` payload of `instance` from the image `manifest`."""
     flavor = instance.flavor
     brand = brand_for(manifest, flavor)
-    image = boot_image or str(manifest["uuid"])
+    image = str(manifest["uuid"])
     body: dict[str, Any] = {
         "uuid": instance.uuid,
         "brand": brand,
@@ -181,6 +181,17 @@ def hvm_sizes(flavor: Flavor, manifest: Mapping[str, Any], brand: str,
         "max_swap": max(cap + flavor.swap_mb, MIN_SWAP_MB),
         "disks": disks,
     }
+
+
+def parked_marks() -> dict[str, str]:
+    """The internal_metadata update that parks a VM."""
+    return {MARK_MANAGED: PARKED}
+
+
+def is_parked(vm: Mapping[str, Any], host: str) -> bool:
+    """Whether `vm` is a VM of virtkit's for `host` that destroy(destroy_disks=False) parked."""
+    meta = vm.get("internal_metadata") or {}
+    return meta.get(MARK_MANAGED) == PARKED and meta.get(MARK_HOST) == host
 
 
 def is_ours(vm: Mapping[str, Any], host: str) -> bool:

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from drivers.smartos import images, spec
+from drivers.smartos import spec
 from tests.smartos_sim import guest as sim_guest
 from virt.errors import (
     HypervisorUnavailable,
@@ -160,32 +160,44 @@ def test_snapshot_is_an_image_a_later_spawn_boots(driver, sim, spawn):
 
 
 def test_destroy_without_disks_keeps_them_for_the_next_spawn(driver, sim, spawn):
+    """destroy(destroy_disks=False) parks the VM (stopped, unlisted, datasets kept); the next
+    spawn of the instance takes it back with what its disk held."""
     instance = spawn()
-    token = secrets.token_hex(8)
+    token = uuid.uuid4().hex
     (sim.zone_root(instance.uuid) / "etc" / "kept-mark").write_text(token)
     driver.destroy(instance=instance, destroy_disks=False)
-    assert _vm(driver, instance) is None
-    slots = images.kept_slots(instance.uuid)
-    assert driver.images.installed(slots) == {slots[0]}
+    assert instance.uuid not in driver.list_instance_uuids()
+    assert not driver.instance_exists(instance=instance)
+    parked = _vm(driver, instance)
+    assert parked["state"] == "stopped"
+    assert parked["internal_metadata"][spec.MARK_MANAGED] == spec.PARKED
+    driver.destroy(instance=instance, destroy_disks=False)  # parked already: stays so
     driver.spawn(instance=instance)
+    assert driver.get_info(instance=instance).state is PowerState.RUNNING
     assert (sim.zone_root(instance.uuid) / "etc" / "kept-mark").read_text() == token
-    # again: the disk the guest now runs on is kept into the other slot
-    (sim.zone_root(instance.uuid) / "etc" / "kept-mark").write_text(token + "2")
-    driver.destroy(instance=instance, destroy_disks=False)
-    assert driver.images.installed(slots) == {slots[1]}
-    driver.spawn(instance=instance)
-    assert (sim.zone_root(instance.uuid) / "etc" / "kept-mark").read_text() == token + "2"
     driver.destroy(instance=instance)
-    assert driver.images.installed(slots) == set()
+    assert _vm(driver, instance) is None
+    assert not driver.tools.zfs_exists(f"zones/{instance.uuid}")
     driver.destroy(instance=instance, destroy_disks=False)  # unknown: a no-op
 
 
-def test_destroy_with_disks_removes_a_kept_disk_of_a_gone_guest(driver, spawn):
+def test_destroy_with_disks_removes_a_parked_vm(driver, spawn):
     instance = spawn()
     driver.destroy(instance=instance, destroy_disks=False)
-    assert driver.images.installed(images.kept_slots(instance.uuid))
+    assert driver.tools.zfs_exists(f"zones/{instance.uuid}")
     driver.destroy(instance=instance)
-    assert not driver.images.installed(images.kept_slots(instance.uuid))
+    assert _vm(driver, instance) is None
+    assert not driver.tools.zfs_exists(f"zones/{instance.uuid}")
+
+
+def test_a_spawn_onto_a_parked_vm_takes_the_new_flavor(driver, spawn):
+    instance = spawn(flavor=Flavor("so.small", 1, 128, 1))
+    driver.destroy(instance=instance, destroy_disks=False)
+    bigger = Instance(uuid=instance.uuid, name=instance.name, image=instance.image,
+                      flavor=Flavor("so.big", 2, 256, 2))
+    driver.spawn(instance=bigger)
+    vm = _vm(driver, bigger)
+    assert vm["max_physical_memory"] == 256 and vm["cpu_cap"] == 200 and vm["quota"] == 2
 
 
 def test_failed_provisioning_is_a_clear_error_and_leaves_nothing(driver, sim):
