@@ -109,8 +109,24 @@ start_gluster() {
             nsenter -t "$pid" -m mount -t glusterfs -o "log-file=$GL_DIR/log/mnt-libvirtd.log" \
             "127.0.0.1:/$GL_VOLUME" "$GL_MNT" || return 1
     fi
+    gluster_conformance_volume || return 1
     setenv VIRTKIT_TEST_GLUSTER_VOLUME "127.0.0.1:/$GL_VOLUME"
     setenv VIRTKIT_TEST_GLUSTER_MOUNT "$GL_MNT"
+}
+
+GL_CONFORMANCE_FILE=conformance-volume.raw
+
+gluster_conformance_volume() {  # a 32 MiB raw file for the conformance suite, its JSON
+    local info="$STATE/conformance-gluster-volume.json"
+    if [[ ! -e "$GL_MNT/$GL_CONFORMANCE_FILE" ]]; then
+        truncate -s 32M "$GL_MNT/$GL_CONFORMANCE_FILE" || return 1
+    fi
+    chmod 0666 "$GL_MNT/$GL_CONFORMANCE_FILE"  # QEMU opens it as its own user
+    cat >"$info" <<EOF
+{"driver_volume_type": "glusterfs", "serial": "conformance-gluster",
+ "data": {"export": "127.0.0.1:/$GL_VOLUME", "name": "$GL_CONFORMANCE_FILE", "format": "raw"}}
+EOF
+    setenv VIRTKIT_CONFORMANCE_GLUSTER_VOLUME "$info"
 }
 
 stop_gluster() {

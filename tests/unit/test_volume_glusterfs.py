@@ -104,3 +104,24 @@ def test_one_mountpoint_per_export_under_the_base(tmp_path):
 
 def test_mountinfo_escapes():
     assert _unescape(r"/a\040b\134c") == "/a b\\c"
+
+
+def test_the_conformance_suite_takes_a_glusterfs_volume_as_a_second_kind(tmp_path):
+    import json
+
+    from virt.conformance.settings import load_settings
+    from virt.conformance.test_capabilities import volume_target
+    from virt.errors import ConfigError
+
+    def settings_with(connection_info: dict[str, object]):
+        path = tmp_path / "driver.conf"
+        path.write_text("[DEFAULT]\ncompute_driver = fake\n[conformance]\n"
+                        f"gluster_volume_connection_info = {json.dumps(connection_info)}\n")
+        return load_settings(path)
+
+    gluster = settings_with(info(export="192.0.2.10:/vols/sub", name="v.raw")).gluster_volume()
+    assert gluster is not None and volume_target(gluster) == "vols/sub/v.raw"
+    with pytest.raises(ConfigError, match="must be 'glusterfs', not 'iscsi'"):
+        settings_with({"driver_volume_type": "iscsi", "data": {}})
+    with pytest.raises(ConfigError, match="gluster_volume_connection_info"):
+        settings_with(info(export="192.0.2.10/vols", name="v.raw")).gluster_volume()

@@ -49,6 +49,10 @@ CONFORMANCE_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("chap_volume_connection_info", secret=True,
                help="A connection_info (JSON text or @FILE) of an iSCSI volume with CHAP "
                "credentials, for the volume_iscsi_chap capability."),
+    cfg.StrOpt("gluster_volume_connection_info",
+               help="A connection_info (JSON text or @FILE) of a GlusterFS volume "
+               "(driver_volume_type glusterfs) the suite may attach and detach, as a second "
+               "volume kind next to volume_connection_info. Unset: that test is skipped."),
     cfg.StrOpt("volume_mountpoint", default="/dev/vdb",
                help="Where the suite attaches the volume."),
     cfg.StrOpt("console_marker",
@@ -128,6 +132,22 @@ class SuiteSettings:
     def chap_volume(self) -> VolumeConnection | None:
         return _connection(self.opts.chap_volume_connection_info, "chap_volume_connection_info")
 
+    def gluster_volume(self) -> VolumeConnection | None:
+        """The GlusterFS volume of `gluster_volume_connection_info` (None if unset)."""
+        option = "gluster_volume_connection_info"
+        connection = _connection(self.opts.gluster_volume_connection_info, option)
+        if connection is not None and connection.driver_volume_type != "glusterfs":
+            raise ConfigError(f"[conformance] {option}: driver_volume_type must be "
+                              f"'glusterfs', not {connection.driver_volume_type!r}")
+        if connection is not None:
+            from virt.volume import parse_glusterfs_volume
+
+            try:
+                parse_glusterfs_volume(connection)
+            except InvalidRequest as exc:
+                raise ConfigError(f"[conformance] {option}: {exc.message}") from None
+        return connection
+
 
 def unreachable_conf(settings: SuiteSettings) -> cfg.ConfigOpts | None:
     """A copy of the run's config with `unreachable_overrides` applied (None if unset)."""
@@ -186,6 +206,7 @@ def load_settings(config_file: str | Path) -> SuiteSettings:
         settings.image()
         settings.volume()
         settings.chap_volume()
+        settings.gluster_volume()
     except InvalidRequest as exc:
         raise ConfigError(f"{path}: [conformance] {exc.message}") from None
     return settings

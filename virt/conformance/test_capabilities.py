@@ -35,6 +35,7 @@ from virt.model import (
     VolumeConnector,
     new_uuid,
 )
+from virt.volume import parse_glusterfs_volume
 
 ops = pytest.mark.virtkit_operations
 cap = pytest.mark.virtkit_capability
@@ -199,8 +200,11 @@ def _secrets_of(connection: VolumeConnection) -> list[str]:
 
 
 def volume_target(connection: VolumeConnection) -> str:
-    """How an observer names the volume of `connection` (`IQN/LUN` for iSCSI)."""
+    """How an observer names the volume of `connection` (`IQN/LUN` for iSCSI,
+    `VOLUME/PATH` for GlusterFS)."""
     data = connection.data
+    if connection.driver_volume_type == "glusterfs":
+        return parse_glusterfs_volume(connection).source_name
     return f"{data.get('target_iqn')}/{data.get('target_lun')}"
 
 
@@ -231,6 +235,18 @@ def test_volume_attach_and_detach(driver, suite, workbench, caplog, effects):
     connection = suite.volume()
     if connection is None:
         pytest.skip("no [conformance] volume_connection_info configured")
+    _attach_detach(driver, suite, workbench, connection, caplog, effects)
+
+
+@cap(Capability.VOLUME_ATTACH)
+@ops("attach_volume", "detach_volume")
+@pytest.mark.virtkit_kind("check")
+def test_glusterfs_volume_attach_and_detach(driver, suite, workbench, caplog, effects):
+    """A second volume kind, where the run configures one: its failure fails the operations;
+    unset, the volume operations stand on volume_connection_info alone."""
+    connection = suite.gluster_volume()
+    if connection is None:
+        pytest.skip("no [conformance] gluster_volume_connection_info configured")
     _attach_detach(driver, suite, workbench, connection, caplog, effects)
 
 
