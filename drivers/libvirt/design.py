@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
-from drivers.libvirt import xml
+from drivers.libvirt import xen, xml
 from drivers.libvirt.images import InstanceDisks
 from virt.driver import spawn_image
 from virt.errors import InvalidRequest
@@ -130,6 +130,10 @@ def domain_xml(
 ) -> str:
     """The XML of `domain_for(...)`, from a cached template when the layout allows one."""
     layout = _layout(disks)
+    if virt_type == xen.DOMAIN_TYPE:  # a PV guest: no template (Xen spawns are few and slow)
+        return xen.pv_domain(domain_for(instance=instance, virt_type=virt_type, disks=disks,
+                                        volume_disks=volume_disks, vifs=vifs,
+                                        cache_mode=cache_mode), spawn_image(instance)).to_xml()
     if volume_disks or layout is None:  # volumes pick the local disks' names: build it all
         return domain_for(instance=instance, virt_type=virt_type, disks=disks,
                           volume_disks=volume_disks, vifs=vifs, cache_mode=cache_mode).to_xml()

@@ -1,4 +1,4 @@
-"""The libvirt compute driver: KVM/QEMU guests (and libvirt's test driver) behind ComputeDriver."""
+"""The libvirt compute driver: KVM/QEMU guests, Xen PV guests (libxl) and libvirt's test driver."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TypeVar
 import libvirt
 from oslo_config import cfg
 
-from drivers.libvirt import design, domains, events, images, resources, states, volumes, xml
+from drivers.libvirt import design, domains, events, images, resources, states, volumes, xen, xml
 from drivers.libvirt.connection import Connection, classify
 from drivers.libvirt.opts import OPTS
 from drivers.libvirt.volume_types import LibvirtVolumes
@@ -51,8 +51,9 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-# Seconds between repeated hot-unplug requests while a guest has not released a disk.
-
+#: libvirt's connection types that attach no volume, and why.
+_NO_VOLUMES = {"TEST": "libvirt's test driver cannot attach devices or hold secrets",
+               xen.ENGINE_TYPE: xen.UNSUPPORTED_REASON}
 
 #: libvirt's errors in virtkit's terms (see connection.classify).
 ERRORS = EngineErrors("libvirt", classify)
@@ -169,7 +170,8 @@ class LibvirtDriver(ComputeDriver):
         self._domain_type()
         self.narrow_capabilities(  # what _check_volumes refuses there
             (Capability.VOLUME_ATTACH, Capability.VOLUME_ISCSI_CHAP)
-            if self._engine_type == "TEST" else (), reason="libvirt's test driver")
+            if self._engine_type in _NO_VOLUMES else (),
+            reason=_NO_VOLUMES.get(self._engine_type, ""))
 
     def _check_qemu_reaches_paths(self) -> None:
         """On the local system daemon, ConfigError if QEMU's user cannot reach our files."""
@@ -193,17 +195,17 @@ class LibvirtDriver(ComputeDriver):
     def _check_volumes(self, operation: str) -> None:
         """UnsupportedOperation, before any probe or secret, where volumes cannot attach."""
         self._check_iscsi_mode()
-        if self._engine_type == "TEST":
-            raise UnsupportedOperation(self.name, operation, reason=(
-                "libvirt's test driver cannot attach devices or hold secrets"))
+        if self._engine_type in _NO_VOLUMES:
+            raise UnsupportedOperation(self.name, operation,
+                                       reason=_NO_VOLUMES[self._engine_type])
 
     @functools.cached_property
     def _engine_type(self) -> str:
-        """libvirt's driver behind the URI ("QEMU", "TEST"): the same after a reconnect."""
+        """libvirt's driver behind the URI ("QEMU", "TEST", "Xen"): the same after a reconnect."""
         return self._call(lambda c: str(c.getType()), "read the connection's type")
 
     def _domain_type(self) -> str:
-        """The domain type this driver defines: test, kvm or qemu (auto: probed once)."""
+        """The domain type this driver defines: test, kvm, qemu or xen (auto: probed once)."""
         if self._virt_type is None:
             self._virt_type = resources.domain_type(
                 self._opts.connection_uri, self._opts.virt_type, self._connection)
@@ -526,11 +528,10 @@ class LibvirtDriver(ComputeDriver):
     def get_console_output(self, *, instance: Instance, max_bytes: int = 64 * 1024) -> str:
         if max_bytes <= 0:
             raise InvalidRequest("max_bytes must be positive")
-        definition = self._definition(instance)
-        if not definition.serials:
+        path = xen.console_path(self._definition(instance), self._opts.xen_console_dir)
+        if path is None:
             return ""
-        return images.read_tail(definition.serials[0].path,
-                                min(max_bytes, self._opts.console_log_max_bytes))
+        return images.read_tail(path, min(max_bytes, self._opts.console_log_max_bytes))
 
     # -- helpers ---------------------------------------------------------------------------
 

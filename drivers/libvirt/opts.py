@@ -10,9 +10,15 @@ OPTS: list[cfg.Opt] = [
     cfg.StrOpt("connection_uri", default="qemu:///system",
                help="libvirt URI: qemu:///system, qemu+ssh://host/system, or test:///default "
                "(libvirt's embedded test driver)."),
-    cfg.StrOpt("virt_type", default="auto", choices=["auto", "kvm", "qemu"],
+    cfg.StrOpt("virt_type", default="auto", choices=["auto", "kvm", "qemu", "xen"],
                help="Domain type. 'auto' uses KVM when a bounded boot probe shows it runs "
-               "guests, else QEMU software emulation (TCG). Ignored for test:// URIs."),
+               "guests, else QEMU software emulation (TCG); on a xen:// URI it is 'xen' "
+               "(Xen PV guests through libvirt's libxl driver, direct kernel boot). Ignored "
+               "for test:// URIs."),
+    cfg.StrOpt("xen_console_dir", default="/var/log/xen/console",
+               help="With virt_type = xen: the directory where dom0's xenconsoled logs each "
+               "guest's console (xenconsoled --log=guest --log-dir), read by "
+               "get_console_output as guest-<domain name>.log."),
     cfg.StrOpt("images_path", default="$state_path/images",
                help="Base-image cache: each base image is copied here once; instance root "
                "disks are qcow2 overlays on it."),

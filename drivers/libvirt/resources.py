@@ -15,6 +15,7 @@ import stat
 
 import libvirt
 
+from drivers.libvirt import xen
 from drivers.libvirt.connection import READABLE_DIRECTORY_HINT, Connection, user_name
 from drivers.libvirt.domains import Ownership
 from virt.errors import ConfigError
@@ -148,6 +149,8 @@ def domain_type(uri: str, configured: str, connection: Connection) -> str:
     'auto' what a bounded local boot probe (or a remote host's capabilities) shows."""
     if uri.startswith("test:"):
         found = "test"
+    elif configured == "auto" and xen.is_xen_uri(uri):
+        found = xen.DOMAIN_TYPE
     elif configured != "auto":
         found = configured
     elif "://" in uri and uri.split("://", 1)[1].split("/", 1)[0]:
