@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := libvirt,docker,postgresql,mysql,test
 
-.PHONY: demo test deps venv testbed lint unit conformance bench clean
+.PHONY: demo test deps venv testbed lint unit conformance bench soak clean
 
 demo: $(BIN)/virtkit
 	$(BIN)/virtkit demo
@@ -44,6 +44,12 @@ conformance:
 bench: testbed
 	set -a; source .testbed/env; set +a; \
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The larger load and fuzz runs (not in CI): 8 recoverers on 2,000 instances, more examples.
+soak: testbed
+	set -a; source .testbed/env; set +a; \
+	VIRTKIT_SOAK=1 VIRTKIT_REQUIRE_TESTBED=1 $(BIN)/pytest -p no:cacheprovider -s \
+	    tests/integration/recovery/test_recover_load.py $(wildcard tests/unit/fuzz) $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -51,6 +51,10 @@ from virt.recovery.sources import Candidate, InstanceSource
 
 LOG = logging.getLogger(__name__)
 
+#: How often a claim another recoverer holds is looked at (at most; a quarter lease if less):
+#: most are done within moments, and staleness is still judged over a whole lease.
+WATCH_INTERVAL_S = 1.0
+
 
 class Recoverer:
     """Runs one recovery: plans, claims, executes and reports."""
@@ -161,7 +165,7 @@ class Recoverer:
         watch = {uuid: (holder, time.monotonic()) for uuid, holder in self._contested.items()}
         self._contested.clear()
         while watch:
-            time.sleep(lease / 4)
+            time.sleep(min(lease / 4, WATCH_INTERVAL_S))
             retry: list[tuple[Candidate, Holder | None]] = []
             for uuid, (seen, since) in list(watch.items()):
                 row = self.journal.holder(uuid)
