@@ -285,7 +285,9 @@ class Planner:
                         self._refresh_write, candidate.uuid, volume, conn.to_connection_info()))
                 devices.append(BlockDevice(connection=conn, mountpoint=volume.mountpoint,
                                            volume_id=volume.volume_id, disk_bus=volume.disk_bus))
-                vreport.status = "reachable"
+                # Only a probe shows a volume reachable; `none` validated its record only.
+                vreport.status = "reachable" if self.options.volume_check == "probe" else (
+                    "not checked")
             except VirtError as exc:
                 vreport.status, vreport.error = "missing", str(exc)
                 problems.append(f"volume {volume.volume_id or volume.mountpoint}: {exc}")
@@ -317,7 +319,7 @@ class Planner:
         state = self.driver.get_info(instance=instance).state  # raises if unreachable
         item.power_state = state.value
         for vreport in item.volumes:
-            if vreport.status == "reachable":
+            if vreport.status in ("reachable", "not checked"):  # the attach went through
                 vreport.status = "attached"
         return self.write(lambda conn: self.source.record_result(
             candidate.uuid, power_state=state, conn=conn))

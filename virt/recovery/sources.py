@@ -12,7 +12,13 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from virt.errors import ConfigError, InstanceMoved, InstanceNotFound, StoreError
+from virt.errors import (
+    ConfigError,
+    InstanceMoved,
+    InstanceNotFound,
+    InvalidRequest,
+    StoreError,
+)
 from virt.lifecycle import vm_state_for
 from virt.masking import remember
 from virt.model import Flavor, ImageRef, Instance, PowerState, TaskState, VmState
@@ -211,15 +217,10 @@ class NovaSource:
                 bdm.destination_type == "volume", bdm.connection_info.isnot(None),
             ).order_by(bdm.device_name)
         ).mappings().all()
-        volumes = tuple(
-            VolumeRef(b["id"], b["volume_id"], b["device_name"], json.loads(b["connection_info"]),
-                      b.get("disk_bus"))
-            for b in rows
-        )
-        flavor = Flavor(name=f"nova-{row['vcpus']}c-{row['memory_mb']}m", vcpus=row["vcpus"],
-                        memory_mb=row["memory_mb"], root_gb=row["root_gb"] or 0,
-                        ephemeral_gb=row["ephemeral_gb"] or 0)
+        volumes, bad_volume = _nova_volumes(rows)
+        flavor, bad_flavor = _nova_flavor(row)
         image, problem = self._image(row["image_ref"], rows)
+        problem = bad_flavor or bad_volume or problem
         return Candidate(
             uuid=row["uuid"], name=f"instance-{row['id']:08x}", host=row["host"],
             vm_state=row["vm_state"], should_run=row["vm_state"] == "active",
@@ -301,6 +302,38 @@ class NovaSource:
                 yield conn
         except sa.exc.DBAPIError as exc:
             raise StoreError(f"{self.description}: {_first_line(exc)}") from None
+
+
+#: What a Nova row that cannot be recovered as it is gets as its flavor (it is released
+#: with its `problem` before anything is made of it).
+_UNUSABLE_FLAVOR = Flavor(name="nova-unusable", vcpus=1, memory_mb=1)
+
+
+def _nova_flavor(row: Mapping[Any, Any]) -> tuple[Flavor, str | None]:
+    """The flavor of a Nova instance row, or a placeholder and why the row has none."""
+    try:
+        return Flavor(name=f"nova-{row['vcpus']}c-{row['memory_mb']}m", vcpus=row["vcpus"],
+                      memory_mb=row["memory_mb"], root_gb=row["root_gb"] or 0,
+                      ephemeral_gb=row["ephemeral_gb"] or 0), None
+    except InvalidRequest as exc:
+        return _UNUSABLE_FLAVOR, f"its Nova row has no usable size: {exc.message}"
+
+
+def _nova_volumes(rows: Sequence[Mapping[Any, Any]]) -> tuple[tuple[VolumeRef, ...], str | None]:
+    """The volumes of Nova BDM rows, and what is wrong with the first unreadable one."""
+    volumes: list[VolumeRef] = []
+    for b in rows:
+        try:
+            info = json.loads(b["connection_info"])
+        except (TypeError, ValueError, RecursionError) as exc:
+            return (), (f"the connection_info of its volume at {b['device_name']} (Nova BDM "
+                        f"{b['id']}) is not valid JSON: {getattr(exc, 'msg', type(exc).__name__)}")
+        if not isinstance(info, Mapping):
+            return (), (f"the connection_info of its volume at {b['device_name']} (Nova BDM "
+                        f"{b['id']}) is not a JSON object")
+        volumes.append(VolumeRef(b["id"], b["volume_id"], b["device_name"], info,
+                                 b.get("disk_bus")))
+    return tuple(volumes), None
 
 
 def nova_cache_name(image_id: str) -> str:
