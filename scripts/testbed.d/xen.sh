@@ -17,8 +17,8 @@
 #                                libvirt driver's instances_path/images_path go, so the files it
 #                                makes on the host are the ones dom0's libxl opens; xenconsoled
 #                                writes the guests' console logs in its console/ subdirectory
-#   VIRTKIT_TEST_XEN_PV_IMAGE    JSON {"kernel", "ramdisk", "disk"}: the PV guest the libvirt
-#                                tests boot (scripts/xen/pv-guest-init)
+#   VIRTKIT_TEST_XEN_PV_KERNEL, _RAMDISK, _DISK: the PV guest the libvirt tests and the
+#                                libvirt-xen conformance run boot (scripts/xen/pv-guest-init)
 # Ports: VIRTKIT_TEST_XEN_PORT_BASE (default 7400) + 1 (xenstored), + 2 (dom0 commands),
 # + 3 (libvirtd).
 #
@@ -133,8 +133,12 @@ start_xen() {
         { log "xen: image build failed: $(tail -n 2 "$STATE/log/xen-build.log")"; return 1; }
     setenv VIRTKIT_TEST_XEN_URI "$XEN_URI"
     setenv VIRTKIT_TEST_XEN_SHARE "$XEN_SHARE"
-    setenv VIRTKIT_TEST_XEN_PV_IMAGE "$("$PY" -c 'import json, sys; d = json.loads(sys.argv[1])
-print(json.dumps({"kernel": d["domu_kernel"], "ramdisk": d["pv_initrd"], "disk": d["pv_disk"]}))' "$json")"
+    local key var
+    for key in domu_kernel:KERNEL pv_initrd:RAMDISK pv_disk:DISK; do
+        var="VIRTKIT_TEST_XEN_PV_${key#*:}"
+        setenv "$var" "$("$PY" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' \
+            "$json" "${key%%:*}")"
+    done
     setenv VIRTKIT_TEST_XENSTORED_PATH "$XEN_SOCK"
     setenv VIRTKIT_TEST_XEN_DOM0 "$XEN_DOM0"
     setenv VIRTKIT_TEST_XEN_CONSOLE "$XEN_CONSOLE"

@@ -8,7 +8,6 @@ what libxl boots. Every state is checked in dom0 with `xl list`, not through the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -48,9 +47,9 @@ def share(xen_uri) -> Path:
 
 @pytest.fixture(scope="module")
 def pv_image() -> ImageRef:
-    image = json.loads(env("VIRTKIT_TEST_XEN_PV_IMAGE"))
-    return ImageRef(image["disk"], disk_format="qcow2", kernel=image["kernel"],
-                    ramdisk=image["ramdisk"], kernel_cmdline="console=hvc0")
+    return ImageRef(env("VIRTKIT_TEST_XEN_PV_DISK"), disk_format="qcow2",
+                    kernel=env("VIRTKIT_TEST_XEN_PV_KERNEL"),
+                    ramdisk=env("VIRTKIT_TEST_XEN_PV_RAMDISK"), kernel_cmdline="console=hvc0")
 
 
 @pytest.fixture(scope="module")
