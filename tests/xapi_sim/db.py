@@ -6,6 +6,7 @@ import copy
 import threading
 import time
 import uuid
+import xmlrpc.client
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,9 +17,9 @@ from .errors import XapiError, handle_invalid
 EVENT_LOG_MAX = 20000
 
 
-def now_iso() -> str:
+def now_iso() -> xmlrpc.client.DateTime:
     """XAPI's dateTime as sent in records (UTC, basic ISO 8601)."""
-    return time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime())
+    return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime()))
 
 
 class Db:
@@ -103,7 +104,7 @@ class Db:
     def _event(self, cls: str, ref: str, op: str, rec: dict[str, Any]) -> None:
         self.gen += 1
         self.events.append({
-            "id": str(self.gen), "timestamp": now_iso(), "class": cls.lower(),
+            "id": str(self.gen), "timestamp": now_iso().value, "class": cls.lower(),
             "operation": op, "ref": ref, "snapshot": copy.deepcopy(rec),
         })
         self.changed.notify_all()

@@ -77,7 +77,7 @@ class Events:
         events = []
         for cls in schema.CLASSES:
             for ref, rec in self.db.find(cls):
-                event = {"id": str(self.db.gen), "timestamp": now_iso(), "class": cls.lower(),
+                event = {"id": str(self.db.gen), "timestamp": now_iso().value, "class": cls.lower(),
                          "operation": "add", "ref": ref, "snapshot": copy.deepcopy(rec)}
                 if self._match(wanted, event):
                     events.append(event)

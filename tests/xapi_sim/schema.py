@@ -1,6 +1,6 @@
 """The datamodel of research §4: classes, fields, their wire types and who may set them.
 
-Each field line is `name type access [default]`. Types: S string, E enum, I int (sent as a
+Each field line is `name type access [default]`. Types: S string, D dateTime, E enum, I int (sent as a
 decimal string over XML-RPC, as XAPI does), F float (double), B bool, M map string->string,
 L set of strings, R ref, RS set of refs. Access: `rw` (create and set_), `ctor` (create only),
 `ro` (neither: XAPI maintains it). Default `!` means the create record must carry it; without a
@@ -10,6 +10,7 @@ default the type's empty value is used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import xmlrpc.client
 from typing import Any
 
 from .errors import XapiError
@@ -26,7 +27,8 @@ class Field:
     required: bool
 
 
-_EMPTY: dict[str, Any] = {"S": "", "E": "", "I": "0", "F": 0.0, "B": False, "R": NULL_REF}
+EPOCH = "19700101T00:00:00Z"
+_EMPTY: dict[str, Any] = {"S": "", "D": xmlrpc.client.DateTime(EPOCH), "E": "", "I": "0", "F": 0.0, "B": False, "R": NULL_REF}
 
 _SPECS = {
     "session": """
@@ -34,7 +36,7 @@ _SPECS = {
         this_host R ro
         this_user S ro
         originator S ro
-        last_active S ro
+        last_active D ro
         pool B ro
         other_config M rw
     """,
@@ -81,7 +83,7 @@ _SPECS = {
         memory_total I ro
         memory_free I ro
         live B ro True
-        last_updated S ro
+        last_updated D ro
         other_config M rw
     """,
     "VM": """
@@ -96,7 +98,7 @@ _SPECS = {
         is_a_snapshot B ro False
         snapshot_of R ro
         snapshots RS ro
-        snapshot_time S ro
+        snapshot_time D ro
         resident_on R ro
         affinity R rw
         memory_static_min I ctor !
@@ -152,9 +154,9 @@ _SPECS = {
         uuid S ro
         memory_actual I ro
         VCPUs_number I ro
-        start_time S ro
+        start_time D ro
         state L ro
-        last_updated S ro
+        last_updated D ro
         other_config M rw
     """,
     "VM_guest_metrics": """
@@ -207,7 +209,7 @@ _SPECS = {
         is_a_snapshot B ro False
         snapshot_of R ro
         snapshots RS ro
-        snapshot_time S ro
+        snapshot_time D ro
         on_boot E ro persist
         allow_caching B ro False
         tags L rw
@@ -301,8 +303,8 @@ _SPECS = {
         name_description S ro
         status E ro pending
         progress F ro
-        created S ro
-        finished S ro
+        created D ro
+        finished D ro
         result S ro
         error_info L ro
         type S ro
@@ -320,7 +322,7 @@ _SPECS = {
         priority I ro
         cls E ro
         obj_uuid S ro
-        timestamp S ro
+        timestamp D ro
         body S ro
     """,
 }
@@ -378,6 +380,9 @@ def defaults(cls: str) -> dict[str, Any]:
     """A record of `cls` with every field at its default (fresh containers)."""
     out: dict[str, Any] = {}
     for f in CLASSES[cls].values():
+        if f.type == "D":
+            out[f.name] = xmlrpc.client.DateTime(EPOCH)
+            continue
         out[f.name] = dict(f.default) if isinstance(f.default, dict) else (
             list(f.default) if isinstance(f.default, list) else f.default)
     return out
@@ -393,6 +398,8 @@ def normalize(cls: str, field: Field, value: Any) -> Any:
             return str(int(value))
         if kind == "F":
             return float(value)
+        if kind == "D":
+            return xmlrpc.client.DateTime(value)
         if kind == "B":
             if not isinstance(value, bool):
                 raise ValueError

@@ -27,6 +27,7 @@ BODY_MAX = 64 * 1024 * 1024
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in two writes: no delayed-ACK stall
     server: _Server
 
     def do_POST(self) -> None:
@@ -101,8 +102,8 @@ class XapiSimulator:
         return f"{'https' if self._tls else 'http'}://{host}:{port}/"
 
     def start(self) -> XapiSimulator:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="xapi-sim",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="xapi-sim", daemon=True)
         self._thread.start()
         return self
 
