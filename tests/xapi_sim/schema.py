@@ -9,8 +9,8 @@ default the type's empty value is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import xmlrpc.client
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import XapiError

@@ -280,8 +280,8 @@ class Storage:
         fields = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
                   for k, v in rec.items() if k in keep and k not in ("SR", "name_label",
                                                                       "virtual_size", "type")}
-        if how == "copy":
-            used = rec["physical_utilisation"]
+        if how == "copy":  # a full, flattened copy: every block of the disk
+            used = rec["virtual_size"]
             self.bytes_copied += int(used)
         else:
             used = "0"

@@ -27,7 +27,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "hard_shutdown": ("Paused", "Suspended", "Running"),
     "shutdown": ("Paused", "Suspended", "Running"),
     "hard_reboot": ("Paused", "Running"),
-    "clone": ("Halted", "Suspended"), "copy": ("Halted", "Suspended"),
+    "clone": ("Halted",), "copy": ("Halted",),  # + Suspended for snapshots
     "destroy": ("Halted", "Suspended"), "export": ("Halted", "Suspended"),
     "snapshot": ("Halted", "Paused", "Suspended", "Running"),
     "set_memory_dynamic_range": ("Halted", "Running"),
@@ -84,8 +84,11 @@ class Vms:
             raise XapiError("OPERATION_NOT_ALLOWED", f"{op} on the control domain")
         if rec["is_a_template"] and op in ("start", "start_on", "resume", "resume_on"):
             raise XapiError("VM_IS_TEMPLATE", ref)
-        if rec["power_state"] not in ALLOWED[op]:
-            raise bad_power_state(ref, list(ALLOWED[op]), rec["power_state"])
+        allowed = ALLOWED[op]
+        if op in ("clone", "copy") and rec["is_a_snapshot"]:
+            allowed = ("Halted", "Suspended")
+        if rec["power_state"] not in allowed:
+            raise bad_power_state(ref, list(allowed), rec["power_state"])
         blocked = rec["blocked_operations"].get(op)
         if blocked is not None:
             raise XapiError("OPERATION_BLOCKED", ref, blocked)
@@ -131,9 +134,7 @@ class Vms:
         return ""
 
     def clone(self, ref: Any, name: Any, how: str, sr: Any = NULL) -> str:
-        rec = self.check(ref, how)
-        if rec["power_state"] == "Suspended" and not rec["is_a_snapshot"]:
-            raise bad_power_state(ref, ["halted"], rec["power_state"])
+        self.check(ref, how)
         if how == "copy" and sr != NULL:
             self.db.get("SR", sr)
         new = self._duplicate(ref, str(name), disk_op=how, sr=sr)
@@ -199,6 +200,10 @@ class Vms:
 
     def _boot(self, ref: str, state: str) -> None:
         rec = self.vm(ref)
+        for vbd in rec["VBDs"]:  # every check before any change: a failed start changes nothing
+            vbd_rec = self.db.get("VBD", vbd)
+            if vbd_rec["VDI"] != NULL:
+                self.core.storage.check_attachable(vbd_rec["VDI"], vbd, vbd_rec["mode"])
         domid = self.core.next_domid()
         self.set_state(ref, state, domid=str(domid), resident_on=self.core.host_ref)
         self.db.link("host", self.core.host_ref, "resident_VMs", ref)
