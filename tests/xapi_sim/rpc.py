@@ -213,11 +213,14 @@ class Api:
         if self.faults.take(method, "drop") is not None:
             raise DropConnection(method)
         failure = self.faults.take(method, "fail")
+        drop_after = self.faults.take(method, "drop-after")
+        if is_async:  # an injected failure is the task's, as a backend failure would be
+            task = self._spawn_task(method, msg, args, failure.details if failure else None)
+            if drop_after is not None:
+                raise DropConnection(method)
+            return task
         if failure is not None:
             raise XapiError(*failure.details)
-        drop_after = self.faults.take(method, "drop-after")
-        if is_async:
-            return self._spawn_task(method, msg, args)
         slow = self.faults.take(method, "slow")
         if slow is not None:
             time.sleep(slow.seconds)
@@ -234,7 +237,8 @@ class Api:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def _spawn_task(self, method: str, msg: Message, args: tuple[Any, ...]) -> str:
+    def _spawn_task(self, method: str, msg: Message, args: tuple[Any, ...],
+                    failure: list[str] | None) -> str:
         task = self.db.add("task", {
             "name_label": method, "created": now_iso(), "resident_on": self.host_ref,
             "status": "pending", "progress": 0.0,
@@ -242,13 +246,14 @@ class Api:
         slow = self.faults.take(method, "slow")
         session = self.session_ref
         thread = threading.Thread(target=self._task_body, name=f"task {method}",
-                                  args=(task, msg, args, slow.seconds if slow else 0.0, session),
+                                  args=(task, msg, args, slow.seconds if slow else 0.0, session,
+                                        failure),
                                   daemon=True)
         thread.start()
         return task
 
     def _task_body(self, task: str, msg: Message, args: tuple[Any, ...], delay: float,
-                   session: str) -> None:  # fmt: skip
+                   session: str, failure: list[str] | None) -> None:  # fmt: skip
         self._current.ref = session
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
@@ -257,6 +262,8 @@ class Api:
                 return
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         try:
+            if failure is not None:
+                raise XapiError(*failure)
             value = self._run(msg, args)
         except XapiError as err:
             self._finish(task, "failure", error=err.details)
