@@ -13,10 +13,10 @@ PASSWORD = "s3cret-pw"
 MiB = 1024 * 1024
 
 
-def failure(fn, *args) -> list[str]:
+def failure(fn, *args, **kwargs) -> list[str]:
     """The ErrorDescription of a call that must fail."""
     with pytest.raises(XenAPI.Failure) as info:
-        fn(*args)
+        fn(*args, **kwargs)
     return info.value.details
 
 
