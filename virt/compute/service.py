@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -41,8 +41,13 @@ from virt.model import (
     new_uuid,
 )
 from virt.store import BlockDeviceRecord, EventRecord, InstanceRecord, Store, utcnow
+from virt.volume import parse_glusterfs_volume, parse_iscsi_target
 
 LOG = logging.getLogger(__name__)
+
+#: Each protocol's connection_info check, run on a boot's volumes before it is recorded.
+_CONNECTION_PARSERS: dict[str, Callable[[VolumeConnection], object]] = {
+    "iscsi": parse_iscsi_target, "glusterfs": parse_glusterfs_volume}
 
 T = TypeVar("T")
 
@@ -262,6 +267,11 @@ class ComputeService(RecordKeeping):
         """Refusals before anything is recorded: no ERROR record for a request never tried."""
         for bdm in block_devices:
             self._require_volume_support(bdm.connection)
+            # Malformed connection_info: refused before the instance is recorded (a boot
+            # that could never work leaves no ERROR record whose name blocks the retry).
+            parse = _CONNECTION_PARSERS.get(str(bdm.connection.driver_volume_type).lower())
+            if parse is not None:
+                parse(bdm.connection)
         volume_ids = [b.volume_id for b in block_devices if b.volume_id]
         for volume_id in {v for v in volume_ids if volume_ids.count(v) > 1}:
             raise InvalidRequest(f"volume {volume_id} is given twice")

@@ -61,15 +61,26 @@ def _stdin(replacement: io.StringIO) -> Iterator[None]:
 HEARTBEAT_TABLES = ("hosts",)
 
 
-def dump(database: Path) -> list[str]:
-    """Every row of a SQLite database as SQL text (empty if there is no file yet), but the
-    heartbeat rows every run refreshes."""
+def dump(database: Path, ignore: dict[str, set[str]] | None = None) -> list[str]:
+    """Every row of a SQLite database as text, table by table (empty if there is no file
+    yet), but the heartbeat rows every run refreshes and the `ignore`d columns per table."""
     if not database.exists():
         return []
     conn = sqlite3.connect(database)
     try:
-        return [line for line in conn.iterdump()
-                if not line.startswith(tuple(f'INSERT INTO "{t}"' for t in HEARTBEAT_TABLES))]
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        lines = []
+        for table in tables:
+            if table in HEARTBEAT_TABLES:
+                continue
+            cursor = conn.execute(f'SELECT * FROM "{table}"')
+            names = [d[0] for d in cursor.description]
+            skip = (ignore or {}).get(table, set())
+            for row in cursor:
+                kept = {n: v for n, v in zip(names, row, strict=True) if n not in skip}
+                lines.append(f"{table} {kept!r}")
+        return sorted(lines)
     finally:
         conn.close()
 
@@ -83,3 +94,12 @@ def assert_clean_failure(ran: Ran, prog: str, codes: frozenset[int] = FAILURE_CO
     message = ran.err.split(f"{prog}: error: ", 1)[1].strip()
     assert message, ran.err
     assert not message.startswith("unexpected "), ran.err
+
+
+def assert_nothing_half_written(before: list[str], after: list[str]) -> None:
+    """The store as it was, but for events that record a refused or failed operation."""
+    removed = [line for line in before if line not in after]
+    added = [line for line in after if line not in before]
+    assert not removed, removed
+    for line in added:
+        assert line.startswith("instance_events ") and "_failed'" in line, added
