@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from guest_agent.wire import XenstoreError
+
 from . import schema
 from .db import Db, now_iso
 from .errors import XapiError
@@ -31,12 +33,13 @@ class Core:
     """The simulator without its HTTP front; `api.call(method, params)` serves a message."""
 
     def __init__(self, *, user: str = "root", password: str, xenstore: str | None = None,
-                 suspend_sr: bool = False, host_memory: int = HOST_MEMORY) -> None:
+                 suspend_sr: bool = False, host_memory: int = HOST_MEMORY,
+                 first_domid: int = 1) -> None:
         self.db = Db()
         self.faults = Faults()
         self.api = Api(self.db, self.faults, user=user, password=password)
         self.domains: DomainStore | None = DomainStore(xenstore) if xenstore else None
-        self._domid = 0
+        self._domid = first_domid - 1
         self._domid_lock = threading.Lock()
         self.host_memory = host_memory
         self.vms = Vms(self)
@@ -136,7 +139,7 @@ class Core:
         self.db.get("host", host)
         return str(self.free_memory())
 
-    def _sync_metrics(self) -> None:
+    def sync_metrics(self) -> None:
         metrics = self.db.get("host", self.host_ref)["metrics"]
         self.db.update("host_metrics", metrics, memory_free=str(self.free_memory()),
                        last_updated=now_iso())
@@ -158,12 +161,19 @@ class Core:
     # -- domains ---------------------------------------------------------------------------
 
     def domain_started(self, domid: int, vm: dict[str, Any]) -> None:
-        self._sync_metrics()
-        if self.domains is not None:
+        """Write the new domain's Xen store tree (before the VM's state changes)."""
+        if self.domains is None:
+            return
+        try:
             self.domains.create(domid, vm["name_label"], vm["xenstore_data"])
+        except XenstoreError as err:
+            try:
+                self.domains.release(domid)
+            except XenstoreError:
+                pass
+            raise XapiError("INTERNAL_ERROR", f"xenstore: {err.name}") from None
 
     def domain_stopped(self, domid: int) -> None:
-        self._sync_metrics()
         if self.domains is not None and domid > 0:
             self.domains.release(domid)
 

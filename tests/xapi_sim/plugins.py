@@ -53,7 +53,13 @@ class DomainStore:
                                 ("vm-data", ""), ("data", "")):
                 path = f"{base}/{node}" if node else base
                 c.write(path, value)
-                c.set_perms(path, [f"n{domid}"] if node == "data" else ro)
+                if node != "data":
+                    c.set_perms(path, ro)
+                    continue
+                try:
+                    c.set_perms(path, [f"n{domid}"])
+                except XenstoreError:  # a real xenstored: no such domain to own it
+                    c.set_perms(path, ["n0", f"b{domid}"])
             for key, value in sorted(xenstore_data.items()):
                 if _REL_PATH.match(key):
                     c.write(f"{base}/{key}", value)

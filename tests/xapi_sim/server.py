@@ -84,9 +84,10 @@ class XapiSimulator:
 
     def __init__(self, *, password: str, user: str = "root", host: str = "127.0.0.1",
                  port: int = 0, tls: tuple[str, str] | None = None,
-                 xenstore: str | None = None, suspend_sr: bool = False) -> None:
+                 xenstore: str | None = None, suspend_sr: bool = False,
+                 first_domid: int = 1) -> None:
         self.core = Core(user=user, password=password, xenstore=xenstore,
-                         suspend_sr=suspend_sr)
+                         suspend_sr=suspend_sr, first_domid=first_domid)
         self._server = _Server((host, port), _Handler)
         self._server.core = self.core
         self._tls = tls is not None

@@ -205,6 +205,7 @@ class Vms:
             if vbd_rec["VDI"] != NULL:
                 self.core.storage.check_attachable(vbd_rec["VDI"], vbd, vbd_rec["mode"])
         domid = self.core.next_domid()
+        self.core.domain_started(domid, rec)
         self.set_state(ref, state, domid=str(domid), resident_on=self.core.host_ref)
         self.db.link("host", self.core.host_ref, "resident_VMs", ref)
         self.db.update("VM_metrics", rec["metrics"], memory_actual=rec["memory_dynamic_max"],
@@ -212,7 +213,7 @@ class Vms:
         for cls in ("VBD", "VIF"):
             for dev in rec[f"{cls}s"]:
                 self._attach(cls, dev, True)
-        self.core.domain_started(domid, rec)
+        self.core.sync_metrics()
 
     def halt(self, ref: Any, op: str) -> str:
         rec = self.check(ref, op)
@@ -235,6 +236,7 @@ class Vms:
         self.db.unlink("host", self.core.host_ref, "resident_VMs", ref)
         self.set_state(ref, state, domid="-1", resident_on=NULL)
         self.db.update("VM_metrics", rec["metrics"], memory_actual="0", VCPUs_number="0")
+        self.core.sync_metrics()
         self.core.domain_stopped(domid)
 
     def reboot(self, ref: Any, op: str) -> str:
