@@ -239,7 +239,7 @@ class Reply:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting too deep is no ValueError
             raise ProtocolError(ErrorKind.BAD_REQUEST, "the agent's reply is not JSON") from None
         if not isinstance(body, dict) or "returncode" not in body:
             raise ProtocolError(ErrorKind.BAD_REQUEST, "the agent's reply has no returncode")
