@@ -81,16 +81,14 @@ class _Parser:
         left = self.term()
         while self.peek() == ("word", "or"):
             self.take()
-            right, prev = self.term(), left
-            left = lambda rec, a=prev, b=right: a(rec) or b(rec)  # noqa: E731
+            left = _either(left, self.term())
         return left
 
     def term(self) -> Pred:
         left = self.factor()
         while self.peek() == ("word", "and"):
             self.take()
-            right, prev = self.factor(), left
-            left = lambda rec, a=prev, b=right: a(rec) and b(rec)  # noqa: E731
+            left = _both(left, self.factor())
         return left
 
     def factor(self) -> Pred:
@@ -129,6 +127,14 @@ class _Parser:
         if column not in self.fields:
             raise XapiError("INTERNAL_ERROR", f"Db_exn.DBCache_NotFound: missing column {name}")
         return lambda rec: _as_text(rec.get(column))
+
+
+def _either(a: Pred, b: Pred) -> Pred:
+    return lambda rec: a(rec) or b(rec)
+
+
+def _both(a: Pred, b: Pred) -> Pred:
+    return lambda rec: a(rec) and b(rec)
 
 
 def compile_filter(text: str, fields: set[str]) -> Pred:

@@ -100,7 +100,8 @@ class XapiSimulator:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{'https' if self._tls else 'http'}://{host}:{port}/"
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"{'https' if self._tls else 'http'}://{name}:{port}/"
 
     def start(self) -> XapiSimulator:
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
