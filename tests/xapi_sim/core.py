@@ -9,6 +9,7 @@ suspend SR unless `suspend_sr=True`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from guest_agent.wire import XenstoreError
@@ -51,6 +52,7 @@ class Core:
         self.api.register("pool.get_default_SR", lambda p: self.db.get("pool", p)["default_SR"], 1)
         self.api.register("message.create", self._message_create, 5)
         self.api.register("network.create", self._network_create, 1)
+        self._control()
         self.host_ref = self.api.host_ref = self._bootstrap(suspend_sr)
 
     def close(self) -> None:
@@ -102,6 +104,31 @@ class Core:
         db.link("network", network, "PIFs", pif)
         db.link("host", host, "PIFs", pif)
         return host
+
+    def _control(self) -> None:
+        """`simulator.*`: not XAPI; what a test drives an out-of-process simulator with."""
+        reg, faults = self.api.register, self.faults
+
+        def void(action: Callable[..., None]) -> Callable[..., str]:
+            return lambda *args: action(*args) or ""  # type: ignore[func-returns-value]
+
+        reg("simulator.add_iscsi_target", self._add_target, 5)
+        reg("simulator.fail", void(lambda m, details, n: faults.fail(
+            str(m), *map(str, details), times=int(n))), 3)
+        reg("simulator.drop", void(lambda m, after, n: faults.drop(
+            str(m), after=bool(after), times=int(n))), 3)
+        reg("simulator.slow", void(lambda m, secs, n: faults.slow(
+            str(m), float(secs), times=int(n))), 3)
+        reg("simulator.clear_faults", void(faults.clear), 0)
+
+    def _add_target(self, portal: Any, iqn: Any, luns: Any, chap_user: Any,
+                    chap_password: Any) -> str:  # fmt: skip
+        if not isinstance(luns, dict):
+            raise XapiError("FIELD_TYPE_ERROR", "luns")
+        chap = (str(chap_user), str(chap_password)) if chap_user else None
+        self.storage.add_iscsi_target(str(portal), str(iqn),
+                                      {int(k): int(v) for k, v in luns.items()}, chap)
+        return ""
 
     def _generic_destroy(self) -> None:
         for cls in ("task", "message", "network"):

@@ -138,3 +138,19 @@ def test_dropped_connection(x, sim):
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
         x.VM.start(vm, False, False)
     assert x.VM.get_power_state(vm) == "Running"
+
+
+def test_control_messages_for_an_out_of_process_simulator(x, sim):
+    """simulator.* (not XAPI) arms faults and iSCSI targets over the wire."""
+    vm, _, _ = make_vm(x)
+    x.simulator.fail("VM.start", ["SR_BACKEND_FAILURE_46", "", "gone", ""], 1)
+    assert failure(x.VM.start, vm, False, False)[0] == "SR_BACKEND_FAILURE_46"
+    x.simulator.slow("Async.VM.start", 0.3, 1)
+    task = x.Async.VM.start(vm, False, False)
+    assert x.task.get_status(task) == "pending"
+    assert wait_task(x, task) == "success"
+    x.simulator.drop("VM.get_record", False, 2)
+    x.simulator.clear_faults()
+    assert x.VM.get_record(vm)["power_state"] == "Running"
+    x.simulator.add_iscsi_target("127.0.0.1:3260", "iqn.t:1", {"0": str(1 << 30)}, "", "")
+    assert ("127.0.0.1:3260", "iqn.t:1") in sim.core.storage.targets
