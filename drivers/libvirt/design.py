@@ -127,13 +127,16 @@ def domain_xml(
     volume_disks: Sequence[xml.Disk],
     vifs: Sequence[Vif],
     cache_mode: str | None,
+    xen_bridge: str = "",
 ) -> str:
-    """The XML of `domain_for(...)`, from a cached template when the layout allows one."""
+    """The XML of `domain_for(...)`, from a cached template when the layout allows one
+    (on Xen, a PV guest whose bridgeless NICs join `xen_bridge`)."""
     layout = _layout(disks)
     if virt_type == xen.DOMAIN_TYPE:  # a PV guest: no template (Xen spawns are few and slow)
         return xen.pv_domain(domain_for(instance=instance, virt_type=virt_type, disks=disks,
                                         volume_disks=volume_disks, vifs=vifs,
-                                        cache_mode=cache_mode), spawn_image(instance)).to_xml()
+                                        cache_mode=cache_mode), spawn_image(instance),
+                             bridge=xen_bridge).to_xml()
     if volume_disks or layout is None:  # volumes pick the local disks' names: build it all
         return domain_for(instance=instance, virt_type=virt_type, disks=disks,
                           volume_disks=volume_disks, vifs=vifs, cache_mode=cache_mode).to_xml()

@@ -289,7 +289,8 @@ class LibvirtDriver(ComputeDriver):
                             for bdm in block_devices]
                 domain_xml = design.domain_xml(
                     instance=instance, virt_type=virt_type, disks=disks,
-                    volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode)
+                    volume_disks=[p.disk for p in prepared], vifs=vifs, cache_mode=cache_mode,
+                    xen_bridge=self._opts.xen_bridge)
                 secret_free = not any(p.secret_usage for p in prepared)
                 self._connection.call(
                     lambda c: self._define(c, rollback, instance.uuid, domain_xml,
@@ -418,8 +419,8 @@ class LibvirtDriver(ComputeDriver):
 
     def suspend(self, *, instance: Instance) -> None:
         if power.should_suspend(self._power_state(instance), instance.uuid):
-            self._on_domain(instance, lambda d: d.managedSave(0), "suspend it",
-                            idempotent=False)
+            self._on_domain(instance, lambda d: xen.managed_save(d, self._domain_type()),
+                            "suspend it", idempotent=False)
 
     def resume(self, *, instance: Instance, block_devices: Sequence[BlockDevice] = ()) -> None:
         if power.should_resume(self._power_state(instance), instance.uuid):
@@ -428,13 +429,15 @@ class LibvirtDriver(ComputeDriver):
 
     def snapshot(self, *, instance: Instance, name: str) -> ImageRef:
         definition = self._definition(instance)
-        root = next((d for d in definition.disks if d.target_dev == "vda"), None)
+        root = next((d for d in definition.disks if d.target_dev in ("vda", xen.ROOT_DEV)),
+                    None)
         if root is None or not root.source_path:
             raise InvalidState(f"instance {instance.uuid} has no local root disk to snapshot")
         # A running guest is saved first, so the overlay is consistent, then restored.
         was_active = self._on_domain(instance, lambda d: d.isActive() == 1, "read its state")
         if was_active:
-            self._on_domain(instance, lambda d: d.managedSave(0), "save it", idempotent=False)
+            self._on_domain(instance, lambda d: xen.managed_save(d, self._domain_type()),
+                            "save it", idempotent=False)
         try:
             ref = images.snapshot_disk(root.source_path, self._opts.images_path, name)
         finally:

@@ -19,6 +19,10 @@ OPTS: list[cfg.Opt] = [
                help="With virt_type = xen: the directory where dom0's xenconsoled logs each "
                "guest's console (xenconsoled --log=guest --log-dir), read by "
                "get_console_output as guest-<domain name>.log."),
+    cfg.StrOpt("xen_bridge", default="xenbr0",
+               help="With virt_type = xen: the dom0 bridge a VIF that names no bridge or "
+               "network joins (libxl has no usermode networking; xenbr0 is libxl's own "
+               "default). Empty: such a VIF is refused."),
     cfg.StrOpt("images_path", default="$state_path/images",
                help="Base-image cache: each base image is copied here once; instance root "
                "disks are qcow2 overlays on it."),

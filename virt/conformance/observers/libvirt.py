@@ -3,7 +3,9 @@ the serial log and the disk files it names, read with libvirt-python, lxml and q
 
 A boot is counted by the guest's `[conformance] console_marker` in the serial log the domain
 writes (append mode, so every boot adds one), which libvirt's test driver does not have: on
-`test:///` the boot and clock probes are not observed.
+`test:///` the boot and clock probes are not observed. A Xen PV guest has no serial port: its
+console is the log dom0's xenconsoled appends to, `guest-<name>.log` in `[libvirt]
+xen_console_dir`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 from lxml import etree
@@ -101,7 +105,11 @@ class LibvirtObserver(Observer):
         return _STATES.get(state, PowerState.UNKNOWN)
 
     def _serial_log(self, instance: Instance) -> str:
-        source = self._xml(instance).find("devices/serial[@type='file']/source")
+        root = self._xml(instance)
+        if root.get("type") == "xen":  # xenconsoled's log of the PV console
+            return os.path.join(str(self.settings.conf.libvirt.xen_console_dir),
+                                f"guest-{root.findtext('name')}.log")
+        source = root.find("devices/serial[@type='file']/source")
         if source is None or not source.get("path"):
             raise NotObserved("the domain writes no serial log (libvirt's test driver)")
         return str(source.get("path"))
@@ -180,25 +188,55 @@ class LibvirtObserver(Observer):
     def foreign_instance(self) -> Iterator[Instance]:
         """A domain defined and started through this observer's own connection, without
         virtkit's metadata: a guest with no disk that sits in its firmware (on the test
-        driver, a running domain record)."""
+        driver, a running domain record; on Xen, a diskless PV guest booting the suite's
+        kernel)."""
         uuid = new_uuid()
-        # Much more memory than its firmware touches: were it counted, the use would grow
-        # by it all; as host memory in use, it grows by what QEMU's process holds.
-        flavor = Flavor("foreign", 2, 1024)
-        instance = Instance(uuid=uuid, name=f"foreign-{uuid[:8]}", flavor=flavor)
-        kind = "test" if self.uri.startswith("test:") else "qemu"
-        dom = self.conn.defineXML(
-            f"<domain type='{kind}'><name>{instance.name}</name><uuid>{uuid}</uuid>"
-            f"<memory unit='MiB'>{flavor.memory_mb}</memory><vcpu>{flavor.vcpus}</vcpu>"
-            "<os><type arch='x86_64'>hvm</type></os></domain>")
-        try:
+        name = f"foreign-{uuid[:8]}"
+        with contextlib.ExitStack() as stack:
+            if self.conn.getType() == "Xen":
+                flavor, domain_xml = self._foreign_pv(stack, uuid, name)
+            else:
+                # Much more memory than its firmware touches: were it counted, the use would
+                # grow by it all; as host memory in use, it grows by what QEMU's process holds.
+                flavor = Flavor("foreign", 2, 1024)
+                kind = "test" if self.uri.startswith("test:") else "qemu"
+                domain_xml = (
+                    f"<domain type='{kind}'><name>{name}</name><uuid>{uuid}</uuid>"
+                    f"<memory unit='MiB'>{flavor.memory_mb}</memory><vcpu>{flavor.vcpus}"
+                    "</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+            dom = self.conn.defineXML(domain_xml)
+            stack.callback(_quietly, dom.undefine)
+            stack.callback(_quietly, dom.destroy)
             dom.create()
-            yield instance
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.undefine()
+            yield Instance(uuid=uuid, name=name, flavor=flavor)
+
+    def _foreign_pv(self, stack: contextlib.ExitStack, uuid: str,
+                    name: str) -> tuple[Flavor, str]:
+        """A diskless Xen PV guest booting `[conformance] image_kernel` (and ramdisk), copied
+        under state_path, which dom0 reads at the same path as the driver's files."""
+        opts = self.settings.opts
+        if not opts.image_kernel:
+            raise NotObserved("[conformance] image_kernel is unset: no PV guest to boot")
+        directory = os.path.join(self.settings.conf.state_path, f"conformance-{name}")
+        os.makedirs(directory, exist_ok=True)
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        boot = {}
+        for tag, source in (("kernel", opts.image_kernel), ("initrd", opts.image_ramdisk)):
+            if source:
+                boot[tag] = shutil.copyfile(source, os.path.join(directory, tag))
+        # Xen gives a PV guest all its memory at once: small, for the nested test bed.
+        flavor = Flavor("foreign", 2, 128)
+        os_xml = "".join(f"<{tag}>{escape(path)}</{tag}>" for tag, path in boot.items())
+        return flavor, (
+            f"<domain type='xen'><name>{name}</name><uuid>{uuid}</uuid>"
+            f"<memory unit='MiB'>{flavor.memory_mb}</memory><vcpu>{flavor.vcpus}</vcpu>"
+            f"<os><type arch='x86_64' machine='xenpv'>xen</type>{os_xml}"
+            f"<cmdline>{escape(opts.image_cmdline or 'console=hvc0')}</cmdline></os></domain>")
+
+
+def _quietly(call: Any) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        call()
 
 
 def _qemu_io(path: str, command: str, *, read_only: bool = False, check: bool = True) -> str:
