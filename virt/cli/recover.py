@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="virtkit-recover: %(message)s")
     install_log_filter()
+    # stevedore warns "Could not load NAME"; the error below says it with the installed drivers.
+    logging.getLogger("stevedore").setLevel(logging.NOTSET if args.verbose else logging.ERROR)
     try:
         return _run(args)
     except VirtError as exc:
@@ -96,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("virtkit-recover: interrupted; run it again to finish (it resumes)", file=sys.stderr)
         return 130
+    except Exception as exc:  # a defect: still one line, no traceback (-v logs it)
+        logging.getLogger(__name__).info("unexpected error", exc_info=True)
+        print(f"virtkit-recover: error: unexpected {type(exc).__name__}: {scrub(str(exc))}",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from virt.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNSUPPORTED, EXIT_USAGE
 
@@ -19,10 +19,12 @@ from virt.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNSUPPORTED, EXIT_USAG
 FAILURE_CODES = frozenset({EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNSUPPORTED})
 
 
-def bounded(examples: int, *, deadline_s: float = 5.0) -> settings:
-    """Hypothesis settings for a run bounded in count and time, writing no example database."""
+def bounded(examples: int, *, deadline_s: float = 5.0, shrink: bool = True) -> settings:
+    """Hypothesis settings for a run bounded in count and time, writing no example database
+    (without shrinking, a failure is reported as found: for the slow, process-per-input runs)."""
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     return settings(max_examples=examples, deadline=timedelta(seconds=deadline_s),
-                    database=None, derandomize=False,
+                    database=None, derandomize=False, phases=phases,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])

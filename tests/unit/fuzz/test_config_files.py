@@ -17,7 +17,9 @@ from virt.cli import recover
 from virt.errors import EXIT_USAGE
 
 USAGE = frozenset({EXIT_USAGE})
-not_int = st.text(min_size=1, max_size=10).filter(lambda s: not s.strip().lstrip("+-").isdigit())
+#: One line with something in it (blank is not wrong: oslo.config reads it as unset).
+not_int = st.text(min_size=1, max_size=10).filter(
+    lambda s: s.strip() != "" and s.splitlines() == [s] and not s.strip().lstrip("+-").isdigit())
 unknown = st.from_regex(r"\Azz[a-z0-9]{1,10}\Z")
 
 #: (section, option, wrong values, what the error names, read by virtkit too)
