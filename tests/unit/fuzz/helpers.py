@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,9 @@ from hypothesis import HealthCheck, Phase, settings
 
 from virt.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNSUPPORTED, EXIT_USAGE
 
+#: $VIRTKIT_FUZZ_SCALE multiplies every run's example count (a soak run: 10; default 1).
+SCALE = float(os.environ.get("VIRTKIT_FUZZ_SCALE") or 1)
+
 #: Every exit code a failing command may end with (virt.errors EXIT_*).
 FAILURE_CODES = frozenset({EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNSUPPORTED})
 
@@ -23,7 +27,7 @@ def bounded(examples: int, *, deadline_s: float = 5.0, shrink: bool = True) -> s
     """Hypothesis settings for a run bounded in count and time, writing no example database
     (without shrinking, a failure is reported as found: for the slow, process-per-input runs)."""
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
-    return settings(max_examples=examples, deadline=timedelta(seconds=deadline_s),
+    return settings(max_examples=max(1, round(examples * SCALE)), deadline=timedelta(seconds=deadline_s),
                     database=None, derandomize=False, phases=phases,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow, HealthCheck.filter_too_much,

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from tests.recovery_helpers import iscsi_info
 from tests.unit.fuzz.helpers import assert_clean_failure, bounded, dump, run_main
 from virt.cli.recover import main
+from virt.config import build_conf
 from virt.errors import EXIT_FAILED
+from virt.store import Store
 
 # Nova's two tables as recovery reads them (nova/db/main/models.py), on SQLite.
 NOVA_DDL = [
@@ -51,6 +53,7 @@ class NovaBed:
             for ddl in NOVA_DDL:
                 conn.exec_driver_sql(ddl)
         self.ids = iter(range(1, 10**6))
+        Store.from_conf(build_conf(str(self.config))).close()  # the store exists from the start
 
     def add(self, *, bdm: dict | None = None, **values: object) -> str:
         """One Nova instance on the failed host (and a volume BDM if `bdm`)."""
