@@ -48,7 +48,7 @@ bench: testbed
 # The larger load and fuzz runs (not in CI): 8 recoverers on 2,000 instances, more examples.
 soak: testbed
 	set -a; source .testbed/env; set +a; \
-	VIRTKIT_SOAK=1 VIRTKIT_REQUIRE_TESTBED=1 $(BIN)/pytest -p no:cacheprovider -s \
+	VIRTKIT_SOAK=1 VIRTKIT_FUZZ_SCALE=10 VIRTKIT_REQUIRE_TESTBED=1 $(BIN)/pytest -p no:cacheprovider -s \
 	    tests/integration/recovery/test_recover_load.py $(wildcard tests/unit/fuzz) $(PYTEST_ARGS)
 
 unit: venv
