@@ -4,19 +4,16 @@ written; another key, or none, is a clear error naming the file."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import stat
 import threading
-import uuid as uuid_module
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from tests.pg import fresh_database
-from tests.testbed import env, require
+from tests.pg import fresh_database, fresh_mysql_database
+from tests.testbed import env
 from tests.volumes import CHAP_CONNECTION_INFO as CONNECTION_INFO
 from tests.volumes import CHAP_SECRET
 from virt.config import build_conf
@@ -24,25 +21,6 @@ from virt.errors import StoreError
 from virt.model import BlockDevice, Flavor, ImageRef, Instance, VolumeConnection, new_uuid
 from virt.store import Store
 from virt.store.sealing import SEALED_PREFIX, Sealer, read_key_file
-
-
-@contextlib.contextmanager
-def _mysql_database(base_url: str) -> Iterator[str]:
-    base = sa.make_url(base_url)
-    name = f"virtkit_s_{uuid_module.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        require(False, f"MariaDB at {base.render_as_string()} ({exc.orig})")
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
@@ -55,7 +33,7 @@ def store_url(request, tmp_path):
         with fresh_database(env("VIRTKIT_TEST_PG_URL")) as url:
             yield url
     else:
-        with _mysql_database(env("VIRTKIT_TEST_MYSQL_URL")) as url:
+        with fresh_mysql_database(env("VIRTKIT_TEST_MYSQL_URL")) as url:
             yield url
 
 

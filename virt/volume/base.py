@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from virt.errors import InvalidRequest
 from virt.model import VolumeConnection
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+
+
+def valid_host(host: str) -> bool:
+    """Whether `host` is an IP address or a DNS host name (a portal's or a server's)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME_RE.match(host)) and len(host) <= 253
+
+
+def host_port(host: str, port: int) -> str:
+    """'host:port', an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)

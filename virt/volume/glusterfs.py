@@ -9,7 +9,6 @@ connections carry no secrets.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from virt.errors import (
     VolumeUnreachable,
 )
 from virt.model import VolumeConnection
-from virt.volume.base import ProbeResult, register_connector
+from virt.volume.base import ProbeResult, host_port, register_connector, valid_host
 
 PROTOCOL = "glusterfs"
 DEFAULT_PORT = 24007
@@ -42,7 +41,6 @@ GFAPI_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gfapi.py
 
 _VOLNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_@+=][A-Za-z0-9._@+=-]{0,254}$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _MOUNT_OPT_RE = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.:/@+-]*)?$")
 _HOSTLIST_RE = re.compile(r"\[[^\]]*\]|[^:]+")
 _BACKUP_KEYS = ("backup-volfile-servers", "backupvolfile-server")
@@ -60,16 +58,8 @@ class GlusterServer:
     port: int = DEFAULT_PORT
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOSTNAME_RE.match(host)) and len(host) <= 253
 
 
 def _parse_host_port(text: str, field_name: str, default_port: int) -> GlusterServer:
@@ -91,7 +81,7 @@ def _parse_host_port(text: str, field_name: str, default_port: int) -> GlusterSe
             raise _invalid(field_name, f"has an invalid port {port_text!r}",
                            hint=f"use 1-65535; glusterd listens on {DEFAULT_PORT}")
         port = int(port_text)
-    if not _valid_host(host):
+    if not valid_host(host):
         raise _invalid(field_name, f"has an invalid host {host!r}")
     return GlusterServer(host, port)
 

@@ -8,7 +8,6 @@ error message.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from virt.errors import (
 from virt.masking import MASK, scrub
 from virt.model import VolumeConnection
 from virt.volume import libiscsi
-from virt.volume.base import ProbeResult, register_connector
+from virt.volume.base import ProbeResult, host_port, register_connector, valid_host
 
 DEFAULT_PORT = 3260
 DEFAULT_TIMEOUT_S = 10.0
@@ -34,7 +33,6 @@ DEFAULT_INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 _IQN_RE = re.compile(
     r"^(iqn\.\d{4}-\d{2}\.[A-Za-z0-9][A-Za-z0-9.:_-]*|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$"
 )
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _MAX_LUN = 16383
 
 
@@ -73,21 +71,13 @@ class Portal:
                 raise _invalid(field_name, f"has an invalid port {port_text!r}",
                                hint="use 1-65535; iSCSI's default is 3260")
             port = int(port_text)
-        if not _valid_host(host):
+        if not valid_host(host):
             raise _invalid(field_name, f"has an invalid host {host!r}")
         return cls(host, port)
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_HOSTNAME_RE.match(host)) and len(host) <= 253
 
 
 def _parse_iqn(value: Any, field_name: str = "target_iqn") -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -11,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid as uuid_module
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.iscsi_target import iscsi_targets  # noqa: F401  (fixture)
-from tests.pg import fresh_database, pg_url  # noqa: F401  (fixture)
+from tests.pg import fresh_database, fresh_mysql_database, pg_url  # noqa: F401  (fixture)
 from tests.recovery_helpers import iscsi_info, record_instances
-from tests.testbed import env, require
+from tests.testbed import env
 from virt.config import build_conf
 from virt.driver import load_driver
 from virt.model import Flavor, ImageRef, Instance
@@ -289,26 +287,6 @@ NOVA_DDL = {
 }
 
 NOVA_IMAGE = "c0ffee00-0000-4000-8000-000000000000"
-
-
-@contextlib.contextmanager
-def fresh_mysql_database(base_url: str) -> Iterator[str]:
-    """A uniquely named database on the test bed's MariaDB, dropped afterwards."""
-    base = sa.make_url(base_url)
-    name = f"virtkit_t_{uuid_module.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        require(False, f"MariaDB at {base.render_as_string()} ({exc.orig})")
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.dispose()
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
