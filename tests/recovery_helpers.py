@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from oslo_config import cfg
 
-from virt.driver import load_driver
+from virt.config import build_conf
+from virt.driver import ComputeDriver, load_driver
 from virt.model import (
     BlockDevice,
     Flavor,
@@ -25,6 +27,14 @@ from virt.recovery.sources import InstanceSource, StoreSource
 from virt.store import Store
 
 FLAVOR = Flavor(name="m1.tiny", vcpus=1, memory_mb=64)
+
+
+def driver_for(config: Path, host: str) -> ComputeDriver:
+    """The driver `config` names, initialised as `host` (how a host's process would open it)."""
+    conf = build_conf(str(config))
+    driver = load_driver(conf.compute_driver, conf)
+    driver.init_host(host=host)
+    return driver
 
 
 def iscsi_info(n: int, **extra: Any) -> dict[str, Any]:

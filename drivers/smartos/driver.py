@@ -189,8 +189,7 @@ class SmartOSDriver(ComputeDriver):
             try:
                 self._create(instance, payload, rollback)
             except InstanceExists:
-                parked = self._parked(instance)
-                if parked is None:
+                if self._parked(instance) is None:
                     raise
                 self._take_back(instance, payload, rollback)
             if admin_password is not None:

@@ -28,9 +28,9 @@ from tests.gluster_helpers import (
     in_qemu_namespace,
     volume_files,
 )
+from tests.recovery_helpers import driver_for
 from tests.testbed import require
 from virt.config import build_conf
-from virt.driver import load_driver
 from virt.model import BlockDevice, Flavor, Instance, VmState, VolumeConnection, new_uuid
 from virt.store import Store
 
@@ -52,13 +52,6 @@ def write_conf(workdir: Path, host: str, instances_path: Path, label: str = "") 
         "[recovery]", "require_instance_disk = true",
     ]) + "\n")
     return path
-
-
-def driver_for(config: Path, host: str):
-    conf = build_conf(str(config))
-    driver = load_driver(conf.compute_driver, conf)
-    driver.init_host(host=host)
-    return driver
 
 
 def recover(config: Path, *args: str) -> tuple[int, dict[str, dict]]:

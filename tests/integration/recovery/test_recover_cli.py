@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tests.iscsi_target import iscsi_targets  # noqa: F401  (fixture)
 from tests.pg import fresh_database, fresh_mysql_database, pg_url  # noqa: F401  (fixture)
-from tests.recovery_helpers import iscsi_info, record_instances
+from tests.recovery_helpers import driver_for, iscsi_info, record_instances
 from tests.testbed import env
 from virt.config import build_conf
 from virt.driver import load_driver
@@ -46,10 +46,7 @@ def run_recover(config: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def fake_domains(config: Path, host: str) -> list[str]:
-    conf = build_conf(str(config))
-    driver = load_driver("fake", conf)
-    driver.init_host(host=host)
-    return driver.list_instance_uuids()
+    return driver_for(config, host).list_instance_uuids()
 
 
 def fake_record(conf, host: str, uuid: str) -> dict:

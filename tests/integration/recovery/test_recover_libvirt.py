@@ -16,9 +16,9 @@ import pytest
 
 from tests import libvirt_helpers as guest
 from tests.iscsi_target import TargetFactory, tgtd_available
+from tests.recovery_helpers import driver_for
 from tests.testbed import require
 from virt.config import build_conf
-from virt.driver import load_driver
 from virt.model import Flavor, ImageRef, Instance, VmState, new_uuid
 from virt.store import Store
 
@@ -37,13 +37,6 @@ def write_conf(workdir: Path, host: str) -> Path:
         f"images_path = {workdir / 'images'}",
     ]) + "\n")
     return path
-
-
-def driver_for(config: Path, host: str):
-    conf = build_conf(str(config))
-    driver = load_driver(conf.compute_driver, conf)
-    driver.init_host(host=host)
-    return driver
 
 
 def wait_console(driver, instance, pattern: str) -> str:

@@ -20,10 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.pg import fresh_database, pg_url  # noqa: F401  (fixture)
-from tests.recovery_helpers import record_instances
+from tests.recovery_helpers import driver_for, record_instances
 from tests.testbed import env
-from virt.config import build_conf
-from virt.driver import load_driver
 from virt.recovery.journal import RecoveryJournal
 from virt.store import Store
 
@@ -67,16 +65,10 @@ def _run(config: Path, pairs: list[tuple[str, str]]) -> tuple[float, list[dict]]
     return time.monotonic() - began, reports
 
 
-def _domains(config: Path, host: str) -> list[str]:
-    driver = load_driver("fake", build_conf(str(config)))
-    driver.init_host(host=host)
-    return driver.list_instance_uuids()
-
-
 def _check_exactly_once(config: Path, url: str, recorded: dict[str, list[str]],
                         hosts: list[str]) -> None:
     everything = sorted(u for uuids in recorded.values() for u in uuids)
-    spawned = Counter(u for host in hosts for u in _domains(config, host))
+    spawned = Counter(u for host in hosts for u in driver_for(config, host).list_instance_uuids())
     assert sorted(spawned) == everything and set(spawned.values()) == {1}
     with Store(url) as store:
         journal = RecoveryJournal(store, host="checker")
